@@ -1,0 +1,15 @@
+"""ice: a pure-PyTorch library for cost-efficient pruning of convolutional networks.
+
+Importing ``ice`` is cheap and side-effect free: submodules are imported on use
+(``import ice.data``, ``from ice.models import build_model``). It never imports
+prefect, mlflow, dvc or boto3.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("ice-pipeline")
+except PackageNotFoundError:  # running from a source tree that was not installed
+    __version__ = "0.0.0+local"
+
+__all__ = ["__version__"]

@@ -1,0 +1,108 @@
+"""Checkpoints that rebuild a (pruned) model from tensors alone.
+
+A checkpoint holds the architecture spec, the per-layer widths, the state dict and a
+plain-data ``meta`` mapping. Loading rebuilds the architecture, shrinks it to the
+recorded widths and loads the weights with ``torch.load(weights_only=True)``: no
+module is ever unpickled. Writes are atomic (temporary file, fsync, rename) and
+return the file's sha256, which loading can verify.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ice.models import layer_widths, rebuild
+
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "sha256_file", "atomic_write_bytes"]
+
+FORMAT = "ice-checkpoint/1"
+
+
+class CheckpointError(RuntimeError):
+    """The file is missing, truncated, corrupt or not the expected one."""
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so readers see the old file or the whole new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    try:  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any] | None = None) -> str:
+    """Save ``model`` (built by :func:`ice.models.build_model`) atomically; return the sha256."""
+    spec = getattr(model, "ice_spec", None)
+    if spec is None:
+        raise CheckpointError("model has no ice_spec; build it with ice.models.build_model")
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    payload = {
+        "format": FORMAT,
+        "spec": spec,
+        "widths": layer_widths(model),
+        "state_dict": state,
+        "meta": meta or {},
+    }
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    data = buf.getvalue()
+    atomic_write_bytes(path, data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def load_checkpoint(
+    path: str | Path, sha256: str | None = None, map_location: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model saved at ``path``; verify ``sha256`` when given."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot be read ({err.strerror or err})") from None
+    if sha256 is not None:
+        got = hashlib.sha256(data).hexdigest()
+        if got != sha256:
+            raise CheckpointError(f"{path}: sha256 mismatch, expected {sha256[:12]}… got {got[:12]}…")
+    try:
+        payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except Exception as err:  # truncated zip, garbage bytes, foreign pickle
+        raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({type(err).__name__})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not an ice checkpoint (format {payload.get('format') if isinstance(payload, dict) else None!r})")
+    model = rebuild(payload["spec"], payload["widths"])
+    model.ice_spec = payload["spec"]  # type: ignore[assignment]
+    try:
+        model.load_state_dict(payload["state_dict"], strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: weights do not fit the recorded widths ({str(err).splitlines()[0]})") from None
+    return model.to(map_location), payload["meta"]

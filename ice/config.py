@@ -1,0 +1,248 @@
+"""Typed parameters: one pydantic model per section of ``params.yaml``.
+
+``load_params(path)`` validates the whole file before any compute happens. Every
+problem surfaces as :class:`ParamsError`, with a one-line message that names the
+dotted key, the offending value and what is allowed. Unknown keys are errors, so
+a typo such as ``prune.ratoi`` never passes silently.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+__all__ = [
+    "ParamsError",
+    "Params",
+    "DataConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "PruneConfig",
+    "IceConfig",
+    "LrConfig",
+    "AutotuneConfig",
+    "ScheduleConfig",
+    "TrackingConfig",
+    "EvaluateConfig",
+    "load_params",
+    "parse_params",
+]
+
+
+class ParamsError(ValueError):
+    """A params file or value is invalid. The message is one line."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class DataConfig(_Section):
+    source: Literal["digits", "cifar10", "cifar100", "folder"] = "digits"
+    root: str | None = None  # cifar root, or ImageFolder directory / tar archive for `folder`
+    download: bool = False  # cifar only: allow torchvision to download into `root`
+    val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)  # only for sources without a test split
+    subset: float = Field(1.0, gt=0.0, le=1.0)  # fraction of train and val kept
+    cache_dir: str = "data/cache"
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _root_needed(self) -> DataConfig:
+        if self.source == "folder" and not self.root:
+            raise ValueError("root: None is not allowed when source is 'folder'; give a directory or a .tar(.gz) path")
+        return self
+
+
+class ModelConfig(_Section):
+    arch: str = "cifar_resnet20"
+    # checked against the registry in load_params so the message can list the choices
+
+
+class TrainConfig(_Section):
+    """Pre-training (and the defaults that other training loops borrow)."""
+
+    epochs: float = Field(10, gt=0)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    augment: bool = True
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    channels_last: bool | Literal["auto"] = "auto"
+    seed: int = 0
+
+
+class PruneConfig(_Section):
+    """What is pruned and how a fine-tune looks; shared by ICE and the iterative baseline."""
+
+    methods: list[Literal["ice", "iterative", "one_shot", "agp", "one_cycle", "prune_while_training"]] = [
+        "ice",
+        "iterative",
+    ]
+    ratio: float = Field(0.6, gt=0.0, lt=1.0)
+    criterion: Literal["l1", "l2", "random", "mean_activation", "entropy", "taylor"] = "l1"
+    max_units: int | None = Field(None, ge=1)  # prune only the first N units (quick runs)
+    finetune_epochs: float = Field(1.0, gt=0)
+    finetune_lr: float = Field(0.001, gt=0)  # the baseline's fixed lr
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    batch_size: int = Field(128, ge=1)
+    augment: bool = True
+    kd: bool = True
+    kd_temperature: float = Field(2.0, gt=0)
+    eval_batch_size: int = Field(512, ge=1)
+
+
+class LrConfig(_Section):
+    """Pruning-aware learning rate: lr = base - delta / (1 + (x / (2(1-p) - x))^beta)."""
+
+    base: float = Field(0.001, gt=0)
+    delta: float = Field(0.0008, ge=0)
+    p: float = Field(0.15, gt=0, lt=1)
+    beta: float = Field(50, gt=0)
+
+    @model_validator(mode="after")
+    def _positive(self) -> LrConfig:
+        if self.delta >= self.base:
+            raise ValueError(f"delta: {self.delta} is not allowed; it must be below base ({self.base}) so lr stays positive")
+        return self
+
+
+class AutotuneConfig(_Section):
+    enabled: bool = True
+    n_trials: int = Field(6, ge=1)
+    subset: float = Field(0.02, gt=0, le=1)
+    objective: Literal["balanced", "paper"] = "balanced"
+    time_weight: float = Field(1.0, ge=0)  # balanced objective: weight of the time term
+    seed: int = 0
+    grid: dict[str, list[float]] = Field(
+        default_factory=lambda: {
+            "thre": [0.5, 1.5],
+            "fr": [0.3, 0.9],
+            "base": [0.001, 0.005],
+            "p": [0.1, 0.15, 0.2],
+            "beta": [40, 50, 60],
+            "delta": [0.0006, 0.0007, 0.0008],
+        }
+    )
+
+    @model_validator(mode="after")
+    def _grid_keys(self) -> AutotuneConfig:
+        allowed = {"thre", "fr", "base", "p", "beta", "delta"}
+        for key, values in self.grid.items():
+            if key not in allowed:
+                raise ValueError(f"grid.{key}: unknown key; allowed: {', '.join(sorted(allowed))}")
+            if not values:
+                raise ValueError(f"grid.{key}: [] is not allowed; give at least one value")
+        return self
+
+
+class IceConfig(_Section):
+    thre: float = Field(1.5, ge=0)  # accuracy drop (percentage points) that triggers a fine-tune
+    reference: Literal["original", "previous"] = "original"
+    fr: float = Field(0.3, ge=0, le=1)  # fraction of convs frozen
+    trial_lr: float = Field(0.001, gt=0)
+    freeze_bn: bool = True
+    lr: LrConfig = Field(default_factory=LrConfig)
+    autotune: AutotuneConfig = Field(default_factory=AutotuneConfig)
+
+
+class ScheduleConfig(_Section):
+    """Training-time pruning: one_shot, agp, one_cycle and prune_while_training."""
+
+    epochs: float = Field(3, gt=0)
+    lr: float = Field(0.01, gt=0)
+    target: float = Field(0.8, gt=0, lt=1)  # final sparsity (weight) or fraction of filters (filter)
+    granularity: Literal["weight", "filter"] = "weight"
+    scope: Literal["local", "global"] = "local"
+    start: float = Field(0.2, ge=0, lt=1)  # training progress at which agp/iterative begin
+    end: float = Field(1.0, gt=0, le=1)
+    one_shot_at: float = Field(0.45, ge=0, le=1)
+    iterative_steps: int = Field(3, ge=1)
+    alpha: float = 14.0
+    beta: float = 5.0
+    interval: int = Field(10, ge=1)  # prune_while_training: optimizer steps between removals
+    pwt_criterion: Literal["mean_activation", "random", "l1"] = "mean_activation"
+    update_every: int = Field(1, ge=1)  # optimizer steps between sparsity updates
+
+
+class TrackingConfig(_Section):
+    experiment: str = "ice-pipeline"
+    tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
+    register_models: bool = True
+
+
+class EvaluateConfig(_Section):
+    batch_size: int = Field(512, ge=1)
+    latency_batch: int = Field(1, ge=1)
+    latency_iters: int = Field(20, ge=1)
+
+
+class Params(_Section):
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    prune: PruneConfig = Field(default_factory=PruneConfig)
+    ice: IceConfig = Field(default_factory=IceConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+
+
+def _one_line(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    kind = first["type"]
+    value = first.get("input")
+    msg = first["msg"]
+    if kind == "extra_forbidden":
+        return f"{source}: unknown key '{loc}'; check the spelling against the documented params"
+    if msg.startswith("Value error, "):
+        # our own validators already name the key and the allowed values
+        inner = msg.removeprefix("Value error, ")
+        return f"{source}: {loc + '.' if loc else ''}{inner}"
+    if kind == "literal_error":
+        allowed = msg.split("Input should be ", 1)[-1]
+        return f"{source}: {loc} = {value!r} is not allowed; allowed: {allowed}"
+    return f"{source}: {loc} = {value!r} is not allowed: {msg}"
+
+
+def parse_params(raw: Any, source: str = "params") -> Params:
+    """Validate an already-parsed mapping (for example from YAML) into :class:`Params`."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{source}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    try:
+        params = Params.model_validate(raw)
+    except ValidationError as err:
+        raise ParamsError(_one_line(err, source)) from None
+    from ice.models import available_archs, is_known_arch
+
+    if not is_known_arch(params.model.arch):
+        raise ParamsError(
+            f"{source}: model.arch = {params.model.arch!r} is not allowed; allowed: "
+            f"{', '.join(available_archs())} or tv:<torchvision classifier>"
+        )
+    return params
+
+
+def load_params(path: str | Path) -> Params:
+    """Read and validate a params file. Raises :class:`ParamsError` on any problem."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as err:
+        raise ParamsError(f"{p}: cannot be read ({err.strerror or err})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ParamsError(f"{p}: is not valid YAML{where}") from None
+    return parse_params(raw, source=str(p))

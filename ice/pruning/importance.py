@@ -1,0 +1,137 @@
+"""Channel importance criteria. Each maps a unit to one score per channel (low = remove)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from ice.pruning.units import Unit
+
+__all__ = ["CRITERIA", "channel_importance"]
+
+DATA_CRITERIA = ("mean_activation", "entropy", "taylor")
+
+
+def _weight(model: nn.Module, unit: Unit) -> torch.Tensor:
+    return model.get_submodule(unit.conv).weight.detach()  # type: ignore[return-value]
+
+
+def _l1(model: nn.Module, unit: Unit, **_: Any) -> torch.Tensor:
+    return _weight(model, unit).abs().flatten(1).sum(1)
+
+
+def _l2(model: nn.Module, unit: Unit, **_: Any) -> torch.Tensor:
+    return _weight(model, unit).flatten(1).norm(dim=1)
+
+
+def _random(model: nn.Module, unit: Unit, seed: int = 0, **_: Any) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed + sum(map(ord, unit.name)))
+    return torch.rand(unit.width(model), generator=g)
+
+
+def _batches(data: Any) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    if data is None:
+        raise ValueError("this criterion needs data: an (x, y) batch or an iterable of batches")
+    if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], torch.Tensor):
+        return [data]
+    return data
+
+
+def _activation_node(model: nn.Module, unit: Unit) -> nn.Module:
+    """The module whose output is the unit's post-normalisation activation."""
+    bns = [m for m in unit.members if m.role == "bn"]
+    return model.get_submodule(bns[0].name if bns else unit.conv)
+
+
+def _collect(model: nn.Module, unit: Unit, data: Any, reduce: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    node = _activation_node(model, unit)
+    acc: list[torch.Tensor] = []
+
+    def hook(_m: nn.Module, _i: Any, out: torch.Tensor) -> None:
+        acc.append(reduce(torch.relu(out.detach())))
+
+    was_training = model.training
+    model.eval()
+    handle = node.register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            dev = next(model.parameters()).device
+            for x, _y in _batches(data):
+                model(x.to(dev))
+    finally:
+        handle.remove()
+        model.train(was_training)
+    return torch.cat(acc, 0)  # [N, C]
+
+
+def _mean_activation(model: nn.Module, unit: Unit, data: Any = None, **_: Any) -> torch.Tensor:
+    return _collect(model, unit, data, lambda a: a.mean(dim=(2, 3))).mean(0)
+
+
+def _entropy(model: nn.Module, unit: Unit, data: Any = None, bins: int = 32, **_: Any) -> torch.Tensor:
+    # Luo & Wu (2017): entropy of each channel's pooled activation over the samples
+    pooled = _collect(model, unit, data, lambda a: a.mean(dim=(2, 3))).float()
+    out = torch.empty(pooled.shape[1])
+    for c in range(pooled.shape[1]):
+        col = pooled[:, c]
+        lo, hi = float(col.min()), float(col.max())
+        if hi - lo < 1e-12:
+            out[c] = 0.0
+            continue
+        p = torch.histc(col, bins=bins, min=lo, max=hi)
+        p = p[p > 0] / p.sum()
+        out[c] = float(-(p * p.log()).sum())
+    return out
+
+
+def _taylor(model: nn.Module, unit: Unit, data: Any = None, **_: Any) -> torch.Tensor:
+    # Molchanov et al. (2017): |mean over positions of activation * gradient|, averaged over samples
+    node = _activation_node(model, unit)
+    store: dict[str, torch.Tensor] = {}
+    total: torch.Tensor | None = None
+
+    def hook(_m: nn.Module, _i: Any, out: torch.Tensor) -> None:
+        out.retain_grad()
+        store["a"] = out
+
+    was_training = model.training
+    model.eval()
+    handle = node.register_forward_hook(hook)
+    try:
+        dev = next(model.parameters()).device
+        for x, y in _batches(data):
+            model.zero_grad(set_to_none=True)
+            loss = nn.functional.cross_entropy(model(x.to(dev)), y.to(dev))
+            loss.backward()
+            a = store["a"]
+            assert a.grad is not None
+            s = (a * a.grad).mean(dim=(2, 3)).abs().sum(0).detach()
+            total = s if total is None else total + s
+    finally:
+        handle.remove()
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    assert total is not None
+    return total
+
+
+CRITERIA: dict[str, Callable[..., torch.Tensor]] = {
+    "l1": _l1,
+    "l2": _l2,
+    "random": _random,
+    "mean_activation": _mean_activation,
+    "entropy": _entropy,
+    "taylor": _taylor,
+}
+
+
+def channel_importance(model: nn.Module, unit: Unit, criterion: str = "l1", data: Any = None, seed: int = 0) -> torch.Tensor:
+    """One score per output channel of ``unit``; the lowest are removed first."""
+    if criterion not in CRITERIA:
+        raise ValueError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
+    if criterion in DATA_CRITERIA and data is None:
+        raise ValueError(f"criterion {criterion!r} needs data (an (x, y) batch or an iterable of batches)")
+    return CRITERIA[criterion](model, unit, data=data, seed=seed).detach().cpu()

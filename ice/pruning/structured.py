@@ -1,0 +1,133 @@
+"""Structured removal that really shrinks the layers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ice.pruning.importance import channel_importance
+from ice.pruning.units import Unit
+
+__all__ = ["prune_unit", "prune_channels"]
+
+
+def _keep_param(p: nn.Parameter, idx: torch.Tensor, dim: int) -> nn.Parameter:
+    new = nn.Parameter(p.data.index_select(dim, idx.to(p.device)).clone(), requires_grad=p.requires_grad)
+    return new
+
+
+def _keep_buffer(b: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    return b.index_select(0, idx.to(b.device)).clone()
+
+
+@torch.no_grad()
+def prune_channels(model: nn.Module, unit: Unit, keep: torch.Tensor) -> dict[str, list[nn.Parameter]]:
+    """Keep only the channels ``keep`` (sorted indices) of ``unit`` in every member.
+
+    Returns, per member, ``[old params..., new params...]`` pairs through ``replaced``
+    so a caller can carry optimizer state across (see ``ice.train.remap_optimizer``).
+    """
+    keep = keep.sort().values
+    replaced: dict[str, list[nn.Parameter]] = {}
+    for member in unit.members:
+        m = model.get_submodule(member.name)
+        olds: list[nn.Parameter] = [p for p in m.parameters(recurse=False)]
+        if member.role == "out":
+            assert isinstance(m, nn.Conv2d | nn.Linear)
+            m.weight = _keep_param(m.weight, keep, 0)
+            if m.bias is not None:
+                m.bias = _keep_param(m.bias, keep, 0)
+            if isinstance(m, nn.Conv2d):
+                m.out_channels = len(keep)
+            else:
+                m.out_features = len(keep)
+        elif member.role == "in":
+            if isinstance(m, nn.Conv2d):
+                if m.groups != 1:
+                    raise ValueError(f"{member.name}: cannot cut input channels of a grouped conv")
+                m.weight = _keep_param(m.weight, keep, 1)
+                m.in_channels = len(keep)
+            elif isinstance(m, nn.Linear):
+                m.weight = _keep_param(m.weight, keep, 1)
+                m.in_features = len(keep)
+        elif member.role == "dw":
+            assert isinstance(m, nn.Conv2d) and m.groups == m.in_channels
+            m.weight = _keep_param(m.weight, keep, 0)
+            if m.bias is not None:
+                m.bias = _keep_param(m.bias, keep, 0)
+            m.in_channels = m.out_channels = m.groups = len(keep)
+        elif member.role == "bn":
+            assert isinstance(m, nn.BatchNorm2d)
+            if m.affine:
+                m.weight = _keep_param(m.weight, keep, 0)
+                m.bias = _keep_param(m.bias, keep, 0)
+            if m.running_mean is not None:
+                m.running_mean = _keep_buffer(m.running_mean, keep)
+                m.running_var = _keep_buffer(m.running_var, keep)  # type: ignore[arg-type]
+            m.num_features = len(keep)
+        else:
+            raise ValueError(f"unknown member role {member.role!r}")
+        replaced[member.name] = olds + [p for p in m.parameters(recurse=False)]
+    return replaced
+
+
+def n_to_remove(width: int, ratio: float) -> int:
+    """Channels removed at ``ratio``; at least one channel always stays."""
+    return min(width - 1, int(round(width * ratio)))
+
+
+def prune_unit(
+    model: nn.Module,
+    unit: Unit,
+    ratio: float,
+    criterion: str = "l1",
+    data: Any = None,
+    *,
+    seed: int = 0,
+    input_shape: tuple[int, ...] | None = None,
+) -> dict[str, Any]:
+    """Remove the fraction ``ratio`` of ``unit``'s channels with the lowest importance.
+
+    The layers really shrink. Returns widths, params and MACs before and after, and the
+    removed channel indices. ``data`` (an ``(x, y)`` batch or an iterable of them) is
+    needed by ``mean_activation``, ``entropy`` and ``taylor``.
+    """
+    from ice.metrics import count_macs, count_params
+
+    if not 0.0 <= ratio < 1.0:
+        raise ValueError(f"ratio must be in [0, 1), got {ratio}")
+    shape = input_shape or _input_shape(model, data)
+    params_before = count_params(model)
+    macs_before = count_macs(model, shape)
+    width = unit.width(model)
+    k = n_to_remove(width, ratio)
+    removed = torch.empty(0, dtype=torch.long)
+    if k > 0:
+        scores = channel_importance(model, unit, criterion, data=data, seed=seed)
+        # stable sort: ties are broken by channel index, so the result is deterministic
+        order = torch.sort(scores.double().cpu(), stable=True).indices
+        removed = order[:k].sort().values
+        keep = order[k:].sort().values
+        prune_channels(model, unit, keep)
+    return {
+        "unit": unit.name,
+        "ratio": ratio,
+        "criterion": criterion,
+        "width_before": width,
+        "width_after": width - k,
+        "removed": removed.tolist(),
+        "params_before": params_before,
+        "params_after": count_params(model),
+        "macs_before": macs_before,
+        "macs_after": count_macs(model, shape),
+    }
+
+
+def _input_shape(model: nn.Module, data: Any) -> tuple[int, ...]:
+    if isinstance(data, tuple | list) and data and isinstance(data[0], torch.Tensor):
+        return (1, *data[0].shape[1:])
+    spec = getattr(model, "ice_spec", None) or {}
+    size = spec.get("image_size", 32)
+    return (1, spec.get("in_channels", 3), size, size)
