@@ -60,11 +60,28 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         pass
 
 
+def _check_plain(value: Any, where: str = "meta") -> None:
+    if value is None or isinstance(value, str | int | float | bool | torch.Tensor):
+        return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str | int):
+                raise CheckpointError(f"{where}: key {k!r} must be a string or int")
+            _check_plain(v, f"{where}.{k}")
+        return
+    if isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            _check_plain(v, f"{where}[{i}]")
+        return
+    raise CheckpointError(f"{where}: {type(value).__name__} is not plain data (str, number, bool, None, tensor, list, dict)")
+
+
 def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any] | None = None) -> str:
     """Save ``model`` (built by :func:`ice.models.build_model`) atomically; return the sha256."""
     spec = getattr(model, "ice_spec", None)
     if spec is None:
         raise CheckpointError("model has no ice_spec; build it with ice.models.build_model")
+    _check_plain(meta or {})
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     payload = {
         "format": FORMAT,

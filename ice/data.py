@@ -12,6 +12,7 @@ a fraction of a second.
 from __future__ import annotations
 
 import hashlib
+import math
 import io
 import os
 import tarfile
@@ -24,10 +25,10 @@ import torch
 
 from ice.config import DataConfig
 
-__all__ = ["Split", "Dataset", "load_dataset", "batches", "augment_batch", "normalize", "IMAGE_EXTS"]
+__all__ = ["Split", "Dataset", "load_dataset", "batches", "n_steps", "augment_batch", "normalize", "IMAGE_EXTS"]
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2
 
 
 @dataclass
@@ -116,7 +117,10 @@ def load_dataset(spec: DataConfig | dict[str, Any] | None = None, **overrides: A
     val = train_all.take(perm[:n_val].sort().values)
     train = train_all.take(perm[n_val:].sort().values)
     test = Split(raw["test_x"], raw["test_y"], torch.arange(len(raw["test_y"])))
-    mean, std = _channel_stats(train.x)
+    # normalisation statistics of the whole training set (train + val), as is customary;
+    # computed once at decode time and cached with the tensors
+    mean, std = raw["stats"] if "stats" in raw else _channel_stats(raw["train_x"])
+    mean, std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
     ds = Dataset(spec.source, train, val, test, list(raw["classes"]), mean, std, {"source": spec.source})
     if spec.subset < 1.0:
         ds = ds.subset(spec.subset, seed=spec.seed)
@@ -274,6 +278,7 @@ def _cached(spec: DataConfig, decode: Any) -> dict[str, Any]:
         except Exception:  # a damaged cache is rebuilt, never trusted
             cache.unlink(missing_ok=True)
     raw = decode()
+    raw["stats"] = [list(v) for v in _channel_stats(raw["train_x"])]
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(f".tmp{os.getpid()}")
     torch.save(raw, tmp)
@@ -282,6 +287,13 @@ def _cached(spec: DataConfig, decode: Any) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- batches
+def n_steps(n: int, batch_size: int, fraction: float = 1.0) -> int:
+    """Batches in ``fraction`` of an epoch over ``n`` items (half rounds up, at least one)."""
+    if n == 0:
+        return 0
+    return max(1, math.floor(math.ceil(n / batch_size) * fraction + 0.5))
+
+
 def normalize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
     """uint8 ``[B, C, H, W]`` to normalised float32."""
     m = torch.tensor(mean, device=x.device, dtype=torch.float32).view(1, -1, 1, 1)
@@ -327,7 +339,7 @@ def batches(
     if generator is None:
         generator = torch.Generator().manual_seed(0)
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-    n_batches = max(1, round(-(-n // batch_size) * fraction)) if n else 0
+    n_batches = n_steps(n, batch_size, fraction)
     dev = torch.device(device)
     for i in range(n_batches):
         idx = order[i * batch_size : (i + 1) * batch_size]

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ice.data import Dataset, Split, batches
+from ice.data import Dataset, Split, batches, n_steps
 
 __all__ = [
     "pick_device",
@@ -177,7 +177,7 @@ def train_epoch(
     _train_mode(model)
     if teacher is not None:
         teacher.eval()
-    n_steps = max(1, round(math.ceil(len(split) / batch_size) * fraction))
+    n_total = n_steps(len(split), batch_size, fraction)
     t0 = time.perf_counter()
     total_loss, correct, seen = 0.0, 0, 0
     for step, (x, y) in enumerate(
@@ -186,7 +186,7 @@ def train_epoch(
         # set lr
         if lr_at is not None:
             for g in optimizer.param_groups:
-                g["lr"] = lr_at(step, n_steps)
+                g["lr"] = lr_at(step, n_total)
         # forward / backward
         out = model(x)
         loss = F.cross_entropy(out, y)
@@ -255,11 +255,10 @@ def fit(
     model.to(device)
     opt = make_optimizer(model, lr, momentum, weight_decay)
     g = torch.Generator().manual_seed(seed)
-    steps_per_epoch = math.ceil(len(data.train) / batch_size)
-    total = max(1, round(steps_per_epoch * epochs))
+    n_full = math.ceil(epochs)
+    total = sum(n_steps(len(data.train), batch_size, min(1.0, epochs - e)) for e in range(n_full))
     done = 0
     history = []
-    n_full = math.ceil(epochs)
     for epoch in range(n_full):
         frac = min(1.0, epochs - epoch)
         base = done
@@ -267,7 +266,7 @@ def fit(
             model, data, opt, batch_size=batch_size, fraction=frac, augment=augment, generator=g, device=device,
             lr_at=lambda s, _n, base=base: 0.5 * lr * (1 + math.cos(math.pi * min(1.0, (base + s) / total))),
         )
-        done += round(steps_per_epoch * frac)
+        done += n_steps(len(data.train), batch_size, frac)
         val = evaluate(model, data, "val", device=device)
         rec = {"epoch": epoch + 1, "train_loss": stats["loss"], "train_acc": stats["acc"], "val_acc": val["acc"], "seconds": stats["seconds"]}
         history.append(rec)

@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+CIFAR_TAR = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
+
+
+@pytest.fixture(autouse=True)
+def _threads_and_seed():
+    torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory):
+    from ice.data import load_dataset
+
+    return load_dataset(source="digits", cache_dir=str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture
+def cifar_tar() -> Path:
+    if not CIFAR_TAR.exists():
+        pytest.skip(f"real CIFAR-10 archive not found at {CIFAR_TAR} (see ../shared/datasets/README.md)")
+    return CIFAR_TAR

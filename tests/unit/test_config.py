@@ -1,0 +1,59 @@
+from pathlib import Path
+
+import pytest
+
+from ice.config import Params, ParamsError, load_params, parse_params
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path, text):
+    p = tmp_path / "params.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_repo_params_file_loads():
+    params = load_params(ROOT / "params.yaml")
+    assert isinstance(params, Params)
+    assert params.data.source == "digits"
+
+
+def test_defaults_are_the_paper_grid():
+    p = parse_params({})
+    assert p.ice.autotune.grid["p"] == [0.1, 0.15, 0.2]
+    assert p.ice.autotune.n_trials == 6
+    assert p.prune.kd_temperature == 2.0
+
+
+@pytest.mark.parametrize(
+    "text, must_contain",
+    [
+        ("data:\n  source: mnist\n", ["data.source", "'mnist'", "digits"]),
+        ("prune:\n  ratio: 1.5\n", ["prune.ratio", "1.5"]),
+        ("prune:\n  ratoi: 0.5\n", ["prune.ratoi", "unknown key"]),
+        ("model:\n  arch: resnet9000\n", ["model.arch", "resnet9000", "cifar_resnet56"]),
+        ("ice:\n  reference: last\n", ["ice.reference", "'last'", "original"]),
+        ("ice:\n  lr:\n    base: 0.001\n    delta: 0.002\n", ["ice.lr.delta", "0.002"]),
+        ("data:\n  source: folder\n", ["data.root", "folder"]),
+        ("ice:\n  autotune:\n    grid:\n      gamma: [1]\n", ["grid.gamma", "allowed"]),
+        ("- just\n- a list\n", ["mapping"]),
+        ("prune: [unclosed\n", ["not valid YAML", "line"]),
+    ],
+)
+def test_bad_params_fail_with_one_line_message(tmp_path, text, must_contain):
+    with pytest.raises(ParamsError) as info:
+        load_params(write(tmp_path, text))
+    msg = str(info.value)
+    assert "\n" not in msg
+    for part in must_contain:
+        assert part in msg, msg
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ParamsError, match="cannot be read"):
+        load_params(tmp_path / "nope.yaml")
+
+
+def test_torchvision_arch_is_accepted():
+    assert parse_params({"model": {"arch": "tv:resnet18"}}).model.arch == "tv:resnet18"

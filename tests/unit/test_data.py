@@ -1,0 +1,118 @@
+import time
+
+import pytest
+import torch
+
+from ice.data import augment_batch, batches, load_dataset
+
+
+def test_digits_splits_are_disjoint_with_right_shapes(digits):
+    ds = digits
+    assert ds.num_classes == 10 and ds.in_channels == 1
+    for split in (ds.train, ds.val, ds.test):
+        assert split.x.dtype == torch.uint8 and split.y.dtype == torch.int64
+        assert split.x.shape[1:] == (1, 8, 8)
+        assert len(split.x) == len(split.y)
+    tr, va = set(ds.train.index.tolist()), set(ds.val.index.tolist())
+    assert not tr & va
+    assert len(tr) + len(va) + len(ds.test) == 1797
+    assert abs(len(va) / (len(tr) + len(va)) - 0.1) < 0.01
+
+
+def test_val_split_follows_the_seed(tmp_path):
+    a = load_dataset(source="digits", seed=1, cache_dir=str(tmp_path))
+    b = load_dataset(source="digits", seed=1, cache_dir=str(tmp_path))
+    c = load_dataset(source="digits", seed=2, cache_dir=str(tmp_path))
+    assert torch.equal(a.val.index, b.val.index)
+    assert not torch.equal(a.val.index, c.val.index)
+    assert torch.equal(a.test.y, c.test.y)  # the test split never moves
+
+
+def test_subset_keeps_fraction_of_train_and_val(digits):
+    sub = digits.subset(0.02, seed=0)
+    assert len(sub.train) == round(len(digits.train) * 0.02)
+    assert len(sub.val) == max(1, round(len(digits.val) * 0.02))
+    assert len(sub.test) == len(digits.test)
+    assert set(sub.train.index.tolist()) <= set(digits.train.index.tolist())
+
+
+def test_normalised_batches(digits):
+    xs = torch.cat([x for x, _ in batches(digits.train, 256, digits.mean, digits.std)])
+    assert xs.dtype == torch.float32
+    assert abs(float(xs.mean())) < 1e-3
+    assert abs(float(xs.std()) - 1.0) < 1e-2
+
+
+def test_fraction_stops_early(digits):
+    assert len(digits.train) == 1294  # 1797 - 359 test - 144 val
+    n = sum(len(y) for _, y in batches(digits.train, 100, digits.mean, digits.std, fraction=0.5))
+    assert n == 700  # 13 batches, half of them rounded up: 7 full batches
+    assert sum(1 for _ in batches(digits.train, 100, digits.mean, digits.std, fraction=0.01)) == 1
+
+
+def test_augment_is_a_crop_and_flip_of_the_padded_batch():
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.uint8).view(2, 3, 8, 8)
+    g = torch.Generator().manual_seed(0)
+    out = augment_batch(x, g, padding=2)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    for b in range(2):
+        found = False
+        for dy in range(5):
+            for dx in range(5):
+                crop = padded[b, :, dy : dy + 8, dx : dx + 8]
+                if torch.equal(out[b], crop) or torch.equal(out[b], crop.flip(2)):
+                    found = True
+        assert found
+    # reproducible from the generator
+    assert torch.equal(out, augment_batch(x, torch.Generator().manual_seed(0), padding=2))
+
+
+def test_image_folder_directory_and_tar(tmp_path):
+    import tarfile
+
+    from PIL import Image
+
+    root = tmp_path / "imgs"
+    g = torch.Generator().manual_seed(0)
+    for split, n in (("train", 6), ("test", 2)):
+        for cls in ("cat", "dog"):
+            d = root / split / cls
+            d.mkdir(parents=True)
+            for i in range(n):
+                arr = torch.randint(0, 255, (12, 12, 3), generator=g, dtype=torch.uint8).numpy()
+                Image.fromarray(arr).save(d / f"{i}.png")
+    ds = load_dataset(source="folder", root=str(root), cache_dir=str(tmp_path / "c1"), val_fraction=0.25)
+    assert ds.classes == ["cat", "dog"]
+    assert len(ds.train) + len(ds.val) == 12 and len(ds.test) == 4
+    assert ds.train.x.shape[1:] == (3, 12, 12)
+    tar = tmp_path / "imgs.tar.gz"
+    with tarfile.open(tar, "w:gz") as t:
+        t.add(root, arcname="mydata")
+    dt = load_dataset(source="folder", root=str(tar), cache_dir=str(tmp_path / "c2"), val_fraction=0.25)
+    assert torch.equal(dt.test.x, ds.test.x) and torch.equal(dt.train.y, ds.train.y)
+    # the second load comes from the cache
+    assert list((tmp_path / "c2").glob("*.pt"))
+
+
+def test_missing_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_dataset(source="folder", root=str(tmp_path / "nope"), cache_dir=str(tmp_path))
+
+
+def test_cifar_without_download_says_how_to_fix(tmp_path):
+    with pytest.raises(FileNotFoundError, match="download"):
+        load_dataset(source="cifar10", root=str(tmp_path), cache_dir=str(tmp_path))
+
+
+@pytest.mark.slow
+def test_real_cifar10_archive_loads_and_caches(cifar_tar, tmp_path_factory):
+    cache = tmp_path_factory.getbasetemp() / "cifar-cache"
+    ds = load_dataset(source="folder", root=str(cifar_tar), cache_dir=str(cache))
+    assert ds.num_classes == 10 and ds.classes[0] == "airplane"
+    assert len(ds.train) + len(ds.val) == 50_000 and len(ds.test) == 10_000
+    assert ds.train.x.shape[1:] == (3, 32, 32)
+    t = time.perf_counter()
+    again = load_dataset(source="folder", root=str(cifar_tar), cache_dir=str(cache))
+    assert time.perf_counter() - t < 2.0  # generous bound; the benchmark reports the real figure
+    assert torch.equal(again.test.y, ds.test.y)

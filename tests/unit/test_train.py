@@ -1,0 +1,103 @@
+import pytest
+import torch
+from torch import nn
+
+from ice.models import build_model
+from ice.train import evaluate, fit, freeze, frozen_names, kd_loss, make_optimizer, pick_device, train_epoch
+
+
+def test_pick_device_on_this_machine():
+    dev = pick_device()
+    assert dev.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert pick_device("cpu").type == "cpu"
+
+
+def test_kd_loss_is_zero_for_identical_logits_and_positive_otherwise():
+    z = torch.randn(4, 10)
+    assert float(kd_loss(z, z)) == pytest.approx(0.0, abs=1e-6)
+    assert float(kd_loss(z, torch.randn(4, 10))) > 0
+
+
+def test_training_learns_digits(digits):
+    torch.manual_seed(0)
+    m = build_model("cifar_resnet20", 10, in_channels=1)
+    before = evaluate(m, digits)["acc"]
+    hist = fit(m, digits, epochs=3, lr=0.05, batch_size=64, augment=False, seed=0)
+    after = evaluate(m, digits)["acc"]
+    assert len(hist) == 3
+    assert after > 80.0 and after > before + 30
+
+
+def test_fraction_of_an_epoch(digits):
+    m = build_model("cifar_resnet20", 10, in_channels=1)
+    opt = make_optimizer(m, 0.01)
+    full = train_epoch(m, digits, opt, batch_size=64, augment=False)
+    half = train_epoch(m, digits, opt, batch_size=64, augment=False, fraction=0.5)
+    assert full["images"] == len(digits.train)
+    assert half["images"] == pytest.approx(len(digits.train) / 2, abs=64)
+
+
+def test_teacher_runs_without_grad_and_changes_the_loss(digits):
+    torch.manual_seed(0)
+    m = build_model("cifar_resnet20", 10, in_channels=1)
+    teacher = build_model("cifar_resnet20", 10, in_channels=1)
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    a = train_epoch(m, digits, make_optimizer(m, 0.01), batch_size=64, fraction=0.2, augment=False, generator=g())
+    m.load_state_dict(state)
+    b = train_epoch(m, digits, make_optimizer(m, 0.01), batch_size=64, fraction=0.2, augment=False, generator=g(), teacher=teacher)
+    assert b["loss"] > a["loss"]
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_frozen_layers_stay_fixed_and_skip_their_gradient(digits):
+    torch.manual_seed(0)
+    m = build_model("cifar_resnet20", 10, in_channels=1)
+    names = freeze(m, ["conv1", "layer1.0.conv1"])
+    assert names == ["conv1", "bn1", "layer1.0.conv1", "layer1.0.bn1"]
+    assert frozen_names(m) == names
+    opt = make_optimizer(m, 0.05)
+    in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert id(m.conv1.weight) not in in_opt and id(m.layer1[0].bn1.weight) not in in_opt
+    w = m.layer1[0].conv1.weight.clone()
+    rm = m.bn1.running_mean.clone()
+    w2 = m.layer1[0].conv2.weight.clone()
+    train_epoch(m, digits, opt, batch_size=64, fraction=0.3, augment=False)
+    assert torch.equal(m.layer1[0].conv1.weight, w)
+    assert m.layer1[0].conv1.weight.grad is None  # the weight gradient was never computed
+    assert torch.equal(m.bn1.running_mean, rm)  # frozen BN keeps its statistics
+    assert not torch.equal(m.layer1[0].conv2.weight, w2)
+
+
+def test_same_seed_same_weights(digits):
+    def run():
+        torch.manual_seed(0)
+        m = build_model("cifar_resnet20", 10, in_channels=1)
+        train_epoch(m, digits, make_optimizer(m, 0.05), batch_size=64, fraction=0.3, augment=True, generator=torch.Generator().manual_seed(1))
+        return m.state_dict()
+
+    a, b = run(), run()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_small_resnet_learns_real_cifar10(cifar_tar, tmp_path_factory):
+    from ice.data import load_dataset
+
+    cache = tmp_path_factory.getbasetemp() / "cifar-cache"
+    ds = load_dataset(source="folder", root=str(cifar_tar), cache_dir=str(cache))
+    g = torch.Generator().manual_seed(0)
+    keep = torch.randperm(len(ds.train), generator=g)[:6000]
+    ds.train = ds.train.take(keep)
+    ds.test = ds.test.take(torch.arange(2000))
+    torch.manual_seed(0)
+    m = build_model("cifar_resnet20", 10)
+    fit(m, ds, epochs=2, lr=0.05, batch_size=128, augment=True, seed=0)
+    acc = evaluate(m, ds, "test")["acc"]
+    assert acc > 30.0, f"test accuracy {acc:.1f}% is not well above chance (10%)"
+
+
+class _Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 2)
