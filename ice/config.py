@@ -117,7 +117,7 @@ class AutotuneConfig(_Section):
     n_trials: int = Field(6, ge=1)
     subset: float = Field(0.02, gt=0, le=1)
     objective: Literal["balanced", "paper"] = "balanced"
-    time_weight: float = Field(1.0, ge=0)  # balanced objective: weight of the time term
+    acc_tolerance: float = Field(1.0, gt=0)  # balanced objective: points of accuracy worth doubling the time
     seed: int = 0
     grid: dict[str, list[float]] = Field(
         default_factory=lambda: {
@@ -166,6 +166,7 @@ class ScheduleConfig(_Section):
     alpha: float = 14.0
     beta: float = 5.0
     interval: int = Field(10, ge=1)  # prune_while_training: optimizer steps between removals
+    pwt_until: float = Field(0.5, gt=0, le=1)  # prune_while_training: progress by which the target is reached
     pwt_criterion: Literal["mean_activation", "random", "l1"] = "mean_activation"
     update_every: int = Field(1, ge=1)  # optimizer steps between sparsity updates
 

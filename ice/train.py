@@ -118,33 +118,22 @@ def make_optimizer(model: nn.Module, lr: float, momentum: float = 0.9, weight_de
     return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
-def remap_optimizer(opt: torch.optim.Optimizer, replaced: dict[str, list[nn.Parameter]], kept: dict[str, torch.Tensor]) -> None:
-    """Carry optimizer state across a structural change.
+def remap_optimizer(opt: torch.optim.Optimizer, changes: Iterable[tuple[nn.Parameter, nn.Parameter, int, torch.Tensor]]) -> None:
+    """Carry optimizer state across a structural change (from ``prune_channels``).
 
-    ``replaced`` maps a module to ``[old params..., new params...]`` (from
-    ``prune_channels``); ``kept[name]`` holds, per old param, the kept indices along its
-    pruned dimension as ``(dim, idx)``. Momentum buffers are sliced like the weights,
-    so pruned layers keep training instead of silently dropping out of the optimizer.
+    Each replaced parameter takes its old one's place in the param groups, and its
+    momentum buffer is sliced like the weight. Without this, pruned layers silently
+    drop out of the optimizer and stop training.
     """
-    for name, params in replaced.items():
-        half = len(params) // 2
-        for old, new in zip(params[:half], params[half:], strict=True):
-            for group in opt.param_groups:
-                for i, p in enumerate(group["params"]):
-                    if p is old:
-                        group["params"][i] = new
-            state = opt.state.pop(old, None)
-            if state is not None:
-                dim, idx = kept.get(f"{name}:{id(old)}", (None, None))
-                new_state = {}
-                for k, v in state.items():
-                    if isinstance(v, torch.Tensor) and v.shape == old.shape and dim is not None:
-                        new_state[k] = v.index_select(dim, idx.to(v.device)).clone()  # type: ignore[union-attr]
-                    elif isinstance(v, torch.Tensor) and v.shape == old.shape:
-                        new_state[k] = torch.zeros_like(new)
-                    else:
-                        new_state[k] = v
-                opt.state[new] = new_state
+    for old, new, dim, keep in changes:
+        for group in opt.param_groups:
+            group["params"] = [new if p is old else p for p in group["params"]]
+        state = opt.state.pop(old, None)
+        if state:
+            opt.state[new] = {
+                k: v.index_select(dim, keep.to(v.device)).clone() if isinstance(v, torch.Tensor) and v.shape == old.shape else v
+                for k, v in state.items()
+            }
 
 
 # ----------------------------------------------------------------------------- loops

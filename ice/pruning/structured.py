@@ -13,8 +13,14 @@ from ice.pruning.units import Unit
 __all__ = ["prune_unit", "prune_channels"]
 
 
-def _keep_param(p: nn.Parameter, idx: torch.Tensor, dim: int) -> nn.Parameter:
+Change = tuple[nn.Parameter, nn.Parameter, int, torch.Tensor]
+"""(old parameter, new parameter, pruned dimension, kept indices)."""
+
+
+def _keep_param(p: nn.Parameter, idx: torch.Tensor, dim: int, changes: list[Change]) -> nn.Parameter:
+    # requires_grad carries over, so frozen layers stay frozen through surgery
     new = nn.Parameter(p.data.index_select(dim, idx.to(p.device)).clone(), requires_grad=p.requires_grad)
+    changes.append((p, new, dim, idx))
     return new
 
 
@@ -23,22 +29,21 @@ def _keep_buffer(b: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def prune_channels(model: nn.Module, unit: Unit, keep: torch.Tensor) -> dict[str, list[nn.Parameter]]:
-    """Keep only the channels ``keep`` (sorted indices) of ``unit`` in every member.
+def prune_channels(model: nn.Module, unit: Unit, keep: torch.Tensor) -> list[Change]:
+    """Keep only the channels ``keep`` of ``unit`` in every member.
 
-    Returns, per member, ``[old params..., new params...]`` pairs through ``replaced``
-    so a caller can carry optimizer state across (see ``ice.train.remap_optimizer``).
+    Returns every replaced parameter as ``(old, new, dim, kept indices)``, so a caller
+    can carry optimizer state across (see ``ice.train.remap_optimizer``).
     """
     keep = keep.sort().values
-    replaced: dict[str, list[nn.Parameter]] = {}
+    changes: list[Change] = []
     for member in unit.members:
         m = model.get_submodule(member.name)
-        olds: list[nn.Parameter] = [p for p in m.parameters(recurse=False)]
         if member.role == "out":
             assert isinstance(m, nn.Conv2d | nn.Linear)
-            m.weight = _keep_param(m.weight, keep, 0)
+            m.weight = _keep_param(m.weight, keep, 0, changes)
             if m.bias is not None:
-                m.bias = _keep_param(m.bias, keep, 0)
+                m.bias = _keep_param(m.bias, keep, 0, changes)
             if isinstance(m, nn.Conv2d):
                 m.out_channels = len(keep)
             else:
@@ -47,30 +52,29 @@ def prune_channels(model: nn.Module, unit: Unit, keep: torch.Tensor) -> dict[str
             if isinstance(m, nn.Conv2d):
                 if m.groups != 1:
                     raise ValueError(f"{member.name}: cannot cut input channels of a grouped conv")
-                m.weight = _keep_param(m.weight, keep, 1)
+                m.weight = _keep_param(m.weight, keep, 1, changes)
                 m.in_channels = len(keep)
             elif isinstance(m, nn.Linear):
-                m.weight = _keep_param(m.weight, keep, 1)
+                m.weight = _keep_param(m.weight, keep, 1, changes)
                 m.in_features = len(keep)
         elif member.role == "dw":
             assert isinstance(m, nn.Conv2d) and m.groups == m.in_channels
-            m.weight = _keep_param(m.weight, keep, 0)
+            m.weight = _keep_param(m.weight, keep, 0, changes)
             if m.bias is not None:
-                m.bias = _keep_param(m.bias, keep, 0)
+                m.bias = _keep_param(m.bias, keep, 0, changes)
             m.in_channels = m.out_channels = m.groups = len(keep)
         elif member.role == "bn":
             assert isinstance(m, nn.BatchNorm2d)
             if m.affine:
-                m.weight = _keep_param(m.weight, keep, 0)
-                m.bias = _keep_param(m.bias, keep, 0)
+                m.weight = _keep_param(m.weight, keep, 0, changes)
+                m.bias = _keep_param(m.bias, keep, 0, changes)
             if m.running_mean is not None:
                 m.running_mean = _keep_buffer(m.running_mean, keep)
                 m.running_var = _keep_buffer(m.running_var, keep)  # type: ignore[arg-type]
             m.num_features = len(keep)
         else:
             raise ValueError(f"unknown member role {member.role!r}")
-        replaced[member.name] = olds + [p for p in m.parameters(recurse=False)]
-    return replaced
+    return changes
 
 
 def n_to_remove(width: int, ratio: float) -> int:
@@ -91,7 +95,8 @@ def prune_unit(
     """Remove the fraction ``ratio`` of ``unit``'s channels with the lowest importance.
 
     The layers really shrink. Returns widths, params and MACs before and after, and the
-    removed channel indices. ``data`` (an ``(x, y)`` batch or an iterable of them) is
+    removed channel indices (and, under ``changes``, the replaced parameters for
+    :func:`ice.train.remap_optimizer`). ``data`` (an ``(x, y)`` batch or an iterable of them) is
     needed by ``mean_activation``, ``entropy`` and ``taylor``.
     """
     from ice.metrics import count_macs, count_params
@@ -104,13 +109,14 @@ def prune_unit(
     width = unit.width(model)
     k = n_to_remove(width, ratio)
     removed = torch.empty(0, dtype=torch.long)
+    changes: list[Change] = []
     if k > 0:
         scores = channel_importance(model, unit, criterion, data=data, seed=seed)
         # stable sort: ties are broken by channel index, so the result is deterministic
         order = torch.sort(scores.double().cpu(), stable=True).indices
         removed = order[:k].sort().values
         keep = order[k:].sort().values
-        prune_channels(model, unit, keep)
+        changes = prune_channels(model, unit, keep)
     return {
         "unit": unit.name,
         "ratio": ratio,
@@ -122,6 +128,7 @@ def prune_unit(
         "params_after": count_params(model),
         "macs_before": macs_before,
         "macs_after": count_macs(model, shape),
+        "changes": changes,
     }
 
 

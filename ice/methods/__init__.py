@@ -1,0 +1,50 @@
+"""Pruning methods behind one entry point, :func:`run_pruning`.
+
+- ``iterative``: the baseline; prune each unit in turn, always fine-tune at a fixed lr.
+- ``ice``: ICE-Pruning; auto-tuned, fine-tunes only when accuracy drops, freezes the
+  layers that barely move, and uses a pruning-aware lr.
+- ``one_shot``, ``agp``, ``one_cycle``, ``prune_while_training``: pruning during training.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ice.config import Params
+from ice.data import Dataset
+from ice.methods.core import Callbacks, PruningResult, iterate
+from ice.methods.training import TRAINING_METHODS, train_with_pruning
+
+__all__ = ["METHODS", "Callbacks", "PruningResult", "run_pruning"]
+
+METHODS = ("ice", "iterative", *TRAINING_METHODS)
+
+
+def run_pruning(
+    model: nn.Module, dataset: Dataset, method: str, params: Params, callbacks: Callbacks | None = None
+) -> PruningResult:
+    """Prune a copy of ``model`` with ``method``; the caller's model is left as it is.
+
+    For ``ice`` with auto-tuning on, the search runs first and its time is part of
+    ``result.seconds``; its trials are in ``result.search``.
+    """
+    cb = callbacks or Callbacks()
+    if method == "ice":
+        search: list[dict] = []
+        search_seconds = 0.0
+        hp = None
+        if params.ice.autotune.enabled:
+            from ice.methods.autotune import autotune
+
+            hp, search, search_seconds = autotune(model, dataset, params, cb)
+            cb.log(f"[autotune] best: {hp} ({search_seconds:.1f}s)")
+        result = iterate(model, dataset, "ice", params, hp=hp, callbacks=cb)
+        result.search = search
+        result.seconds += search_seconds
+        result.info["search_seconds"] = search_seconds
+        return result
+    if method == "iterative":
+        return iterate(model, dataset, "iterative", params, callbacks=cb)
+    if method in TRAINING_METHODS:
+        return train_with_pruning(model, dataset, method, params, cb)
+    raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")

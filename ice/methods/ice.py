@@ -1,0 +1,97 @@
+"""The four components of ICE-Pruning (Hu, Cano and Henderson, 2025), each small and pure.
+
+1. :func:`should_finetune`: fine-tune iff the accuracy drop reaches ``thre`` points.
+2. :func:`freeze_scores` / :func:`select_frozen` / :func:`freeze_trial`: freeze the convs
+   that barely move during a trial fine-tune.
+3. :func:`pruning_aware_lr`: a learning rate that falls as the network shrinks.
+4. Auto-tuning lives in :mod:`ice.methods.autotune`.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from ice.config import Params
+from ice.data import Dataset
+
+__all__ = ["should_finetune", "pruning_aware_lr", "freeze_scores", "select_frozen", "freeze_trial", "ice_hparams", "HP_KEYS"]
+
+HP_KEYS = ("thre", "fr", "base", "delta", "p", "beta")
+
+
+def should_finetune(acc_ref: float, acc_now: float, thre: float) -> bool:
+    """Fine-tune if and only if ``acc_ref - acc_now >= thre`` (percentage points)."""
+    return acc_ref - acc_now >= thre
+
+
+def pruning_aware_lr(x: float, base: float, delta: float, p: float, beta: float) -> float:
+    """lr = base - delta / (1 + (x / (2(1-p) - x))^beta).
+
+    ``x`` is the remaining share of kernel>1 conv parameters (stem excluded). While x is
+    near 1 the lr stays near ``base``; once x falls well below ``1 - p`` it settles at
+    ``base - delta``. The midpoint of the drop sits at x = 1 - p.
+    """
+    denom = 2 * (1 - p) - x
+    if denom <= 0:  # x beyond 2(1-p): the ratio is infinite, the lr is base
+        return base
+    ratio = x / denom
+    # (ratio)^beta overflows a float for large ratios; it only needs to be "huge"
+    log_term = beta * math.log(ratio) if ratio > 0 else -math.inf
+    if log_term > 700:
+        return base
+    return base - delta / (1 + math.exp(log_term))
+
+
+def freeze_scores(pre: dict[str, torch.Tensor], post: dict[str, torch.Tensor], orig: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Per conv: | ||W_post||_1 - ||W_pre||_1 | / ||W_orig||_2."""
+    return {
+        name: float((post[name].abs().sum() - pre[name].abs().sum()).abs() / orig[name].norm().clamp_min(1e-12))
+        for name in pre
+    }
+
+
+def select_frozen(scores: dict[str, float], fr: float) -> list[str]:
+    """The ``ceil(fr * N)`` lowest-scoring convs, in model order (ties by order)."""
+    n = math.ceil(fr * len(scores) - 1e-9)
+    names = list(scores)
+    ranked = sorted(range(len(names)), key=lambda i: (scores[names[i]], i))
+    chosen = set(ranked[:n])
+    return [names[i] for i in range(len(names)) if i in chosen]
+
+
+def _conv_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: m.weight.detach().clone() for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+
+
+def freeze_trial(model: nn.Module, data: Dataset, params: Params, unit: Any, fr: float) -> list[str]:
+    """Prune ``unit`` on a copy, fine-tune one epoch at ``trial_lr``, and pick the convs to freeze."""
+    from ice.methods.core import finetune
+    from ice.pruning import prune_unit
+
+    trial = copy.deepcopy(model)
+    orig = _conv_weights(trial)
+    crit = params.prune.criterion if params.prune.criterion in ("l1", "l2", "random") else "l1"
+    prune_unit(trial, unit, params.prune.ratio, crit, seed=params.seed, input_shape=data.input_shape())
+    pre = _conv_weights(trial)
+    teacher = model.eval() if params.prune.kd else None
+    finetune(trial, data, params, lr=params.ice.trial_lr, teacher=teacher, seed=params.seed, epochs=1.0)
+    post = _conv_weights(trial)
+    return select_frozen(freeze_scores(pre, post, orig), fr)
+
+
+def ice_hparams(params: Params, override: dict[str, float] | None = None) -> dict[str, float]:
+    """ICE's hyperparameters from params, with an optional override (e.g. the tuner's pick)."""
+    cfg = params.ice
+    hp = {"thre": cfg.thre, "fr": cfg.fr, "base": cfg.lr.base, "delta": cfg.lr.delta, "p": cfg.lr.p, "beta": cfg.lr.beta}
+    for k, v in (override or {}).items():
+        if k not in HP_KEYS:
+            raise ValueError(f"unknown ICE hyperparameter {k!r}; allowed: {', '.join(HP_KEYS)}")
+        hp[k] = float(v)
+    if hp["delta"] >= hp["base"]:
+        raise ValueError(f"delta {hp['delta']} must be below base {hp['base']} so the lr stays positive")
+    return hp
