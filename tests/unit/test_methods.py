@@ -1,0 +1,137 @@
+import pytest
+import torch
+
+from ice.config import parse_params
+from ice.methods import METHODS, run_pruning
+from ice.methods.training import FilterPruner
+from ice.models import build_model
+from ice.train import evaluate, fit, make_optimizer, train_epoch
+
+BASE = {
+    "prune": {"batch_size": 64, "augment": False, "max_units": 6},
+    "ice": {"autotune": {"enabled": False}},
+    "schedule": {"epochs": 1, "interval": 3},
+}
+
+
+@pytest.fixture(scope="module")
+def pretrained(digits):
+    torch.manual_seed(0)
+    m = build_model("cifar_resnet20", 10, in_channels=1)
+    fit(m, digits, epochs=10, lr=0.1, batch_size=64, augment=False, seed=0)
+    return m
+
+
+def params(**over):
+    import copy
+
+    raw = copy.deepcopy(BASE)
+    for section, vals in over.items():
+        raw.setdefault(section, {}).update(vals)
+    return parse_params(raw)
+
+
+def test_ice_fine_tunes_less_than_iterative_and_stays_close(digits, pretrained):
+    # a well-trained net at a mild ratio: some steps lose less than thre and skip fine-tuning
+    p = params(prune={"ratio": 0.3}, ice={"thre": 1.5, "autotune": {"enabled": False}})
+    it = run_pruning(pretrained, digits, "iterative", p)
+    ice = run_pruning(pretrained, digits, "ice", p)
+    assert it.finetunes == 6 == len(it.steps)
+    assert ice.finetunes < it.finetunes
+    a_it = evaluate(it.model, digits, "test")["acc"]
+    a_ice = evaluate(ice.model, digits, "test")["acc"]
+    assert a_ice > a_it - 5.0, (a_ice, a_it)
+    # identical structure: the same units at the same ratio
+    assert ice.info["params"] == it.info["params"] < sum(q.numel() for q in pretrained.parameters())
+    rec = ice.steps[0]
+    for key in ("step", "unit", "ratio", "params", "macs", "acc_pruned", "finetuned", "lr", "frozen", "acc_finetuned", "t_prune", "t_eval", "t_finetune"):
+        assert key in rec
+    assert all(r["lr"] == pytest.approx(0.001) for r in it.steps)
+    assert all(r["frozen"] == 0 for r in it.steps) and ice.steps[0]["frozen"] > 0
+
+
+def test_the_callers_model_is_untouched(digits, pretrained):
+    before = {k: v.clone() for k, v in pretrained.state_dict().items()}
+    run_pruning(pretrained, digits, "iterative", params(prune={"max_units": 2}))
+    after = pretrained.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_same_seed_same_result(digits, pretrained):
+    p = params(prune={"max_units": 3})
+    a = run_pruning(pretrained, digits, "ice", p)
+    b = run_pruning(pretrained, digits, "ice", p)
+    strip = lambda steps: [{k: v for k, v in r.items() if not k.startswith("t_")} for r in steps]  # noqa: E731
+    assert strip(a.steps) == strip(b.steps)
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_autotune_time_is_in_the_total_and_trials_are_reported(digits, pretrained):
+    p = params(prune={"max_units": 2}, ice={"autotune": {"enabled": True, "n_trials": 2, "subset": 0.3}})
+    res = run_pruning(pretrained, digits, "ice", p)
+    assert len(res.search) == 2 and sum(t["best"] for t in res.search) == 1
+    search = res.info["search_seconds"]
+    assert search >= sum(t["seconds"] for t in res.search) * 0.99
+    step_time = sum(r["t_prune"] + r["t_eval"] + r["t_finetune"] for r in res.steps)
+    assert res.seconds >= search + step_time
+    best = next(t for t in res.search if t["best"])
+    assert res.info["hp"]["thre"] == best["thre"] and res.info["hp"]["base"] == best["base"]
+
+
+def test_real_trials_pick_the_lowest_objective(digits, pretrained):
+    from ice.methods.autotune import run_trial, sample_trials, score, select_best
+
+    p = params(prune={"max_units": 2}, ice={"autotune": {"enabled": True, "n_trials": 3, "subset": 0.3}})
+    results = [run_trial(pretrained, digits, p, hp, i) for i, hp in enumerate(sample_trials(p))]
+    for objective in ("balanced", "paper"):
+        best = select_best(results, objective)
+        assert score(best.seconds, best.drop, objective) == min(score(r.seconds, r.drop, objective) for r in results)
+
+
+@pytest.mark.parametrize("method", ["one_shot", "agp", "one_cycle"])
+@pytest.mark.parametrize("scope", ["local", "global"])
+def test_weight_schedules_reach_their_sparsity(digits, pretrained, method, scope):
+    p = params(schedule={"target": 0.8, "granularity": "weight", "scope": scope, "epochs": 1})
+    res = run_pruning(pretrained, digits, method, p)
+    assert res.info["sparsity"] == pytest.approx(0.8, abs=0.002)
+    assert res.steps[-1]["params_nonzero"] < 0.3 * res.steps[-1]["params"]
+
+
+@pytest.mark.parametrize("method", ["one_shot", "agp", "one_cycle"])
+def test_filter_schedules_really_shrink(digits, pretrained, method):
+    p = params(schedule={"target": 0.5, "granularity": "filter", "epochs": 1})
+    res = run_pruning(pretrained, digits, method, p)
+    assert res.steps[-1]["filters_removed"] == pytest.approx(0.5, abs=0.05)
+    assert res.info["params"] < sum(q.numel() for q in pretrained.parameters())
+
+
+def test_prune_while_training_reaches_its_target_filter_fraction(digits, pretrained):
+    for crit in ("mean_activation", "random", "l1"):
+        p = params(schedule={"target": 0.6, "pwt_criterion": crit, "interval": 2, "epochs": 1})
+        res = run_pruning(pretrained, digits, "prune_while_training", p)
+        assert res.steps[-1]["filters_removed"] == pytest.approx(0.6, abs=0.03), crit
+
+
+def test_structured_pruning_during_training_keeps_training_survivors(digits, pretrained):
+    import copy
+
+    m = copy.deepcopy(pretrained)
+    opt = make_optimizer(m, 0.05)
+    train_epoch(m, digits, opt, batch_size=64, fraction=0.2, augment=False)  # momentum buffers exist
+    pruner = FilterPruner(m, "l1")
+    pruner.prune_to(0.5, opt)
+    conv = m.layer1[0].conv1
+    assert conv.out_channels == 8
+    in_opt = {id(q) for g in opt.param_groups for q in g["params"]}
+    assert id(conv.weight) in in_opt, "the pruned layer's new weight must be in the optimizer"
+    assert opt.state[conv.weight]["momentum_buffer"].shape == conv.weight.shape
+    w = conv.weight.detach().clone()
+    train_epoch(m, digits, opt, batch_size=64, fraction=0.2, augment=False)
+    assert not torch.equal(conv.weight, w), "surviving weights must keep training after pruning"
+
+
+def test_unknown_method():
+    with pytest.raises(ValueError, match="choose one of ice, iterative"):
+        run_pruning(None, None, "lottery", parse_params({}))  # type: ignore[arg-type]
+    assert set(METHODS) >= {"ice", "iterative", "one_shot", "agp", "one_cycle", "prune_while_training"}
