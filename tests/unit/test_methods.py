@@ -135,3 +135,44 @@ def test_unknown_method():
     with pytest.raises(ValueError, match="choose one of ice, iterative"):
         run_pruning(None, None, "lottery", parse_params({}))  # type: ignore[arg-type]
     assert set(METHODS) >= {"ice", "iterative", "one_shot", "agp", "one_cycle", "prune_while_training"}
+
+
+def test_driving_the_loop_one_step_at_a_time_through_checkpoints_matches(digits, pretrained, tmp_path):
+    """What an orchestrator does: plain-data state, a checkpoint between every call."""
+    import json
+
+    from ice.checkpoint import load_checkpoint, save_checkpoint
+    from ice.methods.core import apply_frozen, decide, finetune_step, iterate, prune_step, record_step, start_run, step_lr
+    from ice.train import frozen_names
+
+    p = params(prune={"max_units": 3, "ratio": 0.3})
+    reference = iterate(pretrained, digits, "ice", p)
+
+    pre = tmp_path / "pretrained.pt"
+    save_checkpoint(pre, pretrained)
+    model, _ = load_checkpoint(pre)
+    state = start_run(model, digits, "ice", p)
+    state = json.loads(json.dumps(state))  # the state really is plain data
+    ckpt = pre
+    steps = []
+    for k in range(len(state["plan"])):
+        model, _ = load_checkpoint(ckpt)
+        apply_frozen(model, state, p)
+        pruned = prune_step(model, digits, state, k, p)
+        ckpt = tmp_path / f"pruned-{k}.pt"
+        save_checkpoint(ckpt, model)
+        ft = None
+        lr = step_lr(model, state, p)
+        if decide(state, pruned["acc_pruned"], p):
+            model, _ = load_checkpoint(ckpt)
+            apply_frozen(model, state, p)
+            teacher, _ = load_checkpoint(pre)
+            ft = finetune_step(model, teacher, digits, state, k, lr, p)
+            ckpt = tmp_path / f"finetuned-{k}.pt"
+            save_checkpoint(ckpt, model)
+        steps.append(record_step(state, pruned, ft, lr, len(frozen_names(model))))
+    strip = lambda rs: [{k: v for k, v in r.items() if not k.startswith("t_")} for r in rs]  # noqa: E731
+    assert strip(steps) == strip(reference.steps)
+    final, _ = load_checkpoint(ckpt)
+    ref_state = reference.model.state_dict()
+    assert all(torch.equal(v, ref_state[k]) for k, v in final.state_dict().items())
