@@ -27,3 +27,6 @@ bench:  ## data-path throughput benchmark
 
 clean:  ## remove caches (keeps .venv)
 	rm -rf .pytest_cache .ruff_cache .mypy_cache data/cache
+
+run:  ## pre-train on the bundled digits and compare every method (params.yaml)
+	$(PY) benchmarks/compare_methods.py --params params.yaml

@@ -28,6 +28,7 @@ __all__ = [
     "TrackingConfig",
     "EvaluateConfig",
     "load_params",
+    "apply_overrides",
     "parse_params",
 ]
 
@@ -112,6 +113,16 @@ class LrConfig(_Section):
         return self
 
 
+PAPER_GRID: dict[str, list[float]] = {
+    "thre": [0.5, 1.5],
+    "fr": [0.3, 0.9],
+    "base": [0.001, 0.005],
+    "p": [0.1, 0.15, 0.2],
+    "beta": [40.0, 50.0, 60.0],
+    "delta": [0.0006, 0.0007, 0.0008],
+}
+
+
 class AutotuneConfig(_Section):
     enabled: bool = True
     n_trials: int = Field(6, ge=1)
@@ -119,16 +130,7 @@ class AutotuneConfig(_Section):
     objective: Literal["balanced", "paper"] = "balanced"
     acc_tolerance: float = Field(1.0, gt=0)  # balanced objective: points of accuracy worth doubling the time
     seed: int = 0
-    grid: dict[str, list[float]] = Field(
-        default_factory=lambda: {
-            "thre": [0.5, 1.5],
-            "fr": [0.3, 0.9],
-            "base": [0.001, 0.005],
-            "p": [0.1, 0.15, 0.2],
-            "beta": [40, 50, 60],
-            "delta": [0.0006, 0.0007, 0.0008],
-        }
-    )
+    grid: dict[str, list[float]] = Field(default_factory=lambda: {k: list(v) for k, v in PAPER_GRID.items()})
 
     @model_validator(mode="after")
     def _grid_keys(self) -> AutotuneConfig:
@@ -233,8 +235,24 @@ def parse_params(raw: Any, source: str = "params") -> Params:
     return params
 
 
-def load_params(path: str | Path) -> Params:
-    """Read and validate a params file. Raises :class:`ParamsError` on any problem."""
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Set dotted keys (``{"prune.ratio": 0.7}``) in a raw params mapping, in place."""
+    for dotted, value in overrides.items():
+        node = raw
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            nxt = node.setdefault(part, {})
+            if not isinstance(nxt, dict):
+                raise ParamsError(f"override {dotted}: {part} is not a section")
+            node = nxt
+        node[parts[-1]] = value
+    return raw
+
+
+def load_params(path: str | Path, overrides: dict[str, Any] | None = None) -> Params:
+    """Read and validate a params file, with optional dotted-key ``overrides`` applied first.
+
+    Raises :class:`ParamsError` on any problem."""
     p = Path(path)
     try:
         text = p.read_text()
@@ -246,4 +264,10 @@ def load_params(path: str | Path) -> Params:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise ParamsError(f"{p}: is not valid YAML{where}") from None
+    if overrides:
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise ParamsError(f"{p}: the top level must be a mapping of sections, got {type(raw).__name__}")
+        apply_overrides(raw, overrides)
     return parse_params(raw, source=str(p))

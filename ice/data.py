@@ -12,8 +12,8 @@ a fraction of a second.
 from __future__ import annotations
 
 import hashlib
-import math
 import io
+import math
 import os
 import tarfile
 from collections.abc import Iterator
@@ -240,15 +240,15 @@ def _decode_members(files: dict[str, list[tuple[str, Any]]], where: str) -> dict
     for split in ("train", "test"):
         items = sorted(files[split], key=lambda kv: kv[0])
         xs = []
-        for key, src in items:
-            with Image.open(io.BytesIO(src) if isinstance(src, bytes) else src) as im:
-                if mode is None:
-                    mode = "L" if im.mode in ("L", "1", "I;16") else "RGB"
-                    size = im.size
-                im = im.convert(mode)
-                if im.size != size:
-                    im = im.resize(size, Image.BILINEAR)
-                xs.append(torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8))
+        for _key, src in items:
+            with Image.open(io.BytesIO(src) if isinstance(src, bytes) else src) as raw:
+                if mode is None or size is None:
+                    mode = "L" if raw.mode in ("L", "1", "I;16") else "RGB"
+                    size = raw.size
+                img = raw.convert(mode)
+                if img.size != size:
+                    img = img.resize(size, Image.Resampling.BILINEAR)
+                xs.append(torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8))
         c = 1 if mode == "L" else 3
         assert size is not None
         x = torch.stack(xs).view(len(xs), size[1], size[0], c).permute(0, 3, 1, 2).contiguous()

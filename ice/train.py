@@ -30,6 +30,7 @@ __all__ = [
     "unfreeze",
     "frozen_names",
     "remap_optimizer",
+    "cosine_lr",
     "StepHook",
 ]
 
@@ -118,7 +119,7 @@ def make_optimizer(model: nn.Module, lr: float, momentum: float = 0.9, weight_de
     return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
-def remap_optimizer(opt: torch.optim.Optimizer, changes: Iterable[tuple[nn.Parameter, nn.Parameter, int, torch.Tensor]]) -> None:
+def remap_optimizer(opt: torch.optim.Optimizer, changes: Iterable[tuple[torch.Tensor, nn.Parameter, int, torch.Tensor]]) -> None:
     """Carry optimizer state across a structural change (from ``prune_channels``).
 
     Each replaced parameter takes its old one's place in the param groups, and its
@@ -228,6 +229,15 @@ def evaluate(
     return {"acc": 100.0 * correct / max(seen, 1), "loss": total_loss / max(seen, 1)}
 
 
+def cosine_lr(peak: float, offset: int, total: int) -> Callable[[int, int], float]:
+    """An ``lr_at`` hook: cosine decay from ``peak`` over ``total`` steps, this epoch starting at ``offset``."""
+
+    def lr_at(step: int, _n: int) -> float:
+        return 0.5 * peak * (1 + math.cos(math.pi * min(1.0, (offset + step) / total)))
+
+    return lr_at
+
+
 def fit(
     model: nn.Module,
     data: Dataset,
@@ -253,10 +263,9 @@ def fit(
     history = []
     for epoch in range(n_full):
         frac = min(1.0, epochs - epoch)
-        base = done
         stats = train_epoch(
             model, data, opt, batch_size=batch_size, fraction=frac, augment=augment, generator=g, device=device,
-            lr_at=lambda s, _n, base=base: 0.5 * lr * (1 + math.cos(math.pi * min(1.0, (base + s) / total))),
+            lr_at=cosine_lr(lr, done, total),
         )
         done += n_steps(len(data.train), batch_size, frac)
         val = evaluate(model, data, "val", device=device)

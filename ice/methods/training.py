@@ -26,12 +26,12 @@ from torch import nn
 
 from ice.config import Params
 from ice.data import Dataset, batches, n_steps
-from ice.metrics import count_macs, count_params, sparsity
 from ice.methods.core import Callbacks, PruningResult
+from ice.metrics import count_macs, count_params, sparsity
 from ice.pruning import Masks, channel_importance, magnitude_masks, prunable_units, prune_channels
 from ice.pruning.structured import n_to_remove
 from ice.schedules import agp, one_cycle, one_shot
-from ice.train import evaluate, make_optimizer, remap_optimizer, train_epoch
+from ice.train import cosine_lr, evaluate, make_optimizer, remap_optimizer, train_epoch
 
 __all__ = ["TRAINING_METHODS", "schedule_for", "FilterPruner", "train_with_pruning"]
 
@@ -137,11 +137,10 @@ def train_with_pruning(model: nn.Module, data: Dataset, method: str, params: Par
     result = PruningResult(model=model, method=method, info={"granularity": granularity})
     done = 0
     for e in range(n_epochs):
-        base = done
         stats = train_epoch(
             model, data, opt, batch_size=params.prune.batch_size, fraction=min(1.0, cfg.epochs - e), augment=params.prune.augment,
             generator=g, channels_last=params.train.channels_last, on_step=on_step,
-            lr_at=lambda s, _n, base=base: 0.5 * cfg.lr * (1 + math.cos(math.pi * min(1.0, (base + s) / total))),
+            lr_at=cosine_lr(cfg.lr, done, total),
         )
         done += per_epoch[e]
         acc = evaluate(model, data, "val", batch_size=params.prune.eval_batch_size)["acc"]

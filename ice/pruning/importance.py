@@ -16,7 +16,9 @@ DATA_CRITERIA = ("mean_activation", "entropy", "taylor")
 
 
 def _weight(model: nn.Module, unit: Unit) -> torch.Tensor:
-    return model.get_submodule(unit.conv).weight.detach()  # type: ignore[return-value]
+    w = model.get_submodule(unit.conv).weight
+    assert isinstance(w, torch.Tensor)
+    return w.detach()
 
 
 def _l1(model: nn.Module, unit: Unit, **_: Any) -> torch.Tensor:

@@ -10,7 +10,7 @@ from torch import nn
 __all__ = ["Masks", "magnitude_masks", "prunable_weights"]
 
 
-def prunable_weights(model: nn.Module) -> dict[str, nn.Parameter]:
+def prunable_weights(model: nn.Module) -> dict[str, torch.Tensor]:
     """Conv and linear weights, the tensors unstructured pruning applies to."""
     return {
         f"{n}.weight" if n else "weight": m.weight

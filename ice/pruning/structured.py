@@ -13,11 +13,11 @@ from ice.pruning.units import Unit
 __all__ = ["prune_unit", "prune_channels"]
 
 
-Change = tuple[nn.Parameter, nn.Parameter, int, torch.Tensor]
+Change = tuple[torch.Tensor, nn.Parameter, int, torch.Tensor]
 """(old parameter, new parameter, pruned dimension, kept indices)."""
 
 
-def _keep_param(p: nn.Parameter, idx: torch.Tensor, dim: int, changes: list[Change]) -> nn.Parameter:
+def _keep_param(p: torch.Tensor, idx: torch.Tensor, dim: int, changes: list[Change]) -> nn.Parameter:
     # requires_grad carries over, so frozen layers stay frozen through surgery
     new = nn.Parameter(p.data.index_select(dim, idx.to(p.device)).clone(), requires_grad=p.requires_grad)
     changes.append((p, new, dim, idx))

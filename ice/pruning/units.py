@@ -99,9 +99,7 @@ def _plain_units(model: nn.Module) -> list[Unit] | None:
         if j >= len(seq):
             return None
         nxt_name, nxt = seq[j]
-        if isinstance(nxt, nn.Conv2d) and nxt.in_channels == m.out_channels:
-            members.append((nxt_name, "in"))
-        elif isinstance(nxt, nn.Linear) and nxt.in_features == m.out_channels:
+        if isinstance(nxt, nn.Conv2d) and nxt.in_channels == m.out_channels or isinstance(nxt, nn.Linear) and nxt.in_features == m.out_channels:
             members.append((nxt_name, "in"))
         else:
             return None

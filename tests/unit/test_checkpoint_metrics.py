@@ -2,7 +2,14 @@ import pytest
 import torch
 
 from ice.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, sha256_file
-from ice.metrics import conv_param_fraction, count_macs, count_params, measure_latency, prunable_conv_params, sparsity
+from ice.metrics import (
+    conv_param_fraction,
+    count_macs,
+    count_params,
+    measure_latency,
+    prunable_conv_params,
+    sparsity,
+)
 from ice.models import build_model
 from ice.pruning import prunable_units, prune_unit
 

@@ -57,3 +57,11 @@ def test_missing_file(tmp_path):
 
 def test_torchvision_arch_is_accepted():
     assert parse_params({"model": {"arch": "tv:resnet18"}}).model.arch == "tv:resnet18"
+
+
+def test_dotted_overrides_apply_before_validation(tmp_path):
+    p = write(tmp_path, "data:\n  source: digits\n")
+    params = load_params(p, {"data.source": "folder", "data.root": "x.tar", "prune.ratio": 0.7})
+    assert params.data.source == "folder" and params.prune.ratio == 0.7
+    with pytest.raises(ParamsError, match="prune.ratio"):
+        load_params(p, {"prune.ratio": 2})

@@ -142,7 +142,16 @@ def test_driving_the_loop_one_step_at_a_time_through_checkpoints_matches(digits,
     import json
 
     from ice.checkpoint import load_checkpoint, save_checkpoint
-    from ice.methods.core import apply_frozen, decide, finetune_step, iterate, prune_step, record_step, start_run, step_lr
+    from ice.methods.core import (
+        apply_frozen,
+        decide,
+        finetune_step,
+        iterate,
+        prune_step,
+        record_step,
+        start_run,
+        step_lr,
+    )
     from ice.train import frozen_names
 
     p = params(prune={"max_units": 3, "ratio": 0.3})

@@ -3,10 +3,10 @@ import math
 import pytest
 import torch
 
+from ice.config import parse_params
 from ice.methods.autotune import TrialResult, sample_trials, score, select_best
 from ice.methods.ice import freeze_scores, pruning_aware_lr, select_frozen, should_finetune
 from ice.schedules import agp, iterative, one_cycle, one_shot
-from ice.config import parse_params
 
 
 # ----------------------------------------------------------------------------- lr
@@ -30,7 +30,7 @@ def test_pruning_aware_lr_midpoint_at_one_minus_p():
 def test_pruning_aware_lr_is_monotone_in_x():
     xs = [i / 100 for i in range(1, 101)]
     lrs = [pruning_aware_lr(x, 0.001, 0.0008, 0.15, 50) for x in xs]
-    assert all(a <= b + 1e-15 for a, b in zip(lrs, lrs[1:]))
+    assert all(a <= b + 1e-15 for a, b in zip(lrs, lrs[1:], strict=False))
 
 
 # ----------------------------------------------------------------------------- schedules

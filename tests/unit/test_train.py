@@ -1,9 +1,17 @@
 import pytest
 import torch
-from torch import nn
 
 from ice.models import build_model
-from ice.train import evaluate, fit, freeze, frozen_names, kd_loss, make_optimizer, pick_device, train_epoch
+from ice.train import (
+    evaluate,
+    fit,
+    freeze,
+    frozen_names,
+    kd_loss,
+    make_optimizer,
+    pick_device,
+    train_epoch,
+)
 
 
 def test_pick_device_on_this_machine():
@@ -96,8 +104,3 @@ def test_small_resnet_learns_real_cifar10(cifar_tar, tmp_path_factory):
     acc = evaluate(m, ds, "test")["acc"]
     assert acc > 30.0, f"test accuracy {acc:.1f}% is not well above chance (10%)"
 
-
-class _Tiny(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc = nn.Linear(3, 2)

@@ -1,0 +1,121 @@
+"""Every method from the same pretrained checkpoint, in one table.
+
+    python benchmarks/compare_methods.py                       # the digits default (params.yaml)
+    python benchmarks/compare_methods.py --params params.yaml --source folder \
+        --root ../shared/datasets/cifar10-jpeg.tar.gz --arch cifar_resnet56 --ratio 0.6 \
+        --train-subset 4000 --pretrain-epochs 15 --methods ice iterative
+
+Prints method, total seconds (ICE's search included), fine-tunes, validation and test
+accuracy, params, MACs and the speedup against ``iterative``. ``--out`` also writes the
+table as Markdown. The pretrained checkpoint is cached under ``--workdir`` so a rerun
+with the same settings skips pre-training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ice.checkpoint import load_checkpoint, save_checkpoint
+from ice.config import load_params
+from ice.data import load_dataset
+from ice.methods import METHODS, Callbacks, run_pruning
+from ice.metrics import count_macs, count_params
+from ice.models import build_model
+from ice.train import evaluate, fit, pick_device
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="Compare pruning methods from one pretrained checkpoint.")
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--source", help="override data.source")
+    ap.add_argument("--root", help="override data.root")
+    ap.add_argument("--arch", help="override model.arch")
+    ap.add_argument("--ratio", type=float, help="override prune.ratio")
+    ap.add_argument("--methods", nargs="+", choices=METHODS, help="default: all")
+    ap.add_argument("--train-subset", type=int, help="keep this many training images (CPU budgets)")
+    ap.add_argument("--val-subset", type=int, help="keep this many validation images")
+    ap.add_argument("--test-subset", type=int, help="keep this many test images")
+    ap.add_argument("--pretrain-epochs", type=float, help="override train.epochs")
+    ap.add_argument("--batch-size", type=int, help="override prune.batch_size and train.batch_size")
+    ap.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None)
+    ap.add_argument("--workdir", default="data/bench")
+    ap.add_argument("--out", help="write the table as Markdown here")
+    ap.add_argument("--quiet", action="store_true")
+    args = ap.parse_args()
+
+    over: dict[str, object] = {}
+    for flag, key in (("source", "data.source"), ("root", "data.root"), ("arch", "model.arch"), ("ratio", "prune.ratio"),
+                      ("pretrain_epochs", "train.epochs")):
+        if getattr(args, flag) is not None:
+            over[key] = getattr(args, flag)
+    if args.batch_size:
+        over["prune.batch_size"] = over["train.batch_size"] = args.batch_size
+    if args.augment is not None:
+        over["prune.augment"] = over["train.augment"] = args.augment
+    params = load_params(args.params, over)
+    methods = args.methods or list(METHODS)
+    log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+
+    data = load_dataset(params.data)
+    g = torch.Generator().manual_seed(params.seed)
+    if args.train_subset and args.train_subset < len(data.train):
+        data.train = data.train.take(torch.randperm(len(data.train), generator=g)[: args.train_subset].sort().values)
+    if args.val_subset and args.val_subset < len(data.val):
+        data.val = data.val.take(torch.randperm(len(data.val), generator=g)[: args.val_subset].sort().values)
+    if args.test_subset and args.test_subset < len(data.test):
+        data.test = data.test.take(torch.arange(args.test_subset))
+    device = pick_device(params.train.device)
+    shape = data.input_shape()
+
+    key = hashlib.sha256(json.dumps([params.data.model_dump(), params.model.model_dump(), params.train.model_dump(), args.train_subset, args.val_subset, params.seed]).encode()).hexdigest()[:12]
+    ckpt = Path(args.workdir) / f"pretrained-{params.model.arch}-{key}.pt"
+    if ckpt.exists():
+        model, meta = load_checkpoint(ckpt, map_location=device)
+        log(f"pretrained checkpoint reused: {ckpt} (val {meta['val_acc']:.2f}%)")
+    else:
+        torch.manual_seed(params.seed)
+        model = build_model(params.model.arch, data.num_classes, data.in_channels).to(device)
+        t = time.perf_counter()
+        fit(model, data, epochs=params.train.epochs, lr=params.train.lr, momentum=params.train.momentum,
+            weight_decay=params.train.weight_decay, batch_size=params.train.batch_size, augment=params.train.augment,
+            seed=params.seed, device=device, on_epoch=lambda e, r: log(f"pretrain epoch {e}: val {r['val_acc']:.2f}%"))
+        val = evaluate(model, data, "val")["acc"]
+        save_checkpoint(ckpt, model, {"val_acc": val, "seconds": time.perf_counter() - t})
+        log(f"pretrained in {time.perf_counter() - t:.0f}s: val {val:.2f}%")
+
+    rows = [{
+        "method": "pretrained", "seconds": 0.0, "finetunes": 0, "val": evaluate(model, data, "val")["acc"],
+        "test": evaluate(model, data, "test")["acc"], "params": count_params(model), "macs": count_macs(model, shape),
+    }]
+    for method in methods:
+        log(f"--- {method}")
+        res = run_pruning(model, data, method, params, Callbacks(on_log=log))
+        rows.append({
+            "method": method, "seconds": res.seconds, "finetunes": res.finetunes,
+            "val": evaluate(res.model, data, "val")["acc"], "test": evaluate(res.model, data, "test")["acc"],
+            "params": count_params(res.model, nonzero=True), "macs": count_macs(res.model, shape),
+        })
+    base = next((r["seconds"] for r in rows if r["method"] == "iterative"), None)
+    header = "| method | seconds | fine-tunes | val acc | test acc | params (non-zero) | MACs | speedup vs iterative |"
+    lines = [header, "|" + "---|" * 8]
+    for r in rows:
+        speed = f"{base / r['seconds']:.2f}x" if base and r["seconds"] > 0 else "-"
+        lines.append(f"| {r['method']} | {r['seconds']:.1f} | {r['finetunes']} | {r['val']:.2f} | {r['test']:.2f} | {r['params']:,} | {r['macs']:,} | {speed} |")
+    info = (f"data={params.data.source} arch={params.model.arch} ratio={params.prune.ratio} device={device} "
+            f"threads={torch.get_num_threads()} train={len(data.train)} val={len(data.val)} test={len(data.test)}")
+    print(info)
+    print("\n".join(lines))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(info + "\n\n" + "\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
