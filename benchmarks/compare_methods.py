@@ -38,7 +38,7 @@ def main() -> None:
     ap.add_argument("--root", help="override data.root")
     ap.add_argument("--arch", help="override model.arch")
     ap.add_argument("--ratio", type=float, help="override prune.ratio")
-    ap.add_argument("--methods", nargs="+", choices=METHODS, help="default: all")
+    ap.add_argument("--methods", nargs="+", choices=METHODS, help="default: prune.methods from the params file")
     ap.add_argument("--train-subset", type=int, help="keep this many training images (CPU budgets)")
     ap.add_argument("--val-subset", type=int, help="keep this many validation images")
     ap.add_argument("--test-subset", type=int, help="keep this many test images")
@@ -60,7 +60,7 @@ def main() -> None:
     if args.augment is not None:
         over["prune.augment"] = over["train.augment"] = args.augment
     params = load_params(args.params, over)
-    methods = args.methods or list(METHODS)
+    methods = args.methods or list(params.prune.methods)
     log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
 
     data = load_dataset(params.data)
