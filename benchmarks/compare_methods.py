@@ -3,7 +3,8 @@
     python benchmarks/compare_methods.py                       # the digits default (params.yaml)
     python benchmarks/compare_methods.py --params params.yaml --source folder \
         --root ../shared/datasets/cifar10-jpeg.tar.gz --arch cifar_resnet56 --ratio 0.6 \
-        --train-subset 4000 --pretrain-epochs 15 --methods ice iterative
+        --train-subset 3000 --val-subset 1000 --test-subset 2000 --pretrain-epochs 12 \
+        --augment --set ice.autotune.subset=0.02 --methods ice iterative
 
 Prints method, total seconds (ICE's search included), fine-tunes, validation and test
 accuracy, params, MACs and the speedup against ``iterative``. ``--out`` also writes the
@@ -21,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 from ice.checkpoint import load_checkpoint, save_checkpoint
 from ice.config import load_params
@@ -45,6 +47,8 @@ def main() -> None:
     ap.add_argument("--pretrain-epochs", type=float, help="override train.epochs")
     ap.add_argument("--batch-size", type=int, help="override prune.batch_size and train.batch_size")
     ap.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="any params override, dotted, YAML value (e.g. --set ice.autotune.subset=0.02)")
     ap.add_argument("--workdir", default="data/bench")
     ap.add_argument("--out", help="write the table as Markdown here")
     ap.add_argument("--quiet", action="store_true")
@@ -59,6 +63,11 @@ def main() -> None:
         over["prune.batch_size"] = over["train.batch_size"] = args.batch_size
     if args.augment is not None:
         over["prune.augment"] = over["train.augment"] = args.augment
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            ap.error(f"--set {item!r}: expected KEY=VALUE")
+        over[key] = yaml.safe_load(value)
     params = load_params(args.params, over)
     methods = args.methods or list(params.prune.methods)
     log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))

@@ -73,7 +73,8 @@ def freeze(model: nn.Module, names: Iterable[str], bn: bool = True) -> list[str]
     order = list(modules)
     done: list[str] = []
     for name in names:
-        m = modules[name]
+        if name not in modules:
+            raise KeyError(f"cannot freeze {name!r}: no such module")
         targets = [name]
         if bn:
             i = order.index(name)
@@ -90,7 +91,6 @@ def freeze(model: nn.Module, names: Iterable[str], bn: bool = True) -> list[str]
             mod._ice_frozen = True  # type: ignore[assignment]
             if t not in done:
                 done.append(t)
-        del m
     return done
 
 
