@@ -14,13 +14,12 @@ import copy
 import time
 
 import torch
+from throughput import synthetic_cifar  # noqa: E402  (same folder)
 
 from ice.config import parse_params
 from ice.methods.core import apply_frozen, finetune, start_run
 from ice.models import build_model
 from ice.train import frozen_names
-
-from throughput import synthetic_cifar  # noqa: E402  (same folder)
 
 
 def main() -> None:
