@@ -37,6 +37,8 @@ __all__ = [
     "record_step",
     "iterate",
     "unit_by_name",
+    "apply_frozen",
+    "finetune_step",
 ]
 
 
