@@ -25,7 +25,7 @@ import torch
 
 from ice.config import DataConfig
 
-__all__ = ["Split", "Dataset", "load_dataset", "batches", "n_steps", "augment_batch", "normalize", "IMAGE_EXTS"]
+__all__ = ["Split", "Dataset", "load_dataset", "batches", "probe_batch", "n_steps", "augment_batch", "normalize", "IMAGE_EXTS"]
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 _CACHE_FORMAT = 2
@@ -196,9 +196,8 @@ def _load_folder(spec: DataConfig) -> dict[str, Any]:
 
 def _split_class(parts: tuple[str, ...]) -> tuple[str, str] | None:
     """Find ``.../(train|test)/<class>/<file>`` in a member path."""
-    for i in range(len(parts) - 2, 0, -1):
-        if parts[i - 1] in ("train", "test") and i == len(parts) - 2:
-            return parts[i - 1], parts[i]
+    if len(parts) >= 3 and parts[-3] in ("train", "test"):
+        return parts[-3], parts[-2]
     return None
 
 
@@ -314,6 +313,11 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator, padding: int = 4,
     if flips is not None:
         out = torch.where(flips.to(x.device).view(b, 1, 1, 1), out.flip(3), out)
     return out
+
+
+def probe_batch(data: Dataset, n: int = 256, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` training images, normalised: data for activation-based criteria."""
+    return next(batches(data.train, n, data.mean, data.std, device=device))
 
 
 def batches(

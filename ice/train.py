@@ -31,6 +31,7 @@ __all__ = [
     "frozen_names",
     "remap_optimizer",
     "cosine_lr",
+    "epoch_fractions",
     "StepHook",
 ]
 
@@ -229,6 +230,11 @@ def evaluate(
     return {"acc": 100.0 * correct / max(seen, 1), "loss": total_loss / max(seen, 1)}
 
 
+def epoch_fractions(epochs: float) -> list[float]:
+    """Per-epoch fractions for a possibly fractional epoch count: 2.5 -> [1, 1, 0.5]."""
+    return [min(1.0, epochs - e) for e in range(math.ceil(epochs))]
+
+
 def cosine_lr(peak: float, offset: int, total: int) -> Callable[[int, int], float]:
     """An ``lr_at`` hook: cosine decay from ``peak`` over ``total`` steps, this epoch starting at ``offset``."""
 
@@ -257,12 +263,11 @@ def fit(
     model.to(device)
     opt = make_optimizer(model, lr, momentum, weight_decay)
     g = torch.Generator().manual_seed(seed)
-    n_full = math.ceil(epochs)
-    total = sum(n_steps(len(data.train), batch_size, min(1.0, epochs - e)) for e in range(n_full))
+    fractions = epoch_fractions(epochs)
+    total = sum(n_steps(len(data.train), batch_size, f) for f in fractions)
     done = 0
     history = []
-    for epoch in range(n_full):
-        frac = min(1.0, epochs - epoch)
+    for epoch, frac in enumerate(fractions):
         stats = train_epoch(
             model, data, opt, batch_size=batch_size, fraction=frac, augment=augment, generator=g, device=device,
             lr_at=cosine_lr(lr, done, total),

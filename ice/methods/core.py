@@ -10,7 +10,6 @@ make each call its own cached task. :func:`iterate` chains them in memory.
 from __future__ import annotations
 
 import copy
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -20,10 +19,11 @@ import torch
 from torch import nn
 
 from ice.config import Params
-from ice.data import Dataset
+from ice.data import Dataset, probe_batch
 from ice.metrics import count_macs, count_params, prunable_conv_params
 from ice.pruning import prunable_units, prune_unit
-from ice.train import evaluate, freeze, frozen_names, make_optimizer, train_epoch
+from ice.pruning.importance import DATA_CRITERIA
+from ice.train import epoch_fractions, evaluate, freeze, frozen_names, make_optimizer, train_epoch
 
 __all__ = [
     "Callbacks",
@@ -108,10 +108,10 @@ def finetune(
     g = torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
     stats: dict[str, float] = {}
-    for e in range(math.ceil(epochs)):
+    for frac in epoch_fractions(epochs):
         stats = train_epoch(
             model, data, opt,
-            batch_size=cfg.batch_size, fraction=min(1.0, epochs - e), augment=cfg.augment, generator=g,
+            batch_size=cfg.batch_size, fraction=frac, augment=cfg.augment, generator=g,
             teacher=teacher if cfg.kd else None, temperature=cfg.kd_temperature,
             channels_last=params.train.channels_last,
         )
@@ -176,12 +176,9 @@ def prune_step(model: nn.Module, data: Dataset, state: dict[str, Any], k: int, p
     plan = state["plan"][k]
     t0 = time.perf_counter()
     unit = unit_by_name(model, plan["unit"])
-    needs_data = params.prune.criterion in ("mean_activation", "entropy", "taylor")
     batch = None
-    if needs_data:
-        from ice.data import batches
-
-        batch = next(batches(data.train, 256, data.mean, data.std, device=next(model.parameters()).device))
+    if params.prune.criterion in DATA_CRITERIA:
+        batch = probe_batch(data, device=next(model.parameters()).device)
     info = prune_unit(
         model, unit, plan["ratio"], params.prune.criterion, data=batch,
         seed=params.seed * 1000 + k, input_shape=tuple(state["input_shape"]),

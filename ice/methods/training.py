@@ -25,13 +25,20 @@ import torch
 from torch import nn
 
 from ice.config import Params
-from ice.data import Dataset, batches, n_steps
+from ice.data import Dataset, n_steps, probe_batch
 from ice.methods.core import Callbacks, PruningResult
 from ice.metrics import count_macs, count_params, sparsity
 from ice.pruning import Masks, channel_importance, magnitude_masks, prunable_units, prune_channels
-from ice.pruning.structured import n_to_remove
+from ice.pruning.structured import n_to_remove, split_lowest
 from ice.schedules import agp, one_cycle, one_shot
-from ice.train import cosine_lr, evaluate, make_optimizer, remap_optimizer, train_epoch
+from ice.train import (
+    cosine_lr,
+    epoch_fractions,
+    evaluate,
+    make_optimizer,
+    remap_optimizer,
+    train_epoch,
+)
 
 __all__ = ["TRAINING_METHODS", "schedule_for", "FilterPruner", "train_with_pruning"]
 
@@ -77,7 +84,7 @@ class FilterPruner:
             if k <= 0:
                 continue
             scores = channel_importance(self.model, u, self.criterion, data=data, seed=self.seed + self.events)
-            keep = torch.sort(scores.double(), stable=True).indices[k:]
+            _, keep = split_lowest(scores, k)
             changes = prune_channels(self.model, u, keep)
             if optimizer is not None:
                 remap_optimizer(optimizer, changes)
@@ -96,12 +103,13 @@ def train_with_pruning(model: nn.Module, data: Dataset, method: str, params: Par
     model = copy.deepcopy(model)
     device = next(model.parameters()).device
     shape = data.input_shape()
-    n_epochs = math.ceil(cfg.epochs)
-    per_epoch = [n_steps(len(data.train), params.prune.batch_size, min(1.0, cfg.epochs - e)) for e in range(n_epochs)]
+    fractions = epoch_fractions(cfg.epochs)
+    n_epochs = len(fractions)
+    per_epoch = [n_steps(len(data.train), params.prune.batch_size, f) for f in fractions]
     total = sum(per_epoch)
     opt = make_optimizer(model, cfg.lr, params.prune.momentum, params.prune.weight_decay)
     g = torch.Generator().manual_seed(params.seed)
-    probe = next(batches(data.train, 256, data.mean, data.std, device=device))  # for data-driven criteria
+    probe = probe_batch(data, device=device)  # for data-driven criteria
 
     granularity = "filter" if method == "prune_while_training" else cfg.granularity
     filters = FilterPruner(model, cfg.pwt_criterion if method == "prune_while_training" else params.prune.criterion, params.seed, params.prune.max_units) if granularity == "filter" else None
@@ -138,7 +146,7 @@ def train_with_pruning(model: nn.Module, data: Dataset, method: str, params: Par
     done = 0
     for e in range(n_epochs):
         stats = train_epoch(
-            model, data, opt, batch_size=params.prune.batch_size, fraction=min(1.0, cfg.epochs - e), augment=params.prune.augment,
+            model, data, opt, batch_size=params.prune.batch_size, fraction=fractions[e], augment=params.prune.augment,
             generator=g, channels_last=params.train.channels_last, on_step=on_step,
             lr_at=cosine_lr(cfg.lr, done, total),
         )

@@ -77,6 +77,15 @@ def prune_channels(model: nn.Module, unit: Unit, keep: torch.Tensor) -> list[Cha
     return changes
 
 
+def split_lowest(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(removed, kept) channel indices, each sorted: the ``k`` lowest scores go.
+
+    A stable sort breaks ties by channel index, so the result is deterministic.
+    """
+    order = torch.sort(scores.double().cpu(), stable=True).indices
+    return order[:k].sort().values, order[k:].sort().values
+
+
 def n_to_remove(width: int, ratio: float) -> int:
     """Channels removed at ``ratio``; at least one channel always stays."""
     return min(width - 1, int(round(width * ratio)))
@@ -112,10 +121,7 @@ def prune_unit(
     changes: list[Change] = []
     if k > 0:
         scores = channel_importance(model, unit, criterion, data=data, seed=seed)
-        # stable sort: ties are broken by channel index, so the result is deterministic
-        order = torch.sort(scores.double().cpu(), stable=True).indices
-        removed = order[:k].sort().values
-        keep = order[k:].sort().values
+        removed, keep = split_lowest(scores, k)
         changes = prune_channels(model, unit, keep)
     return {
         "unit": unit.name,
