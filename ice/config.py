@@ -130,6 +130,7 @@ class AutotuneConfig(_Section):
     objective: Literal["balanced", "paper"] = "balanced"
     acc_tolerance: float = Field(1.0, gt=0)  # balanced objective: points of accuracy worth doubling the time
     seed: int = 0
+    workers: int = Field(1, ge=1)  # trials run at once by the autotune flow's task runner
     grid: dict[str, list[float]] = Field(default_factory=lambda: {k: list(v) for k, v in PAPER_GRID.items()})
 
     @model_validator(mode="after")

@@ -25,7 +25,7 @@ import torch
 
 from ice.config import DataConfig
 
-__all__ = ["Split", "Dataset", "load_dataset", "batches", "probe_batch", "n_steps", "augment_batch", "normalize", "IMAGE_EXTS"]
+__all__ = ["Split", "Dataset", "load_dataset", "save_prepared", "load_prepared", "batches", "probe_batch", "n_steps", "augment_batch", "normalize", "IMAGE_EXTS"]
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 _CACHE_FORMAT = 2
@@ -283,6 +283,44 @@ def _cached(spec: DataConfig, decode: Any) -> dict[str, Any]:
     torch.save(raw, tmp)
     os.replace(tmp, cache)
     return raw
+
+
+# ----------------------------------------------------------------------------- prepared data
+PREPARED_FORMAT = "ice-prepared/1"
+
+
+def save_prepared(ds: Dataset, path: str | Path) -> str:
+    """Write ``ds`` (its three splits, classes and statistics) atomically; return the sha256.
+
+    The file holds tensors and plain data only, so :func:`load_prepared` reads it with
+    ``weights_only=True``. The same dataset always gives the same bytes.
+    """
+    from ice.checkpoint import atomic_write_bytes
+
+    payload: dict[str, Any] = {"format": PREPARED_FORMAT, "name": ds.name, "classes": list(ds.classes),
+                               "mean": list(ds.mean), "std": list(ds.std), "meta": dict(ds.meta)}
+    for split in ("train", "val", "test"):
+        s: Split = getattr(ds, split)
+        payload[split] = {"x": s.x.contiguous(), "y": s.y.contiguous(),
+                          "index": s.index.contiguous() if s.index is not None else torch.arange(len(s))}
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    data = buf.getvalue()
+    atomic_write_bytes(path, data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def load_prepared(path: str | Path, sha256: str | None = None) -> Dataset:
+    """Read a file written by :func:`save_prepared`; verify ``sha256`` when given."""
+    data = Path(path).read_bytes()
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise ValueError(f"{path}: sha256 mismatch; the prepared data changed since it was recorded")
+    p = torch.load(io.BytesIO(data), weights_only=True)
+    if not isinstance(p, dict) or p.get("format") != PREPARED_FORMAT:
+        raise ValueError(f"{path}: not prepared data (run the prepare stage)")
+    splits = {k: Split(p[k]["x"], p[k]["y"], p[k]["index"]) for k in ("train", "val", "test")}
+    return Dataset(p["name"], splits["train"], splits["val"], splits["test"], list(p["classes"]),
+                   tuple(p["mean"]), tuple(p["std"]), dict(p["meta"]))
 
 
 # ----------------------------------------------------------------------------- batches

@@ -1,1 +1,3 @@
-"""Prefect tasks wrapping ice/. Not built yet: see the pipeline issue and ../shared/DESIGN.md."""
+"""Prefect tasks (``tasks.steps``), MLflow tracking (``tasks.tracking``) and the paths and
+references they share (``tasks.common``). Tasks are thin: each calls ``ice`` and moves
+checkpoints by reference."""

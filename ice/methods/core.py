@@ -32,6 +32,8 @@ __all__ = [
     "finetune",
     "start_run",
     "prune_step",
+    "prune_only",
+    "val_accuracy",
     "decide",
     "step_lr",
     "record_step",
@@ -119,7 +121,8 @@ def finetune(
     return stats
 
 
-def _acc(model: nn.Module, data: Dataset, params: Params) -> float:
+def val_accuracy(model: nn.Module, data: Dataset, params: Params) -> float:
+    """Accuracy on the validation split: the split every decision is made on."""
     return evaluate(model, data, "val", batch_size=params.prune.eval_batch_size)["acc"]
 
 
@@ -144,7 +147,7 @@ def start_run(
     units = prunable_units(model)
     if params.prune.max_units:
         units = units[: params.prune.max_units]
-    acc0 = _acc(model, data, params)
+    acc0 = val_accuracy(model, data, params)
     state: dict[str, Any] = {
         "method": method,
         "acc_original": acc0,
@@ -171,8 +174,8 @@ def apply_frozen(model: nn.Module, state: dict[str, Any], params: Params) -> Non
         freeze(model, state["frozen"], bn=params.ice.freeze_bn)
 
 
-def prune_step(model: nn.Module, data: Dataset, state: dict[str, Any], k: int, params: Params) -> dict[str, Any]:
-    """Apply planned step ``k`` to ``model`` in place; return sizes, accuracy and timings."""
+def prune_only(model: nn.Module, data: Dataset, state: dict[str, Any], k: int, params: Params) -> dict[str, Any]:
+    """Apply planned step ``k`` to ``model`` in place (no evaluation); return sizes and time."""
     plan = state["plan"][k]
     t0 = time.perf_counter()
     unit = unit_by_name(model, plan["unit"])
@@ -184,19 +187,23 @@ def prune_step(model: nn.Module, data: Dataset, state: dict[str, Any], k: int, p
         seed=params.seed * 1000 + k, input_shape=tuple(state["input_shape"]),
     )
     apply_frozen(model, state, params)
-    t1 = time.perf_counter()
-    acc = _acc(model, data, params)
-    t2 = time.perf_counter()
     return {
         "step": k,
         "unit": plan["unit"],
         "ratio": plan["ratio"],
         "params": info["params_after"],
         "macs": info["macs_after"],
-        "acc_pruned": acc,
-        "t_prune": t1 - t0,
-        "t_eval": t2 - t1,
+        "t_prune": time.perf_counter() - t0,
     }
+
+
+def prune_step(model: nn.Module, data: Dataset, state: dict[str, Any], k: int, params: Params) -> dict[str, Any]:
+    """Apply planned step ``k`` to ``model`` in place; return sizes, accuracy and timings."""
+    out = prune_only(model, data, state, k, params)
+    t1 = time.perf_counter()
+    out["acc_pruned"] = val_accuracy(model, data, params)
+    out["t_eval"] = time.perf_counter() - t1
+    return out
 
 
 def decide(state: dict[str, Any], acc_now: float, params: Params) -> bool:
@@ -239,7 +246,7 @@ def finetune_step(
     """Fine-tune after step ``k`` and measure the accuracy it reaches."""
     stats = finetune(model, data, params, lr=lr, teacher=teacher, seed=params.seed * 1000 + k)
     t = time.perf_counter()
-    acc = _acc(model, data, params)
+    acc = val_accuracy(model, data, params)
     return {"acc": acc, "seconds": stats["seconds"], "t_eval": time.perf_counter() - t, "train_loss": stats.get("loss", 0.0)}
 
 

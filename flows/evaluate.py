@@ -1,0 +1,115 @@
+"""evaluate: every pruned model side by side with the pretrained one.
+
+    python -m flows.evaluate --params params.yaml
+        ->  reports/metrics.json, reports/compare.md, reports/plots/steps.csv, reports/figures/*.png
+
+``metrics.json`` holds, per method, the final validation and test accuracy, params,
+MACs, total seconds, fine-tunes and the speedup against ``iterative``. Accuracy,
+params, MACs and fine-tunes are the same on every CPU run with the same params; the
+seconds are measured.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+
+from flows._runtime import Stage, cli, open_stage, require
+from tasks.common import progress, read_json, write_csv, write_json
+from ice.checkpoint import atomic_write_bytes as _write
+from tasks.steps import bind, evaluate_model
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    head = "| method | seconds | fine-tunes | val acc | test acc | params | MACs | speedup vs iterative |"
+    lines = [head, "|" + "---|" * 8]
+    for r in rows:
+        speed = f"{r['speedup_vs_iterative']:.2f}x" if r.get("speedup_vs_iterative") else "-"
+        lines.append(
+            f"| {r['method']} | {r['total_seconds']:.1f} | {r['finetunes']} | {r['val_acc']:.2f} | {r['test_acc']:.2f} "
+            f"| {r['params_nonzero']:,} | {r['macs']:,} | {speed} |"
+        )
+    return "\n".join(lines)
+
+
+def _figures(st: Stage, steps: list[dict[str, Any]], pre: dict[str, Any]) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    st.paths.figures.mkdir(parents=True, exist_ok=True)
+    out = []
+    for key, label, fname in (("acc", "validation accuracy (%)", "accuracy.png"), ("params", "parameters", "params.png")):
+        fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+        for method in dict.fromkeys(r["method"] for r in steps):
+            pts = [(r["step"], r[key]) for r in steps if r["method"] == method]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=method)
+        ax.axhline(pre["val_acc"] if key == "acc" else pre["params"], color="grey", ls=":", lw=1, label="pretrained")
+        ax.set_xlabel("step (epoch for training-time methods)")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        path = st.paths.figures / fname
+        tmp = path.with_name(f".{fname}.tmp.png")
+        fig.savefig(tmp, metadata={"Software": None})
+        plt.close(fig)
+        tmp.replace(path)
+        out.append(path)
+    return out
+
+
+@flow(name="evaluate")
+def evaluate(params_path: str = "params.yaml", root: str | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    with open_stage("evaluate", params_path, root, overrides) as st:
+        data_ref = require(st.paths, st.paths.prepared, "prepare")
+        pre_ref = require(st.paths, st.paths.pretrained, "pretrain")
+        cfg = st.cfg("seed", "train", "evaluate")
+        ev = bind(evaluate_model, st.root)
+        pre = ev(str(st.root), data_ref, pre_ref, cfg)
+        rows: list[dict[str, Any]] = []
+        steps: list[dict[str, Any]] = []
+        for method in st.params.prune.methods:
+            ref = require(st.paths, st.paths.pruned(method), f"prune --method {method}")
+            report = read_json(st.paths.prune_report(method))
+            m = ev(str(st.root), data_ref, ref, cfg)
+            rows.append({"method": method, **m, "total_seconds": report["seconds"], "finetunes": report["finetunes"]})
+            import csv
+
+            with open(st.paths.steps_csv(method)) as f:
+                for r in csv.DictReader(f):
+                    acc = float(r.get("acc_finetuned") or 0.0)
+                    steps.append({"method": method, "step": int(r["step"]), "acc": acc, "params": int(float(r["params"]))})
+            progress(f"[evaluate] {method}: test {m['test_acc']:.2f}%, {m['params_nonzero']:,} params, {report['seconds']:.1f}s")
+        base = next((r["total_seconds"] for r in rows if r["method"] == "iterative"), None)
+        for r in rows:
+            r["speedup_vs_iterative"] = base / r["total_seconds"] if base and r["total_seconds"] > 0 else None
+        metrics = {"pretrained": pre, "methods": {r["method"]: {k: v for k, v in r.items() if k != "method"} for r in rows}}
+        write_json(st.paths.metrics, metrics)
+        write_csv(st.paths.root / "reports" / "plots" / "steps.csv", steps)
+        figs = _figures(st, steps, pre)
+        pre_row = {"method": "pretrained", **pre, "total_seconds": 0.0, "finetunes": 0}
+        md = [
+            f"# Method comparison: {st.params.model.arch} on {st.params.data.source}, ratio {st.params.prune.ratio}",
+            "",
+            "Seconds are compute seconds (ICE's search included); params are non-zero parameters.",
+            "",
+            _table([pre_row, *rows]),
+            "",
+            *[f"![{p.stem}](figures/{p.name})" for p in figs],
+            "",
+        ]
+        _write(st.paths.compare, "\n".join(md).encode())
+        assert st.tracker is not None and st.run_id is not None
+        for r in rows:
+            st.tracker.log_metrics(st.run_id, {f"{r['method']}.{k}": v for k, v in r.items() if isinstance(v, int | float)})
+        st.tracker.log_artifacts(st.run_id, [st.paths.metrics, st.paths.compare, *figs])
+        progress(f"[evaluate] {st.paths.rel(st.paths.compare)}:\n" + _table([pre_row, *rows]))
+        return metrics
+
+
+if __name__ == "__main__":
+    cli("evaluate", "Compare the pruned models.", lambda a, o: evaluate(a.params, a.root, o))

@@ -1,0 +1,28 @@
+"""prepare: decode the data source once into uint8 tensors with fixed splits.
+
+    python -m flows.prepare --params params.yaml      ->  data/prepared/dataset.pt
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from flows._runtime import cli, open_stage
+from tasks.common import progress, publish, resolve
+from tasks.steps import bind, prepare_data
+
+
+@flow(name="prepare", log_prints=False)
+def prepare(params_path: str = "params.yaml", root: str | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    with open_stage("prepare", params_path, root, overrides, track=False) as st:
+        out = bind(prepare_data, st.root)(str(st.root), st.cfg("data")["data"])
+        publish(resolve(st.paths, out["ref"]), st.paths.prepared)
+        progress(f"[prepare] {st.params.data.source}: train {out['train']}, val {out['val']}, test {out['test']}, "
+                 f"{out['classes']} classes, images {'x'.join(map(str, out['shape']))} -> {st.paths.rel(st.paths.prepared)}")
+        return out
+
+
+if __name__ == "__main__":
+    cli("prepare", "Decode the data source into prepared tensors.", lambda a, o: prepare(a.params, a.root, o))

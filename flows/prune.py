@@ -1,0 +1,122 @@
+"""prune: one method from the pretrained checkpoint, one Prefect task per step.
+
+    python -m flows.prune --method ice --params params.yaml
+        ->  models/pruned-ice.pt, reports/steps/ice.csv, reports/prune/ice.json
+
+For ``ice`` and ``iterative`` each step is a chain of cached tasks: prune-step,
+evaluate-step, decide-finetune, then finetune and evaluate-step when the decision says
+so. Every task is keyed by its input checkpoint's sha256 and its own config, so a run
+killed at step k and started again reuses steps 0..k-1 from the cache and ends with a
+byte-identical checkpoint. The training-time methods (one_shot, agp, one_cycle,
+prune_while_training) are one task each, reporting every epoch.
+
+A method's total seconds are compute seconds: the steps' prune, evaluation and
+fine-tune time, ICE's freeze trial and, for ICE, the auto-tuner's search.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from flows._runtime import Stage, cli, open_stage, require
+from tasks.common import progress, publish, read_json, resolve, write_csv, write_json
+from tasks.steps import (
+    bind,
+    decide_finetune,
+    evaluate_checkpoint,
+    finetune_checkpoint,
+    load_model,
+    prune_one_step,
+    start_pruning,
+    train_with_schedule,
+)
+from tasks.tracking import registered_name
+
+STEP_METRICS = ("acc_pruned", "acc_finetuned", "params", "macs", "lr", "frozen", "finetuned", "t_prune", "t_eval", "t_finetune")
+
+
+def _stepwise(st: Stage, method: str, data_ref: dict[str, str], pre_ref: dict[str, str]) -> dict[str, Any]:
+    from ice.methods.core import record_step
+
+    root = str(st.root)
+    cfg = st.cfg("seed", "train", "prune", "ice")
+    hp = None
+    search_seconds = 0.0
+    if method == "ice":
+        require(st.paths, st.paths.autotune, "autotune")
+        tuned = read_json(st.paths.autotune)
+        hp, search_seconds = tuned["hp"], float(tuned["search_seconds"])
+    state = bind(start_pruning, st.root)(root, data_ref, pre_ref, method, hp, cfg)
+    run = {k: state[k] for k in ("method", "plan", "frozen", "hp", "input_shape", "conv_params_original")}
+    prune_t, eval_t, decide_t, ft_t = (bind(t, st.root) for t in (prune_one_step, evaluate_checkpoint, decide_finetune, finetune_checkpoint))
+    n = len(state["plan"])
+    if state["frozen"]:
+        progress(f"[{method}] freeze trial: {len(state['frozen'])} convs frozen")
+    progress(f"[{method}] {n} steps at ratio {st.params.prune.ratio}, reference accuracy {state['acc_original']:.2f}%")
+    ref = pre_ref
+    steps: list[dict[str, Any]] = []
+    for k in range(n):
+        pruned = prune_t(root, data_ref, ref, run, k, cfg)
+        ev = eval_t(root, data_ref, pruned["ref"], cfg)
+        pruned.update(acc_pruned=ev["acc"], t_eval=ev["seconds"])
+        ref = pruned["ref"]
+        ft = None
+        if decide_t(run, state["acc_original"], state["acc_previous"], ev["acc"], cfg):
+            tuned_ckpt = ft_t(root, data_ref, ref, pre_ref, run, k, pruned["lr"], cfg)
+            ev2 = eval_t(root, data_ref, tuned_ckpt["ref"], cfg)
+            ft = {"acc": ev2["acc"], "seconds": tuned_ckpt["seconds"], "t_eval": ev2["seconds"]}
+            ref = tuned_ckpt["ref"]
+        rec = record_step(state, pruned, ft, pruned["lr"], pruned["frozen"])
+        steps.append(rec)
+        if st.tracker is not None and st.run_id is not None:
+            st.tracker.log_metrics(st.run_id, {m: rec[m] for m in STEP_METRICS}, step=k)
+        progress(f"[{method}] step {k + 1}/{n} {rec['unit']}: acc {rec['acc_pruned']:.2f}"
+                 + (f" -> fine-tune (lr {rec['lr']:.2e}) {rec['acc_finetuned']:.2f}" if rec["finetuned"] else " (no fine-tune)"))
+    seconds = search_seconds + state["seconds_setup"] + sum(r["t_prune"] + r["t_eval"] + r["t_finetune"] for r in steps)
+    return {"ref": ref, "steps": steps, "seconds": seconds, "search_seconds": search_seconds,
+            "finetunes": sum(1 for r in steps if r["finetuned"]), "hp": state["hp"], "frozen": state["frozen"],
+            "acc_original": state["acc_original"]}
+
+
+def _training(st: Stage, method: str, data_ref: dict[str, str], pre_ref: dict[str, str]) -> dict[str, Any]:
+    out = bind(train_with_schedule, st.root)(str(st.root), data_ref, pre_ref, method, st.cfg("seed", "train", "prune", "schedule"))
+    if st.tracker is not None and st.run_id is not None:
+        for rec in out["steps"]:
+            st.tracker.log_metrics(st.run_id, {k: v for k, v in rec.items() if k != "step"}, step=rec["step"])
+    return {"ref": out["ref"], "steps": out["steps"], "seconds": out["seconds"], "search_seconds": 0.0, "finetunes": 0,
+            "info": out["info"]}
+
+
+@flow(name="prune")
+def prune(method: str, params_path: str = "params.yaml", root: str | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    from ice.methods import METHODS
+
+    if method not in METHODS:
+        raise ValueError(f"method = {method!r} is not allowed; allowed: {', '.join(METHODS)}")
+    with open_stage("prune", params_path, root, overrides, method=method) as st:
+        data_ref = require(st.paths, st.paths.prepared, "prepare")
+        pre_ref = require(st.paths, st.paths.pretrained, "pretrain")
+        out = _stepwise(st, method, data_ref, pre_ref) if method in ("ice", "iterative") else _training(st, method, data_ref, pre_ref)
+        final = resolve(st.paths, out["ref"])
+        publish(final, st.paths.pruned(method))
+        write_csv(st.paths.steps_csv(method), [{"method": method, **r} for r in out["steps"]])
+        report = {k: v for k, v in out.items() if k not in ("ref", "steps")} | {"method": method, "sha256": out["ref"]["sha256"]}
+        write_json(st.paths.prune_report(method), report)
+        assert st.tracker is not None and st.run_id is not None
+        st.tracker.log_metrics(st.run_id, {"total_seconds": out["seconds"], "finetunes": out["finetunes"], "search_seconds": out["search_seconds"]})
+        st.tracker.log_artifacts(st.run_id, [st.paths.steps_csv(method), st.paths.prune_report(method)])
+        if st.params.tracking.register_models:
+            name = registered_name(st.params.model.arch, st.params.data.source)
+            version = st.tracker.log_model(st.run_id, load_model(st.paths, out["ref"], "cpu"), name, method, f"pruned with {method}")
+            report["registered"] = f"{name} v{version} (alias {method})"
+        progress(f"[{method}] done: {out['finetunes']} fine-tunes, {out['seconds']:.1f}s -> {st.paths.rel(st.paths.pruned(method))}")
+        return report
+
+
+if __name__ == "__main__":
+    def _extra(ap: Any) -> None:
+        ap.add_argument("--method", required=True, help="ice, iterative, one_shot, agp, one_cycle or prune_while_training")
+
+    cli("prune", "Prune the pretrained model with one method.", lambda a, o: prune(a.method, a.params, a.root, o), _extra)

@@ -1,0 +1,188 @@
+"""What every task and flow shares: the project's paths, checkpoint references, caching.
+
+Paths. Every path is relative to the project root: the ``root`` argument, else
+``$ICE_PROJECT_DIR``, else the working directory. A worker that runs a deployed flow
+from another directory therefore still reads and writes the project's files.
+
+References. Tasks pass checkpoints and data by reference, ``{"path": <relative>,
+"sha256": <hex>}``, never as tensors. Task outputs go to a content store under
+``.ice-cache/store`` (named by sha256), which neither DVC nor git tracks, so a cached
+result stays valid after ``dvc repro`` has removed a stage's outs; the flows copy the
+final files to their DVC outs.
+
+Caching. A task's cache key hashes its inputs (references carry the sha256, configs
+are plain dicts; ``root`` is excluded so keys do not depend on where the project
+sits), the task's source and the source of the ``ice`` package, so changing the
+library invalidates every cached step.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ice.checkpoint import atomic_write_bytes, sha256_file
+
+__all__ = [
+    "Paths",
+    "project_root",
+    "make_ref",
+    "resolve",
+    "ice_code_hash",
+    "write_json",
+    "read_json",
+    "write_csv",
+    "publish",
+    "progress",
+]
+
+CACHE_DIR = ".ice-cache"
+
+
+def project_root(root: str | Path | None = None) -> Path:
+    """The directory every relative path is resolved against."""
+    if root is None:
+        root = os.environ.get("ICE_PROJECT_DIR") or os.getcwd()
+    return Path(root).expanduser().resolve()
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where each stage reads and writes, under one project root."""
+
+    root: Path
+
+    @property
+    def prepared(self) -> Path:
+        return self.root / "data" / "prepared" / "dataset.pt"
+
+    @property
+    def pretrained(self) -> Path:
+        return self.root / "models" / "pretrained.pt"
+
+    @property
+    def pretrain_report(self) -> Path:
+        return self.root / "reports" / "pretrain.json"
+
+    @property
+    def autotune(self) -> Path:
+        return self.root / "models" / "autotune.json"
+
+    def pruned(self, method: str) -> Path:
+        return self.root / "models" / f"pruned-{method}.pt"
+
+    def steps_csv(self, method: str) -> Path:
+        return self.root / "reports" / "steps" / f"{method}.csv"
+
+    def prune_report(self, method: str) -> Path:
+        return self.root / "reports" / "prune" / f"{method}.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "reports" / "metrics.json"
+
+    @property
+    def compare(self) -> Path:
+        return self.root / "reports" / "compare.md"
+
+    @property
+    def figures(self) -> Path:
+        return self.root / "reports" / "figures"
+
+    @property
+    def store(self) -> Path:
+        return self.root / CACHE_DIR / "store"
+
+    @property
+    def results(self) -> Path:
+        return self.root / CACHE_DIR / "results"
+
+    def rel(self, path: Path) -> str:
+        return path.resolve().relative_to(self.root).as_posix()
+
+
+def make_ref(paths: Paths, path: Path, sha256: str | None = None) -> dict[str, str]:
+    """A reference to a file under the project: relative path plus sha256."""
+    return {"path": paths.rel(path), "sha256": sha256 or sha256_file(path)}
+
+
+def resolve(paths: Paths, ref: dict[str, str]) -> Path:
+    """The absolute path of ``ref``; a clear error when the file has gone."""
+    p = paths.root / ref["path"]
+    if not p.exists():
+        raise FileNotFoundError(
+            f"{ref['path']} (sha256 {ref['sha256'][:12]}…) is missing; a cached result points at it. "
+            f"Rerun with --refresh-cache, or remove {CACHE_DIR}/ to start clean."
+        )
+    return p
+
+
+def store_path(paths: Paths, stem: str, sha256: str, suffix: str = ".pt") -> Path:
+    return paths.store / f"{stem}-{sha256[:16]}{suffix}"
+
+
+@functools.cache
+def ice_code_hash() -> str:
+    """sha256 over the ``ice`` package's source files: part of every task's cache key."""
+    import ice
+
+    base = Path(ice.__file__).parent
+    h = hashlib.sha256()
+    for f in sorted(base.rglob("*.py")):
+        h.update(f.relative_to(base).as_posix().encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    fields: list[str] = []
+    for r in rows:
+        fields += [k for k in r if k not in fields]
+    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def publish(src: Path, dst: Path) -> None:
+    """Copy a stored file to a DVC out, atomically (readers never see half a file)."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def progress(msg: str) -> None:
+    """One progress line (epochs, steps, trials) on stderr; ``ICE_QUIET=1`` silences it.
+
+    Inside a Prefect run the line also reaches the run's log in the UI, through the
+    ``ice.progress`` logger (an extra logger of Prefect's, with no console handler).
+    """
+    if os.environ.get("ICE_QUIET") not in ("1", "true", "yes"):
+        print(msg, file=sys.stderr, flush=True)
+    logger = logging.getLogger("ice.progress")
+    ctx = sys.modules.get("prefect.context")
+    if logger.handlers and ctx is not None and (ctx.FlowRunContext.get() or ctx.TaskRunContext.get()):
+        logger.info(msg)

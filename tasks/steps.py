@@ -1,0 +1,307 @@
+"""The Prefect tasks: thin wrappers that call ``ice`` and move files by reference.
+
+Every task takes plain data (references ``{"path", "sha256"}``, config dicts, numbers)
+and returns plain data. Tasks that compute carry the ``gpu`` tag, so a Prefect
+concurrency limit (``prefect concurrency-limit create gpu 1``) can bound them; they
+run on cuda when it is there (``train.device: auto``).
+
+Use :func:`bind` to get a task that caches under a project root: its key hashes the
+inputs (``root`` left out), the task's source and the ``ice`` package's source.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+
+from tasks.common import Paths, ice_code_hash, make_ref, progress, resolve, store_path
+
+__all__ = [
+    "bind",
+    "prepare_data",
+    "pretrain_model",
+    "start_pruning",
+    "prune_one_step",
+    "evaluate_checkpoint",
+    "decide_finetune",
+    "finetune_checkpoint",
+    "train_with_schedule",
+    "autotune_trial",
+    "evaluate_model",
+]
+
+_DATA: dict[str, Any] = {}
+_MODELS: dict[str, Any] = {}
+
+
+# ----------------------------------------------------------------------------- caching
+def cache_key(context: Any, parameters: dict[str, Any]) -> str:
+    """sha256 of the task's source, the ice library's source and the inputs (no ``root``)."""
+    fn = context.task.fn
+    try:
+        source = inspect.getsource(fn)
+    except (OSError, TypeError):
+        source = fn.__code__.co_code.hex()
+    inputs = {k: v for k, v in parameters.items() if k != "root"}
+    blob = json.dumps([context.task.name, source, ice_code_hash(), inputs], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def bind(t: Any, root: Path) -> Any:
+    """``t`` caching its results under ``<root>/.ice-cache/results``."""
+    store = Paths(root).results
+    store.mkdir(parents=True, exist_ok=True)
+    return t.with_options(
+        cache_key_fn=cache_key,
+        persist_result=True,
+        result_storage=store,
+    )
+
+
+# ----------------------------------------------------------------------------- loading
+def _params(cfg: dict[str, Any]) -> Any:
+    from ice.config import parse_params
+
+    return parse_params(cfg, source="task config")
+
+
+def _device(cfg: dict[str, Any]) -> Any:
+    from ice.train import pick_device
+
+    return pick_device(cfg.get("train", {}).get("device", "auto"))
+
+
+def load_data(paths: Paths, ref: dict[str, str], device: Any = None) -> Any:
+    """The prepared dataset, decoded once per process."""
+    from ice.data import load_prepared
+
+    key = ref["sha256"]
+    if key not in _DATA:
+        _DATA.clear()  # one dataset at a time
+        _DATA[key] = load_prepared(resolve(paths, ref), sha256=key)
+    return _DATA[key]
+
+
+def load_model(paths: Paths, ref: dict[str, str], device: Any) -> Any:
+    from ice.checkpoint import load_checkpoint
+
+    model, _ = load_checkpoint(resolve(paths, ref), sha256=ref["sha256"], map_location=device)
+    return model
+
+
+def _teacher(paths: Paths, ref: dict[str, str], device: Any) -> Any:
+    """The unpruned model, for distillation; kept in memory across steps."""
+    key = ref["sha256"]
+    if key not in _MODELS:
+        _MODELS.clear()
+        _MODELS[key] = load_model(paths, ref, device).eval()
+    return _MODELS[key]
+
+
+def save_model(paths: Paths, model: Any, stem: str, meta: dict[str, Any]) -> dict[str, str]:
+    """Save to the content store; the file name carries the sha256."""
+    from ice.checkpoint import save_checkpoint
+
+    tmp = paths.store / f".{stem}.pending.pt"
+    sha = save_checkpoint(tmp, model, meta)
+    dst = store_path(paths, stem, sha)
+    tmp.replace(dst)
+    return make_ref(paths, dst, sha)
+
+
+# ----------------------------------------------------------------------------- tasks
+@task(name="prepare-data", tags=["io"])
+def prepare_data(root: str, data_cfg: dict[str, Any]) -> dict[str, Any]:
+    """Decode the source once into uint8 tensors with fixed train/val/test splits."""
+    from ice.data import load_dataset, save_prepared
+
+    paths = Paths(Path(root))
+    cfg = dict(data_cfg)
+    if cfg.get("root") and not Path(cfg["root"]).is_absolute():
+        cfg["root"] = str(paths.root / cfg["root"])
+    if not Path(cfg.get("cache_dir", "data/cache")).is_absolute():
+        cfg["cache_dir"] = str(paths.root / cfg.get("cache_dir", "data/cache"))
+    ds = load_dataset(cfg)
+    tmp = paths.store / ".prepared.pending.pt"
+    sha = save_prepared(ds, tmp)
+    dst = store_path(paths, "prepared", sha)
+    tmp.replace(dst)
+    return {
+        "ref": make_ref(paths, dst, sha),
+        "train": len(ds.train), "val": len(ds.val), "test": len(ds.test),
+        "classes": len(ds.classes), "shape": list(ds.input_shape()[1:]),
+    }
+
+
+@task(name="pretrain", tags=["gpu"])
+def pretrain_model(root: str, data_ref: dict[str, str], cfg: dict[str, Any]) -> dict[str, Any]:
+    """Train the model from scratch (seeded); return its reference and epoch history."""
+    import torch
+
+    from ice.models import build_model
+    from ice.train import epoch_fractions, evaluate, fit
+
+    paths = Paths(Path(root))
+    params = _params(cfg)
+    device = _device(cfg)
+    data = load_data(paths, data_ref)
+    torch.manual_seed(params.seed)
+    model = build_model(params.model.arch, data.num_classes, data.in_channels).to(device)
+    t0 = time.perf_counter()
+    tr = params.train
+    epochs = len(epoch_fractions(tr.epochs))
+    history = fit(
+        model, data, epochs=tr.epochs, lr=tr.lr, momentum=tr.momentum, weight_decay=tr.weight_decay,
+        batch_size=tr.batch_size, augment=tr.augment, seed=params.seed, device=device,
+        on_epoch=lambda e, r: progress(f"[pretrain] epoch {e}/{epochs}: loss {r['train_loss']:.3f}, val acc {r['val_acc']:.2f}%"),
+    )
+    seconds = time.perf_counter() - t0
+    val = evaluate(model, data, "val", batch_size=params.prune.eval_batch_size)["acc"]
+    ref = save_model(paths, model, "pretrained", {"stage": "pretrain", "arch": params.model.arch, "val_acc": val})
+    return {"ref": ref, "val_acc": val, "seconds": seconds, "history": history}
+
+
+@task(name="start-pruning", tags=["gpu"])
+def start_pruning(
+    root: str, data_ref: dict[str, str], model_ref: dict[str, str], method: str, hp: dict[str, float] | None, cfg: dict[str, Any]
+) -> dict[str, Any]:
+    """Plan the steps and measure the reference accuracy; ICE also runs its freeze trial."""
+    from ice.methods.core import start_run
+
+    paths = Paths(Path(root))
+    params = _params(cfg)
+    model = load_model(paths, model_ref, _device(cfg))
+    state = start_run(model, load_data(paths, data_ref), method, params, hp=hp)
+    return state
+
+
+def _run_view(state: dict[str, Any]) -> dict[str, Any]:
+    """The part of a run's state that a step depends on (no timings, no running accuracy)."""
+    return {k: state[k] for k in ("method", "plan", "frozen", "hp", "input_shape", "conv_params_original")}
+
+
+@task(name="prune-step", tags=["gpu"])
+def prune_one_step(
+    root: str, data_ref: dict[str, str], model_ref: dict[str, str], run: dict[str, Any], k: int, cfg: dict[str, Any]
+) -> dict[str, Any]:
+    """Apply planned step ``k`` to the checkpoint; return the new reference, sizes and the step's lr."""
+    from ice.methods.core import apply_frozen, prune_only, step_lr
+    from ice.train import frozen_names
+
+    paths = Paths(Path(root))
+    params = _params(cfg)
+    model = load_model(paths, model_ref, _device(cfg))
+    apply_frozen(model, run, params)
+    info = prune_only(model, load_data(paths, data_ref), run, k, params)
+    info["lr"] = step_lr(model, run, params)
+    info["frozen"] = len(frozen_names(model))
+    info["ref"] = save_model(paths, model, f"{run['method']}-step{k:03d}-pruned", {"method": run["method"], "step": k})
+    return info
+
+
+@task(name="evaluate-step", tags=["gpu"])
+def evaluate_checkpoint(root: str, data_ref: dict[str, str], model_ref: dict[str, str], cfg: dict[str, Any]) -> dict[str, float]:
+    """Validation accuracy of a checkpoint (the split every decision uses)."""
+    from ice.methods.core import val_accuracy
+
+    paths = Paths(Path(root))
+    t0 = time.perf_counter()
+    acc = val_accuracy(load_model(paths, model_ref, _device(cfg)), load_data(paths, data_ref), _params(cfg))
+    return {"acc": acc, "seconds": time.perf_counter() - t0}
+
+
+@task(name="decide-finetune")
+def decide_finetune(run: dict[str, Any], acc_original: float, acc_previous: float, acc_now: float, cfg: dict[str, Any]) -> bool:
+    """ICE's rule (or always, for the baseline): fine-tune when the drop reaches ``thre``."""
+    from ice.methods.core import decide
+
+    state = {**run, "acc_original": acc_original, "acc_previous": acc_previous}
+    return decide(state, acc_now, _params(cfg))
+
+
+@task(name="finetune", tags=["gpu"])
+def finetune_checkpoint(
+    root: str,
+    data_ref: dict[str, str],
+    model_ref: dict[str, str],
+    teacher_ref: dict[str, str],
+    run: dict[str, Any],
+    k: int,
+    lr: float,
+    cfg: dict[str, Any],
+) -> dict[str, Any]:
+    """Fine-tune after step ``k`` (fresh SGD, CE + KD, frozen layers left out)."""
+    from ice.methods.core import apply_frozen, finetune
+
+    paths = Paths(Path(root))
+    params = _params(cfg)
+    device = _device(cfg)
+    model = load_model(paths, model_ref, device)
+    apply_frozen(model, run, params)
+    teacher = _teacher(paths, teacher_ref, device) if params.prune.kd else None
+    stats = finetune(model, load_data(paths, data_ref), params, lr=lr, teacher=teacher, seed=params.seed * 1000 + k)
+    ref = save_model(paths, model, f"{run['method']}-step{k:03d}-finetuned", {"method": run["method"], "step": k})
+    return {"ref": ref, "seconds": stats["seconds"], "train_loss": stats.get("loss", 0.0)}
+
+
+@task(name="train-with-pruning", tags=["gpu"])
+def train_with_schedule(
+    root: str, data_ref: dict[str, str], model_ref: dict[str, str], method: str, cfg: dict[str, Any]
+) -> dict[str, Any]:
+    """A training-time method (one_shot, agp, one_cycle, prune_while_training), epoch by epoch."""
+    from ice.methods import Callbacks, run_pruning
+
+    paths = Paths(Path(root))
+    params = _params(cfg)
+    model = load_model(paths, model_ref, _device(cfg))
+    res = run_pruning(model, load_data(paths, data_ref), method, params, Callbacks(on_log=progress))
+    ref = save_model(paths, res.model, f"{method}-final", {"method": method})
+    return {"ref": ref, "steps": res.steps, "seconds": res.seconds, "info": {k: v for k, v in res.info.items() if isinstance(v, int | float | str)}}
+
+
+@task(name="autotune-trial", tags=["gpu"])
+def autotune_trial(
+    root: str, data_ref: dict[str, str], model_ref: dict[str, str], hp: dict[str, float], number: int, cfg: dict[str, Any]
+) -> dict[str, Any]:
+    """One full ICE run on the auto-tuner's subsets; returns its row of the trial table."""
+    from ice.methods.autotune import run_trial, trial_row
+
+    paths = Paths(Path(root))
+    params = _params(cfg)
+    model = load_model(paths, model_ref, _device(cfg))
+    r = run_trial(model, load_data(paths, data_ref), params, hp, number=number)
+    return trial_row(r, params.ice.autotune.objective, params.ice.autotune.acc_tolerance)
+
+
+@task(name="evaluate-model", tags=["gpu"])
+def evaluate_model(root: str, data_ref: dict[str, str], model_ref: dict[str, str], cfg: dict[str, Any]) -> dict[str, Any]:
+    """Final figures of one model: validation and test accuracy, size, MACs, latency."""
+    import torch
+
+    from ice.metrics import count_macs, count_params, measure_latency, sparsity
+    from ice.train import evaluate
+
+    paths = Paths(Path(root))
+    params = _params(cfg)
+    device = _device(cfg)
+    model = load_model(paths, model_ref, device)
+    data = load_data(paths, data_ref)
+    bs = params.evaluate.batch_size
+    shape = data.input_shape()
+    with torch.no_grad():
+        lat = measure_latency(model, data.input_shape(params.evaluate.latency_batch), iters=params.evaluate.latency_iters)
+    return {
+        "val_acc": evaluate(model, data, "val", batch_size=bs)["acc"],
+        "test_acc": evaluate(model, data, "test", batch_size=bs)["acc"],
+        "params": count_params(model),
+        "params_nonzero": count_params(model, nonzero=True),
+        "macs": count_macs(model, shape),
+        "sparsity": sparsity(model),
+        "latency_ms": lat["median_ms"],
+    }

@@ -1,0 +1,178 @@
+"""MLflow tracking: one parent run per flow run, per-step metrics, model versions.
+
+The store is ``params.tracking.tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else
+``sqlite:///<root>/mlflow.db`` with artifacts under ``<root>/mlartifacts``: no server
+needed. A remote server is checked before any compute and fails within seconds with
+a one-line :class:`TrackingUnavailable` instead of MLflow's long retry loop.
+
+Everything goes through :class:`mlflow.MlflowClient` with explicit run ids, so tasks
+that run in worker threads (auto-tune trials) log to the right run. Only
+:meth:`Tracker.log_model` needs MLflow's fluent API, and it runs in the flow's thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Tracker", "TrackingUnavailable", "tracking_uri", "flatten", "git_commit", "registered_name"]
+
+PIP_REQUIREMENTS = ["torch==2.13.0", "ice-pipeline"]
+
+
+class TrackingUnavailable(RuntimeError):
+    """The MLflow tracking server cannot be reached."""
+
+
+def tracking_uri(root: Path, configured: str | None = None) -> str:
+    return configured or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, with one line, when an http(s) tracking server does not answer."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
+            if r.status != 200:
+                raise TrackingUnavailable(f"MLflow server at {uri} answered {r.status} to /health")
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise TrackingUnavailable(
+            f"MLflow server at {uri} cannot be reached ({reason}); start it (make up) or unset "
+            "MLFLOW_TRACKING_URI to use the local sqlite store"
+        ) from None
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def git_commit(root: Path) -> str:
+    try:
+        r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        return r.stdout.strip() if r.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def registered_name(arch: str, source: str) -> str:
+    return f"{arch}-{source}".replace(":", "_").replace("/", "_")
+
+
+class Tracker:
+    """A thin, explicit-run-id wrapper over :class:`mlflow.MlflowClient`."""
+
+    def __init__(self, root: Path, experiment: str, uri: str | None = None) -> None:
+        import mlflow
+        from mlflow import MlflowClient
+
+        self.root = root
+        self.uri = tracking_uri(root, uri)
+        check_reachable(self.uri)
+        if self.uri.startswith("http"):
+            # a server that goes away mid-run should fail a call in seconds, not minutes
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+        mlflow.set_tracking_uri(self.uri)
+        self.client = MlflowClient(self.uri)
+        exp = self.client.get_experiment_by_name(experiment)
+        if exp is None:
+            location = None
+            if not self.uri.startswith(("http://", "https://")):
+                location = (root / "mlartifacts").as_uri()
+            try:
+                self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+            except Exception:  # created meanwhile by a parallel flow
+                exp = self.client.get_experiment_by_name(experiment)
+                if exp is None:
+                    raise
+                self.experiment_id = exp.experiment_id
+        else:
+            self.experiment_id = exp.experiment_id
+
+    # ------------------------------------------------------------------ runs
+    def start_run(self, name: str, tags: Mapping[str, str], params: Mapping[str, Any] | None = None, parent: str | None = None) -> str:
+        from mlflow.entities import Param
+
+        all_tags = dict(tags)
+        if parent:
+            all_tags["mlflow.parentRunId"] = parent
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
+        rid = run.info.run_id
+        if params:
+            items = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
+            for i in range(0, len(items), 100):
+                self.client.log_batch(rid, params=items[i : i + 100])
+        return rid
+
+    def end_run(self, run_id: str, ok: bool = True) -> None:
+        self.client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        items = [Metric(k, float(v), ts, step or 0) for k, v in metrics.items() if isinstance(v, int | float | bool)]
+        if items:
+            self.client.log_batch(run_id, metrics=items)
+
+    def log_artifacts(self, run_id: str, files: Iterable[Path], subdir: str | None = None) -> None:
+        for f in files:
+            if Path(f).exists():
+                self.client.log_artifact(run_id, str(f), subdir)
+
+    def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(run_id, k, v)
+
+    # ------------------------------------------------------------------ models
+    def log_model(self, run_id: str, model: Any, name: str, alias: str, description: str = "") -> str:
+        """Log ``model`` to ``run_id``, register it as a new version of ``name``, point ``alias`` at it."""
+        import mlflow
+        import mlflow.pytorch
+
+        model = model.cpu().eval()
+        # pickle is the documented choice here (pt2 export cannot trace every pruned net);
+        # mlflow warns about it on every call, which says nothing new
+        noisy = logging.getLogger("mlflow.pytorch")
+        level = noisy.level
+        noisy.setLevel(logging.ERROR)
+        try:
+            with mlflow.start_run(run_id=run_id, experiment_id=self.experiment_id):
+                info = mlflow.pytorch.log_model(
+                    model, name="model", serialization_format="pickle", pip_requirements=PIP_REQUIREMENTS
+                )
+        finally:
+            noisy.setLevel(level)
+        # start_run(run_id=...) ends the run on exit; the flow still owns it
+        self.client.update_run(run_id, status="RUNNING")
+        try:
+            self.client.get_registered_model(name)
+        except Exception:
+            self.client.create_registered_model(name, description="Pruned and pretrained models of ice-pipeline")
+        mv = self.client.create_model_version(name, info.model_uri, run_id=run_id, description=description)
+        self._wait_ready(name, mv.version)
+        self.client.set_registered_model_alias(name, alias, mv.version)
+        return str(mv.version)
+
+    def _wait_ready(self, name: str, version: str, timeout: float = 60) -> None:
+        end = time.time() + timeout
+        while time.time() < end:
+            if self.client.get_model_version(name, version).status == "READY":
+                return
+            time.sleep(0.2)
