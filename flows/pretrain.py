@@ -19,7 +19,7 @@ from tasks.tracking import registered_name
 def pretrain(params_path: str = "params.yaml", root: str | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     with open_stage("pretrain", params_path, root, overrides) as st:
         data_ref = require(st.paths, st.paths.prepared, "prepare")
-        out = bind(pretrain_model, st.root)(str(st.root), data_ref, st.cfg("seed", "model", "train", "prune"))
+        out = bind(pretrain_model, st.root)(str(st.root), data_ref, st.cfg("seed", "model", "train"))
         publish(resolve(st.paths, out["ref"]), st.paths.pretrained)
         report = {"val_acc": out["val_acc"], "seconds": out["seconds"], "epochs": len(out["history"]), "sha256": out["ref"]["sha256"]}
         write_json(st.paths.pretrain_report, report)

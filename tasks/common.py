@@ -79,7 +79,7 @@ class Paths:
         return self.root / "models" / "autotune.json"
 
     def pruned(self, method: str) -> Path:
-        return self.root / "models" / f"pruned-{method}.pt"
+        return self.root / "models" / "pruned" / f"{method}.pt"
 
     def steps_csv(self, method: str) -> Path:
         return self.root / "reports" / "steps" / f"{method}.csv"

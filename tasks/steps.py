@@ -162,7 +162,7 @@ def pretrain_model(root: str, data_ref: dict[str, str], cfg: dict[str, Any]) -> 
         on_epoch=lambda e, r: progress(f"[pretrain] epoch {e}/{epochs}: loss {r['train_loss']:.3f}, val acc {r['val_acc']:.2f}%"),
     )
     seconds = time.perf_counter() - t0
-    val = evaluate(model, data, "val", batch_size=params.prune.eval_batch_size)["acc"]
+    val = evaluate(model, data, "val")["acc"]
     ref = save_model(paths, model, "pretrained", {"stage": "pretrain", "arch": params.model.arch, "val_acc": val})
     return {"ref": ref, "val_acc": val, "seconds": seconds, "history": history}
 
