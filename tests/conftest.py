@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/helpers.py
 CIFAR_TAR = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
 
 
@@ -27,3 +29,13 @@ def cifar_tar() -> Path:
     if not CIFAR_TAR.exists():
         pytest.skip(f"real CIFAR-10 archive not found at {CIFAR_TAR} (see ../shared/datasets/README.md)")
     return CIFAR_TAR
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    """One real Prefect server on loopback for the tests that run flows in subprocesses."""
+    from helpers import PrefectServer
+
+    server = PrefectServer(tmp_path_factory.mktemp("prefect-home"))
+    yield server
+    server.stop()

@@ -1,0 +1,151 @@
+"""The flows end to end on a tiny digits project, with a real sqlite MLflow store."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+from helpers import write_params
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def project(harness, tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+    mp.setenv("ICE_QUIET", "1")
+    root = tmp_path_factory.mktemp("project")
+    write_params(root)
+    from flows.pipeline import pipeline
+
+    metrics = pipeline("params.yaml", str(root))
+    yield root, metrics
+    mp.undo()
+
+
+def _client(root):
+    from mlflow import MlflowClient
+
+    return MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+
+
+def test_pipeline_writes_every_output(project):
+    root, metrics = project
+    for rel in ("data/prepared/dataset.pt", "models/pretrained.pt", "models/autotune.json", "reports/metrics.json",
+                "reports/compare.md", "reports/plots/steps.csv", "reports/figures/accuracy.png", "reports/figures/params.png"):
+        assert (root / rel).exists(), rel
+    for m in ("ice", "iterative", "one_cycle"):
+        assert (root / "models" / "pruned" / f"{m}.pt").exists()
+        assert (root / "reports" / "steps" / f"{m}.csv").exists()
+    saved = json.loads((root / "reports/metrics.json").read_text())
+    assert set(saved["methods"]) == {"ice", "iterative", "one_cycle"}
+    it = saved["methods"]["iterative"]
+    assert it["speedup_vs_iterative"] == pytest.approx(1.0)
+    assert it["finetunes"] == 3  # the baseline fine-tunes after each of the 3 steps
+    assert it["params"] < saved["pretrained"]["params"]
+    for row in saved["methods"].values():
+        assert {"val_acc", "test_acc", "params", "macs", "total_seconds", "finetunes", "speedup_vs_iterative"} <= set(row)
+    tuned = json.loads((root / "models/autotune.json").read_text())
+    assert tuned["enabled"] and len(tuned["trials"]) == 2 and sum(t["best"] for t in tuned["trials"]) == 1
+    assert saved["methods"]["ice"]["total_seconds"] >= tuned["search_seconds"] > 0  # the search counts in ICE's time
+
+
+def test_mlflow_runs_metrics_and_tags(project):
+    root, _ = project
+    c = _client(root)
+    exp = c.get_experiment_by_name("ice-test")
+    runs = c.search_runs([exp.experiment_id], max_results=100)
+    by_stage: dict[str, list] = {}
+    for r in runs:
+        by_stage.setdefault(r.data.tags.get("ice.stage"), []).append(r)
+    assert {"pretrain", "autotune", "autotune-trial", "prune", "evaluate"} <= set(by_stage)
+    prune_runs = {r.data.tags["method"]: r for r in by_stage["prune"]}
+    assert set(prune_runs) == {"ice", "iterative", "one_cycle"}
+    for r in [*by_stage["pretrain"], *by_stage["prune"], *by_stage["evaluate"]]:
+        assert len(r.data.tags["prefect.flow_run_id"]) == 36  # a UUID
+        assert r.data.tags["git.commit"]
+        assert r.info.status == "FINISHED"
+        assert r.data.params["prune.ratio"] == "0.5"
+    ice = prune_runs["ice"]
+    for key in ("acc_pruned", "acc_finetuned", "params", "macs", "lr", "frozen", "finetuned", "t_finetune"):
+        hist = c.get_metric_history(ice.info.run_id, key)
+        assert [m.step for m in sorted(hist, key=lambda m: m.step)] == [0, 1, 2], key
+    params_hist = sorted(c.get_metric_history(ice.info.run_id, "params"), key=lambda m: m.step)
+    assert params_hist[0].value > params_hist[-1].value  # every step removes parameters
+    parent = by_stage["autotune"][0].info.run_id
+    children = by_stage["autotune-trial"]
+    assert len(children) == 2 and all(r.data.tags["mlflow.parentRunId"] == parent for r in children)
+    assert {"thre", "fr", "base", "p", "beta", "delta"} <= set(children[0].data.params)
+    arts = {a.path for a in c.list_artifacts(ice.info.run_id, "config")}
+    assert "config/params.yaml" in arts
+
+
+def test_registered_versions_load_back(project):
+    import mlflow.pytorch
+
+    from ice.checkpoint import load_checkpoint
+
+    root, _ = project
+    c = _client(root)
+    name = "cifar_resnet20-digits"
+    aliases = c.get_registered_model(name).aliases
+    assert {"pretrained", "ice", "iterative", "one_cycle"} <= set(aliases)
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    loaded = mlflow.pytorch.load_model(f"models:/{name}@ice").eval()
+    ref, _ = load_checkpoint(root / "models/pruned/ice.pt")
+    x = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), ref.eval()(x))
+
+
+def test_rerun_reuses_every_task(project):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from flows.prune import prune
+    from ice.checkpoint import sha256_file
+
+    root, _ = project
+    before = sha256_file(root / "models/pruned/ice.pt")
+    state = prune("ice", "params.yaml", str(root), return_state=True)
+    assert state.is_completed()
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+    names = {r.state.name for r in runs}
+    assert len(runs) >= 1 + 3 * 3 and names == {"Cached"}, names
+    assert sha256_file(root / "models/pruned/ice.pt") == before
+
+
+def test_bad_params_fail_before_any_compute(harness, tmp_path):
+    from flows.pipeline import pipeline
+    from ice.config import ParamsError
+
+    write_params(tmp_path, prune={"ratio": 1.5})
+    with pytest.raises(ParamsError, match=r"prune\.ratio"):
+        pipeline("params.yaml", str(tmp_path))
+    assert not (tmp_path / "data").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_missing_upstream_names_the_stage(harness, tmp_path, monkeypatch):
+    from flows.prune import prune
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    write_params(tmp_path)
+    with pytest.raises(FileNotFoundError, match="run the prepare stage"):
+        prune("iterative", "params.yaml", str(tmp_path))
+
+
+def test_unreachable_mlflow_server_fails_fast(harness, tmp_path, monkeypatch):
+    from flows.pretrain import pretrain
+    from helpers import free_port
+    from tasks.tracking import TrackingUnavailable
+
+    write_params(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    t = time.perf_counter()
+    with pytest.raises(TrackingUnavailable, match="cannot be reached"):
+        pretrain("params.yaml", str(tmp_path))
+    assert time.perf_counter() - t < 30  # a clear error, not MLflow's minutes of retries

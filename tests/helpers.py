@@ -1,0 +1,92 @@
+"""Small projects for the orchestration tests: a tiny params file, prepared digits, a pretrained net."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = {
+    "seed": 0,
+    "data": {"source": "digits", "cache_dir": "data/cache"},
+    "model": {"arch": "cifar_resnet20"},
+    "train": {"epochs": 2, "batch_size": 64, "augment": False, "device": "cpu"},
+    "prune": {"methods": ["ice", "iterative", "one_cycle"], "ratio": 0.5, "max_units": 3, "batch_size": 64, "augment": False},
+    "ice": {"thre": 0.5, "autotune": {"n_trials": 2, "subset": 0.2}},
+    "schedule": {"epochs": 1},
+    "tracking": {"experiment": "ice-test"},
+    "evaluate": {"latency_iters": 2},
+}
+
+
+def write_params(root: Path, **sections) -> Path:
+    cfg = {k: (dict(v) if isinstance(v, dict) else v) for k, v in TINY.items()}
+    for k, v in sections.items():
+        cfg[k] = {**cfg.get(k, {}), **v} if isinstance(v, dict) else v
+    p = root / "params.yaml"
+    p.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return p
+
+
+def sub_env(**extra: str) -> dict[str, str]:
+    """Environment for a flow subprocess: this venv first, project code importable, quiet telemetry."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
+    env.update(
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        PYTHONPATH=str(ROOT),
+        DO_NOT_TRACK="true",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+    )
+    env.update(extra)
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PrefectServer:
+    """A real Prefect server on loopback, stopped by its own PID."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/api"
+        self.log = open(home / "server.log", "w")  # noqa: SIM115
+        self.env = sub_env(PREFECT_HOME=str(home), PREFECT_API_URL=self.url, PREFECT_SERVER_API_HOST="127.0.0.1")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(self.port), "--no-services"],
+            env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"prefect server exited; see {home / 'server.log'}")
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.5)
+        self.stop()
+        raise RuntimeError("prefect server did not answer /health within 120 s")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, 15)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, 9)
+                self.proc.wait()
+        self.log.close()
