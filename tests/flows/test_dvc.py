@@ -1,0 +1,114 @@
+"""`dvc repro` of the real dvc.yaml in a temporary git repo, on a tiny config."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import ROOT, sub_env, write_params
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+
+def _run(args: list[str], cwd: Path, env: dict[str, str]) -> str:
+    r = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, f"{' '.join(args)} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    return r.stdout + r.stderr
+
+
+def _ran(out: str) -> list[str]:
+    return re.findall(r"Running stage '([^']+)'", out)
+
+
+@pytest.fixture(scope="module")
+def repo(prefect_server, tmp_path_factory):
+    repo = tmp_path_factory.mktemp("repo")
+    for d in ("ice", "tasks", "flows", "infra/plots"):
+        shutil.copytree(ROOT / d, repo / d, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
+    shutil.copy(ROOT / ".dvcignore", repo / ".dvcignore")
+    full = yaml.safe_load((ROOT / "params.yaml").read_text())
+    write_params(repo, prune={"methods": ["ice", "iterative"]})
+    tiny = yaml.safe_load((repo / "params.yaml").read_text())
+    for section, values in full.items():  # every key dvc.yaml lists must be in the file
+        if isinstance(values, dict):
+            tiny[section] = {**values, **tiny.get(section, {})}
+    (repo / "params.yaml").write_text(yaml.safe_dump(tiny, sort_keys=False))
+    (repo / ".gitignore").write_text("/.ice-cache/\n/mlflow.db\n/mlartifacts/\n/data/cache/\n__pycache__/\n")
+    env = sub_env(PREFECT_API_URL=prefect_server.url, PREFECT_HOME=str(prefect_server.home), ICE_QUIET="1")
+    _run(["git", "init", "-q"], repo, env)
+    _run(["git", "config", "user.email", "ci@example.com"], repo, env)
+    _run(["git", "config", "user.name", "ci"], repo, env)
+    _run(["dvc", "init", "-q"], repo, env)
+    _run(["dvc", "config", "core.analytics", "false"], repo, env)
+    shutil.copytree(ROOT / ".dvc" / "plots", repo / ".dvc" / "plots", dirs_exist_ok=True)
+    _run(["dvc", "config", "plots.html_template", "../infra/plots/offline.html"], repo, env)
+    _run(["git", "add", "-A"], repo, env)
+    _run(["git", "commit", "-qm", "init"], repo, env)
+    first = _run(["dvc", "repro"], repo, env)
+    return repo, env, first
+
+
+def test_repro_runs_every_stage(repo):
+    root, _, out = repo
+    assert _ran(out) == ["prepare", "pretrain", "autotune", "prune@ice", "prune@iterative", "evaluate"]
+    metrics = json.loads((root / "reports" / "metrics.json").read_text())
+    assert set(metrics["methods"]) == {"ice", "iterative"}
+    assert (root / "dvc.lock").exists()
+
+
+def test_second_repro_does_nothing(repo):
+    root, env, _ = repo
+    out = _run(["dvc", "repro"], root, env)
+    assert _ran(out) == [] and "Data and pipelines are up to date" in out
+
+
+def test_evaluate_param_reruns_only_evaluate(repo):
+    root, env, _ = repo
+    p = yaml.safe_load((root / "params.yaml").read_text())
+    p["evaluate"]["latency_iters"] = 3
+    (root / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    out = _run(["dvc", "repro"], root, env)
+    assert _ran(out) == ["evaluate"]
+
+
+def test_metrics_show_and_offline_plots(repo):
+    root, env, _ = repo
+
+    out = _run(["dvc", "metrics", "show"], root, env)
+    assert "methods.iterative.test_acc" in out
+    _run(["dvc", "plots", "show", "-o", "plots_out"], root, env)
+    page = (root / "plots_out" / "index.html").read_text()
+    assert re.search(r"<script[^>]+src=", page) is None  # nothing is fetched
+    assert "vega-embed@6.18.2" in page and '"method": "ice"' in page
+
+
+
+def test_bad_param_fails_the_stage_and_next_repro_recovers(repo):
+    root, env, _ = repo
+    good = (root / "params.yaml").read_text()
+    p = yaml.safe_load(good)
+    p["evaluate"]["latency_iters"] = 0
+    (root / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    r = subprocess.run(["dvc", "repro"], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode != 0
+    assert "evaluate.latency_iters = 0 is not allowed" in r.stdout + r.stderr
+    assert not (root / "reports" / "metrics.json").exists()  # no stale or half-written out
+    (root / "params.yaml").write_text(good)
+    out = _run(["dvc", "repro"], root, env)
+    assert _ran(out) == ["evaluate"] and (root / "reports" / "metrics.json").exists()
+
+
+def test_exp_run_with_a_param_change(repo):
+    root, env, _ = repo
+    _run(["git", "add", "-A"], root, env)
+    _run(["git", "commit", "-qm", "lock"], root, env)
+    out = _run(["dvc", "exp", "run", "-S", "prune.ratio=0.7"], root, env)
+    assert set(_ran(out)) == {"autotune", "prune@ice", "prune@iterative", "evaluate"}
+    table = _run(["dvc", "exp", "show", "--csv", "--only-changed"], root, env)
+    assert "0.7" in table
