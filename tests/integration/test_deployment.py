@@ -1,0 +1,77 @@
+"""Deploy with infra/prefect.yaml to a real server, run `prune` on a process worker started
+from another directory, and check that it completes and writes into the project."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import ROOT, sub_env, write_params
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+
+def _prefect(args: list[str], cwd: Path, env: dict[str, str]) -> str:
+    r = subprocess.run([sys.executable, "-m", "prefect", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, f"prefect {' '.join(args)}:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    return r.stdout + r.stderr
+
+
+def test_deployment_runs_on_a_process_worker(prefect_server, tmp_path):
+    from ice.checkpoint import save_checkpoint
+    from ice.data import load_dataset, save_prepared
+    from ice.models import build_model
+
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for d in ("ice", "tasks", "flows", "infra"):
+        shutil.copytree(ROOT / d, project / d, ignore=shutil.ignore_patterns("__pycache__", "plots"))
+    write_params(project, prune={"methods": ["iterative"], "max_units": 2})
+    data = load_dataset(source="digits", cache_dir=str(tmp_path / "cache"))
+    save_prepared(data, project / "data" / "prepared" / "dataset.pt")
+    torch.manual_seed(0)
+    save_checkpoint(project / "models" / "pretrained.pt", build_model("cifar_resnet20", 10, 1), {})
+
+    env = sub_env(PREFECT_API_URL=prefect_server.url, PREFECT_HOME=str(prefect_server.home), ICE_PROJECT_DIR=str(project))
+    _prefect(["work-pool", "create", "ice-pool", "--type", "process"], project, env)
+    out = _prefect(["--no-prompt", "deploy", "--all", "--prefect-file", "infra/prefect.yaml"], project, env)
+    assert "prune/prune" in out and "pipeline/pipeline" in out
+    run = _prefect(["deployment", "run", "prune/prune", "--param", "method=iterative"], project, env)
+    flow_run_id = re.search(r"UUID:\s*([0-9a-f-]{36})", run).group(1)
+
+    worker_env = {k: v for k, v in env.items() if k != "ICE_PROJECT_DIR"}  # the deployment carries the path
+    log = open(tmp_path / "worker.log", "w")  # noqa: SIM115
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "worker", "start", "--pool", "ice-pool", "--type", "process"],
+        cwd=elsewhere, env=worker_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        deadline = time.time() + 420
+        fr: dict = {}
+        while time.time() < deadline:
+            with urllib.request.urlopen(f"{prefect_server.url}/flow_runs/{flow_run_id}", timeout=10) as r:
+                fr = json.load(r)
+            if fr["state"] and fr["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+                break
+            time.sleep(2)
+        assert fr["state"]["type"] == "COMPLETED", f"{fr['state']}; worker log:\n{(tmp_path / 'worker.log').read_text()[-4000:]}"
+        assert fr["parameters"]["method"] == "iterative"
+    finally:
+        os.killpg(worker.pid, 15)
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, 9)
+        log.close()
+    assert (project / "models" / "pruned" / "iterative.pt").exists()
+    assert (project / "mlflow.db").exists()
+    assert not any(p.name in ("models", "reports", "mlflow.db") for p in elsewhere.iterdir())
