@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP_QUIET ?= -q
 
-.PHONY: help setup test test-fast lint run bench clean
+.PHONY: help setup test test-fast lint run pipeline compare bench overhead clean up down pool deploy worker trigger status mlflow-ui
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -19,7 +19,7 @@ test-fast:  ## the tests without the slow ones
 	$(PY) -m pytest -m "not slow"
 
 lint:  ## ruff and mypy
-	$(VENV)/bin/ruff check ice tests benchmarks
+	$(VENV)/bin/ruff check ice tasks flows tests benchmarks scripts
 	$(VENV)/bin/mypy
 
 bench:  ## data-path throughput benchmark
@@ -28,5 +28,45 @@ bench:  ## data-path throughput benchmark
 clean:  ## remove caches (keeps .venv)
 	rm -rf .pytest_cache .ruff_cache .mypy_cache data/cache
 
-run:  ## pre-train on the bundled digits and compare every method (params.yaml)
+run:  ## the main job: `dvc repro` of the whole pipeline on params.yaml (bundled digits by default)
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/dvc repro
+	@echo
+	@cat reports/compare.md
+	@echo
+	@echo "Results: reports/compare.md, reports/metrics.json, reports/figures/, models/ (DVC outs)"
+	@echo "MLflow UI:  make mlflow-ui   (then http://127.0.0.1:5000)"
+	@echo "Prefect UI: make up          (then http://127.0.0.1:4200; flows report there once PREFECT_API_URL is exported)"
+	@echo "Plots:      $(VENV)/bin/dvc plots show   (renders offline)"
+
+pipeline:  ## the same stages as one Prefect flow (python -m flows.pipeline)
+	$(PY) -m flows.pipeline --params params.yaml
+
+compare:  ## every method in one process, no orchestration (benchmarks/compare_methods.py)
 	$(PY) benchmarks/compare_methods.py --params params.yaml
+
+overhead:  ## orchestration overhead: flows with tracking vs calling ice directly
+	$(PY) benchmarks/overhead.py --params params.yaml
+
+mlflow-ui:  ## browse runs and model versions of the local sqlite store on 127.0.0.1:5000
+	$(VENV)/bin/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///$(CURDIR)/mlflow.db
+
+up:  ## start a Prefect server (:4200) and an MLflow server (:5000) on 127.0.0.1
+	bash infra/stack.sh up
+
+pool:  ## create the process work pool ice-pool
+	bash infra/stack.sh pool
+
+deploy:  ## deploy pipeline and prune from infra/prefect.yaml
+	bash infra/stack.sh deploy
+
+worker:  ## start a process worker on ice-pool
+	bash infra/stack.sh worker
+
+trigger:  ## run a deployment: make trigger DEPLOYMENT=prune/prune ARGS='--param method=ice'
+	bash infra/stack.sh trigger $(or $(DEPLOYMENT),pipeline/pipeline) $(ARGS)
+
+status:  ## which stack processes are running
+	bash infra/stack.sh status
+
+down:  ## stop the worker and the servers, by their PIDs
+	bash infra/stack.sh down

@@ -17,8 +17,8 @@ from typing import Any
 from prefect import flow
 
 from flows._runtime import Stage, cli, open_stage, require
-from tasks.common import progress, read_json, write_csv, write_json
 from ice.checkpoint import atomic_write_bytes as _write
+from tasks.common import progress, read_json, write_csv, write_json
 from tasks.steps import bind, evaluate_model
 
 

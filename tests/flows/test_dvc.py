@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from helpers import ROOT, sub_env, write_params
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]

@@ -7,6 +7,7 @@ import time
 
 import pytest
 import torch
+
 from helpers import write_params
 
 pytestmark = pytest.mark.slow

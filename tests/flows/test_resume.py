@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from helpers import sub_env, write_params
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from helpers import ROOT, sub_env, write_params
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
