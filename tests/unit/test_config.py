@@ -65,3 +65,32 @@ def test_dotted_overrides_apply_before_validation(tmp_path):
     assert params.data.source == "folder" and params.prune.ratio == 0.7
     with pytest.raises(ParamsError, match="prune.ratio"):
         load_params(p, {"prune.ratio": 2})
+
+
+def test_shipped_params_files_validate():
+    from pathlib import Path
+
+    from ice.config import load_params
+
+    root = Path(__file__).resolve().parents[2]
+    files = [root / "params.yaml", *sorted((root / "params").glob("*.yaml"))]
+    assert len(files) >= 4
+    archs = {load_params(f).model.arch for f in files}
+    assert {"cifar_resnet20", "cifar_resnet56", "cifar_resnet152"} <= archs
+
+
+def test_params_yaml_spells_out_every_key_dvc_lists():
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[2]
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        body = stage.get("do", stage)
+        for key in body.get("params", []):
+            node = params
+            for part in key.split("."):
+                assert isinstance(node, dict) and part in node, f"stage {name}: params.yaml has no {key}"
+                node = node[part]
