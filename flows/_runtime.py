@@ -145,4 +145,7 @@ def cli(name: str, description: str, run: Callable[[argparse.Namespace, dict[str
     except (ParamsError, TrackingUnavailable, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
-    progress(f"[{name}] done. Results under {r}; browse runs with `make mlflow-ui` (mlflow ui --backend-store-uri sqlite:///mlflow.db)")
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{r / 'mlflow.db'}"
+    prefect = os.environ.get("PREFECT_API_URL", "").removesuffix("/api") or "`make up` (http://127.0.0.1:4200)"
+    progress(f"[{name}] done. Results under {r} (models/, reports/). MLflow UI: mlflow ui --backend-store-uri {uri} "
+             f"(or `make mlflow-ui`); Prefect UI: {prefect}")
