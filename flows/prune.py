@@ -29,6 +29,7 @@ from tasks.steps import (
     finetune_checkpoint,
     load_model,
     prune_one_step,
+    run_view,
     start_pruning,
     train_with_schedule,
 )
@@ -49,7 +50,7 @@ def _stepwise(st: Stage, method: str, data_ref: dict[str, str], pre_ref: dict[st
         tuned = read_json(st.paths.autotune)
         hp, search_seconds = tuned["hp"], float(tuned["search_seconds"])
     state = bind(start_pruning, st.root)(root, data_ref, pre_ref, method, hp, cfg)
-    run = {k: state[k] for k in ("method", "plan", "frozen", "hp", "input_shape", "conv_params_original")}
+    run = run_view(state)
     prune_t, eval_t, decide_t, ft_t = (bind(t, st.root) for t in (prune_one_step, evaluate_checkpoint, decide_finetune, finetune_checkpoint))
     n = len(state["plan"])
     if state["frozen"]:

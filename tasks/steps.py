@@ -24,6 +24,7 @@ from tasks.common import Paths, ice_code_hash, make_ref, progress, resolve, stor
 
 __all__ = [
     "bind",
+    "run_view",
     "prepare_data",
     "pretrain_model",
     "start_pruning",
@@ -181,7 +182,7 @@ def start_pruning(
     return state
 
 
-def _run_view(state: dict[str, Any]) -> dict[str, Any]:
+def run_view(state: dict[str, Any]) -> dict[str, Any]:
     """The part of a run's state that a step depends on (no timings, no running accuracy)."""
     return {k: state[k] for k in ("method", "plan", "frozen", "hp", "input_shape", "conv_params_original")}
 
