@@ -11,6 +11,7 @@ seconds are measured.
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 from typing import Any
 
@@ -77,8 +78,6 @@ def evaluate(params_path: str = "params.yaml", root: str | None = None, override
             report = read_json(st.paths.prune_report(method))
             m = ev(str(st.root), data_ref, ref, cfg)
             rows.append({"method": method, **m, "total_seconds": report["seconds"], "finetunes": report["finetunes"]})
-            import csv
-
             with open(st.paths.steps_csv(method)) as f:
                 for r in csv.DictReader(f):
                     acc = float(r.get("acc_finetuned") or 0.0)

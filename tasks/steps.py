@@ -78,7 +78,7 @@ def _device(cfg: dict[str, Any]) -> Any:
     return pick_device(cfg.get("train", {}).get("device", "auto"))
 
 
-def load_data(paths: Paths, ref: dict[str, str], device: Any = None) -> Any:
+def load_data(paths: Paths, ref: dict[str, str]) -> Any:
     """The prepared dataset, decoded once per process."""
     from ice.data import load_prepared
 
@@ -109,8 +109,13 @@ def save_model(paths: Paths, model: Any, stem: str, meta: dict[str, Any]) -> dic
     """Save to the content store; the file name carries the sha256."""
     from ice.checkpoint import save_checkpoint
 
+    return _store(paths, stem, lambda tmp: save_checkpoint(tmp, model, meta))
+
+
+def _store(paths: Paths, stem: str, write: Any) -> dict[str, str]:
+    """Write through ``write(tmp_path) -> sha256`` and move the file to its sha-named place."""
     tmp = paths.store / f".{stem}.pending.pt"
-    sha = save_checkpoint(tmp, model, meta)
+    sha = write(tmp)
     dst = store_path(paths, stem, sha)
     tmp.replace(dst)
     return make_ref(paths, dst, sha)
@@ -129,12 +134,8 @@ def prepare_data(root: str, data_cfg: dict[str, Any]) -> dict[str, Any]:
     if not Path(cfg.get("cache_dir", "data/cache")).is_absolute():
         cfg["cache_dir"] = str(paths.root / cfg.get("cache_dir", "data/cache"))
     ds = load_dataset(cfg)
-    tmp = paths.store / ".prepared.pending.pt"
-    sha = save_prepared(ds, tmp)
-    dst = store_path(paths, "prepared", sha)
-    tmp.replace(dst)
     return {
-        "ref": make_ref(paths, dst, sha),
+        "ref": _store(paths, "prepared", lambda tmp: save_prepared(ds, tmp)),
         "train": len(ds.train), "val": len(ds.val), "test": len(ds.test),
         "classes": len(ds.classes), "shape": list(ds.input_shape()[1:]),
     }
