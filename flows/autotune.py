@@ -48,8 +48,9 @@ def autotune(params_path: str = "params.yaml", root: str | None = None, override
                 rows.append(row)
                 progress(f"[autotune] trial {row['trial'] + 1}/{len(points)}: {row['seconds']:.1f}s, "
                          f"drop {row['drop']:.2f} pts, {row['finetunes']} fine-tunes, objective {row['objective']:.3g}")
-        results = [TrialResult(r["trial"], {k: r[k] for k in points[0]}, r["seconds"], r["acc_original"], r["acc_final"], r["finetunes"]) for r in rows]
-        best = select_best(results, cfg.objective, cfg.acc_tolerance)
+        results = [TrialResult(r["trial"], {k: r[k] for k in points[0]}, r["seconds"], r["acc_original"], r["acc_final"],
+                               r["finetunes"], r["work_gmacs"]) for r in rows]
+        best = select_best(results, cfg.objective, cfg.acc_tolerance, cfg.cost)
         for r in rows:
             r["best"] = r["trial"] == best.number
         assert st.tracker is not None and st.run_id is not None

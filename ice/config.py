@@ -129,6 +129,10 @@ class AutotuneConfig(_Section):
     subset: float = Field(0.02, gt=0, le=1)
     objective: Literal["balanced", "paper"] = "balanced"
     acc_tolerance: float = Field(1.0, gt=0)  # balanced objective: points of accuracy worth doubling the time
+    # a trial's cost: work (MACs, the same on every machine), seconds (measured, as the
+    # reference), or auto (seconds for the paper objective, work otherwise)
+    cost: Literal["auto", "work", "seconds"] = "auto"
+    min_val_images: int = Field(100, ge=0)  # floor on the trials' validation subset (0: the plain fraction, as the paper)
     seed: int = 0
     workers: int = Field(1, ge=1)  # trials run at once by the autotune flow's task runner
     grid: dict[str, list[float]] = Field(default_factory=lambda: {k: list(v) for k, v in PAPER_GRID.items()})

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["count_params", "count_macs", "sparsity", "conv_param_fraction", "prunable_conv_params", "measure_latency"]
+__all__ = ["count_params", "count_macs", "module_macs", "train_macs", "sparsity", "conv_param_fraction", "prunable_conv_params", "measure_latency"]
 
 
 def count_params(model: nn.Module, nonzero: bool = False) -> int:
@@ -19,26 +19,27 @@ def count_params(model: nn.Module, nonzero: bool = False) -> int:
     return int(sum(p.numel() for p in model.parameters()))
 
 
-@torch.no_grad()
 def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     """Multiply-accumulates of one forward pass of conv and linear layers, batch 1."""
-    total = 0
+    return sum(module_macs(model, input_shape).values())
 
-    def conv_hook(m: nn.Conv2d, _i: Any, out: torch.Tensor) -> None:
-        nonlocal total
-        kh, kw = m.kernel_size
-        total += out[0].numel() * (m.in_channels // m.groups) * kh * kw
 
-    def linear_hook(m: nn.Linear, _i: Any, out: torch.Tensor) -> None:
-        nonlocal total
-        total += m.in_features * m.out_features * (out[0].numel() // m.out_features)
+@torch.no_grad()
+def module_macs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:
+    """Forward MACs of each conv and linear layer (by module name), batch 1."""
+    macs: dict[str, int] = {}
 
-    handles = []
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            handles.append(m.register_forward_hook(conv_hook))
-        elif isinstance(m, nn.Linear):
-            handles.append(m.register_forward_hook(linear_hook))
+    def hook(name: str) -> Any:
+        def record(m: nn.Module, _i: Any, out: torch.Tensor) -> None:
+            if isinstance(m, nn.Conv2d):
+                kh, kw = m.kernel_size
+                n = out[0].numel() * (m.in_channels // m.groups) * kh * kw
+            else:
+                n = m.in_features * m.out_features * (out[0].numel() // m.out_features)
+            macs[name] = macs.get(name, 0) + int(n)
+        return record
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)]
     was_training = model.training
     model.eval()
     try:
@@ -48,7 +49,19 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
         for h in handles:
             h.remove()
         model.train(was_training)
-    return int(total)
+    return macs
+
+
+def train_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """MACs of one training image (batch 1), as a deterministic cost model.
+
+    Forward M, input gradients about M, and weight gradients for the layers that still
+    train (a frozen layer skips its weight gradient): 2M + sum of the trainable layers' M.
+    """
+    per = module_macs(model, input_shape)
+    modules = dict(model.named_modules())
+    trainable = sum(n for name, n in per.items() if modules[name].weight.requires_grad)
+    return 2 * sum(per.values()) + trainable
 
 
 def sparsity(model: nn.Module) -> float:

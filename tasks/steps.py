@@ -278,7 +278,8 @@ def autotune_trial(
     params = _params(cfg)
     model = load_model(paths, model_ref, _device(cfg))
     r = run_trial(model, load_data(paths, data_ref), params, hp, number=number)
-    return trial_row(r, params.ice.autotune.objective, params.ice.autotune.acc_tolerance)
+    cfg = params.ice.autotune
+    return trial_row(r, cfg.objective, cfg.acc_tolerance, cfg.cost)
 
 
 @task(name="evaluate-model", tags=["gpu"])

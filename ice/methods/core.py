@@ -20,7 +20,7 @@ from torch import nn
 
 from ice.config import Params
 from ice.data import Dataset, probe_batch
-from ice.metrics import count_macs, count_params, prunable_conv_params
+from ice.metrics import count_macs, count_params, prunable_conv_params, train_macs
 from ice.pruning import prunable_units, prune_unit
 from ice.pruning.importance import DATA_CRITERIA
 from ice.train import epoch_fractions, evaluate, freeze, frozen_names, make_optimizer, train_epoch
@@ -259,12 +259,24 @@ def iterate(
     hp: dict[str, float] | None = None,
     callbacks: Callbacks | None = None,
 ) -> PruningResult:
-    """Run ICE or the iterative baseline in memory on a copy of ``model``."""
+    """Run ICE or the iterative baseline in memory on a copy of ``model``.
+
+    Besides measured seconds, ``info["work_gmacs"]`` counts the run's compute in billions
+    of MACs (evaluations, fine-tunes with their teacher, the freeze trial; see
+    :func:`ice.metrics.train_macs`): a cost that does not depend on the machine.
+    """
     cb = callbacks or Callbacks()
     t0 = time.perf_counter()
     teacher = copy.deepcopy(model).eval() if params.prune.kd else None
     model = copy.deepcopy(model)
+    shape = tuple(data.input_shape())
+    n_train, n_val = len(data.train), len(data.val)
+    m0 = count_macs(model, shape)
+    teacher_macs = m0 if teacher is not None else 0
+    work = n_val * m0  # the reference accuracy
     state = start_run(model, data, method, params, hp=hp, callbacks=cb)
+    if state["frozen"]:  # the freeze trial: one epoch of the unfrozen model
+        work += n_train * (train_macs(model, shape) + teacher_macs)
     apply_frozen(model, state, params)
     result = PruningResult(model=model, method=method, info={"acc_original": state["acc_original"], "hp": state["hp"], "frozen": state["frozen"]})
     n = len(state["plan"])
@@ -275,6 +287,9 @@ def iterate(
         if decide(state, pruned["acc_pruned"], params):
             ft = finetune_step(model, teacher, data, state, k, lr, params)
         rec = record_step(state, pruned, ft, lr, len(frozen_names(model)))
+        work += n_val * rec["macs"] * (2 if ft is not None else 1)
+        if ft is not None:
+            work += round(n_train * params.prune.finetune_epochs) * (train_macs(model, shape) + teacher_macs)
         result.steps.append(rec)
         if cb.on_step is not None:
             cb.on_step(rec)
@@ -284,5 +299,5 @@ def iterate(
         )
     result.finetunes = sum(1 for r in result.steps if r["finetuned"])
     result.seconds = time.perf_counter() - t0
-    result.info.update({"params": count_params(model), "macs": count_macs(model, tuple(state["input_shape"]))})
+    result.info.update({"params": count_params(model), "macs": count_macs(model, shape), "work_gmacs": work / 1e9})
     return result

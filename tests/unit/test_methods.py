@@ -84,9 +84,50 @@ def test_real_trials_pick_the_lowest_objective(digits, pretrained):
 
     p = params(prune={"max_units": 2}, ice={"autotune": {"enabled": True, "n_trials": 3, "subset": 0.3}})
     results = [run_trial(pretrained, digits, p, hp, i) for i, hp in enumerate(sample_trials(p))]
+    assert all(r.work > 0 for r in results)
     for objective in ("balanced", "paper"):
-        best = select_best(results, objective)
-        assert score(best.seconds, best.drop, objective) == min(score(r.seconds, r.drop, objective) for r in results)
+        for cost in ("seconds", "work"):
+            best = select_best(results, objective, cost=cost)
+            t = (lambda r: r.seconds) if cost == "seconds" else (lambda r: r.work)  # noqa: E731
+            assert score(t(best), best.drop, objective) == min(score(t(r), r.drop, objective) for r in results)
+    # auto: seconds for the paper objective, work for the balanced one
+    assert select_best(results, "paper") is select_best(results, "paper", cost="seconds")
+    assert select_best(results, "balanced") is select_best(results, "balanced", cost="work")
+
+
+def test_trial_work_is_machine_independent_and_counts_finetunes(digits, pretrained):
+    """Work (MACs) is identical across runs, unlike seconds; it grows with fine-tunes and shrinks with freezing."""
+    from ice.methods.autotune import run_trial
+    from ice.metrics import count_macs, train_macs
+
+    p = params(prune={"max_units": 3}, ice={"autotune": {"enabled": True, "subset": 0.3}})
+    hp = {"thre": -1e9, "fr": 0.0, "base": 0.001, "delta": 0.0006, "p": 0.1, "beta": 40}  # thre -inf: always fine-tune
+    a, b = run_trial(pretrained, digits, p, hp), run_trial(pretrained, digits, p, hp)
+    assert a.work == b.work and a.finetunes == 3
+    lazy = run_trial(pretrained, digits, p, hp | {"thre": 1e9})  # never fine-tunes
+    assert lazy.finetunes == 0 and lazy.work < a.work / 5
+    frozen = run_trial(pretrained, digits, p, hp | {"fr": 0.9})
+    assert frozen.finetunes == 3
+    shape = digits.input_shape()
+    m0 = count_macs(pretrained, shape)
+    trial_epoch = round(len(digits.train) * 0.3) * (train_macs(pretrained, shape) + m0) / 1e9  # teacher forward (kd)
+    # the same three fine-tunes cost less with 90% of the convs skipping their weight gradients
+    saved = a.work - (frozen.work - trial_epoch)
+    assert 0 < saved < a.work / 3
+
+
+def test_min_val_images_floors_the_trials_validation_subset(digits):
+    from ice.methods.autotune import trial_data
+
+    p = params(ice={"autotune": {"subset": 0.05, "min_val_images": 60}})
+    sub = trial_data(digits, p)
+    assert len(sub.train) == round(len(digits.train) * 0.05)
+    assert len(sub.val) == 60 and len(set(sub.val.index.tolist())) == 60
+    plain = trial_data(digits, params(ice={"autotune": {"subset": 0.05, "min_val_images": 0}}))  # the paper's 2%-style subset
+    assert len(plain.val) == round(len(digits.val) * 0.05)
+    assert len(trial_data(digits, params()).val) == 100  # the default floor
+    big = trial_data(digits, params(ice={"autotune": {"subset": 0.05, "min_val_images": 10_000}}))
+    assert len(big.val) == len(digits.val)
 
 
 @pytest.mark.parametrize("method", ["one_shot", "agp", "one_cycle"])

@@ -131,13 +131,25 @@ def test_objectives_pick_the_expected_trial_on_stub_results():
         TrialResult(3, {"thre": 0.5}, seconds=30.0, acc_original=90.0, acc_final=88.0, finetunes=9),  # slowest
     ]
     # balanced: t * (1 + drop): 11, 6, 11, 90 -> trial 1
-    assert select_best(stubs, "balanced").number == 1
+    assert select_best(stubs, "balanced", cost="seconds").number == 1
     # paper: t/max(d,t) + d/max(d,t): 1.01, 1.125, 2.0 (d>t: 0.1+1), 1.0667 -> trial 0
     assert [round(score(r.seconds, r.drop, "paper"), 4) for r in stubs] == [1.01, 1.125, 1.1, 1.0667]
     assert select_best(stubs, "paper").number == 0
     # the paper's objective rewards a longer run with the same accuracy loss
     assert score(100.0, 2.0, "paper") < score(10.0, 2.0, "paper")
     assert score(100.0, 2.0, "balanced") > score(10.0, 2.0, "balanced")
+
+
+def test_work_cost_ranks_by_macs_not_seconds():
+    # the same two trials; on this machine trial 0 happened to run slower, but it did less work
+    a = TrialResult(0, {}, seconds=9.0, acc_original=90.0, acc_final=89.0, finetunes=2, work=100.0)
+    b = TrialResult(1, {}, seconds=8.0, acc_original=90.0, acc_final=89.0, finetunes=3, work=150.0)
+    assert select_best([a, b], "balanced", cost="seconds").number == 1
+    assert select_best([a, b], "balanced", cost="work").number == 0
+    assert select_best([a, b], "balanced").number == 0  # auto: work for the balanced objective
+    assert select_best([a, b], "paper").number == select_best([a, b], "paper", cost="seconds").number
+    with pytest.raises(ValueError, match="'work'"):
+        select_best([a, b], "balanced", cost="flops")
 
 
 def test_objective_rejects_unknown_name():
