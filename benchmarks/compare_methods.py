@@ -104,9 +104,16 @@ def main() -> None:
         "method": "pretrained", "seconds": 0.0, "finetunes": 0, "val": evaluate(model, data, "val")["acc"],
         "test": evaluate(model, data, "test")["acc"], "params": count_params(model), "macs": count_macs(model, shape),
     }]
+    notes = []
     for method in methods:
         log(f"--- {method}")
         res = run_pruning(model, data, method, params, Callbacks(on_log=log))
+        if method == "ice":
+            fine = sum(r["t_finetune"] for r in res.steps)
+            notes.append(f"ice: {res.seconds:.1f}s = search {res.info.get('search_seconds', 0.0):.1f}s + freeze trial and steps "
+                         f"(fine-tunes {fine:.1f}s); hyperparameters {res.info['hp']}; {len(res.info['frozen'])} convs frozen")
+        elif method == "iterative":
+            notes.append(f"iterative: {res.seconds:.1f}s, fine-tunes {sum(r['t_finetune'] for r in res.steps):.1f}s")
         rows.append({
             "method": method, "seconds": res.seconds, "finetunes": res.finetunes,
             "val": evaluate(res.model, data, "val")["acc"], "test": evaluate(res.model, data, "test")["acc"],
@@ -122,9 +129,10 @@ def main() -> None:
             f"threads={torch.get_num_threads()} train={len(data.train)} val={len(data.val)} test={len(data.test)}")
     print(info)
     print("\n".join(lines))
+    print("\n".join(notes))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(info + "\n\n" + "\n".join(lines) + "\n")
+        Path(args.out).write_text(info + "\n\n" + "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n")
 
 
 if __name__ == "__main__":
