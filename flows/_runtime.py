@@ -131,8 +131,6 @@ def cli(name: str, description: str, run: Callable[[argparse.Namespace, dict[str
         overrides[key] = yaml.safe_load(value)
     if args.quiet:
         os.environ["ICE_QUIET"] = "1"
-    if args.refresh_cache:
-        os.environ["PREFECT_TASKS_REFRESH_CACHE"] = "true"
     r = project_root(args.root)
     pfile = Path(args.params) if Path(args.params).is_absolute() else r / args.params
     try:
@@ -141,7 +139,12 @@ def cli(name: str, description: str, run: Callable[[argparse.Namespace, dict[str
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     try:
-        run(args, overrides)
+        # prefect read its settings at import, so setting the environment variable here
+        # would be too late: refresh through a settings context instead
+        from prefect.settings import PREFECT_TASKS_REFRESH_CACHE, temporary_settings
+
+        with temporary_settings(updates={PREFECT_TASKS_REFRESH_CACHE: True} if args.refresh_cache else None):
+            run(args, overrides)
     except (ParamsError, TrackingUnavailable, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)

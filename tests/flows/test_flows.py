@@ -150,3 +150,30 @@ def test_unreachable_mlflow_server_fails_fast(harness, tmp_path, monkeypatch):
     with pytest.raises(TrackingUnavailable, match="cannot be reached"):
         pretrain("params.yaml", str(tmp_path))
     assert time.perf_counter() - t < 30  # a clear error, not MLflow's minutes of retries
+
+
+def test_refresh_cache_flag_recomputes_the_tasks(project, monkeypatch):
+    """`python -m flows.X --refresh-cache` really recomputes (prefect reads its settings at
+    import, so the flag must not rely on setting the environment variable late)."""
+    import sys
+
+    from flows._runtime import cli
+    from flows.autotune import autotune
+
+    root, _ = project
+    out = root / "models/autotune.json"
+
+    def trials():
+        return json.loads(out.read_text())["trials"]
+
+    def run(*flags):
+        monkeypatch.setattr(sys, "argv", ["flows.autotune", "--params", "params.yaml", "--root", str(root), "--quiet", *flags])
+        cli("autotune", "test", lambda a, o: autotune(a.params, a.root, o))
+        return trials()
+
+    before = trials()
+    assert [t["seconds"] for t in run()] == [t["seconds"] for t in before]  # served from the cache
+    fresh = run("--refresh-cache")
+    assert all(a["seconds"] != b["seconds"] for a, b in zip(fresh, before, strict=True))  # measured again
+    # work and accuracy do not depend on timing: the same trial wins again
+    assert [(t["work_gmacs"], t["acc_final"], t["best"]) for t in fresh] == [(t["work_gmacs"], t["acc_final"], t["best"]) for t in before]
