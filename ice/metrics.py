@@ -35,6 +35,7 @@ def module_macs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int
                 kh, kw = m.kernel_size
                 n = out[0].numel() * (m.in_channels // m.groups) * kh * kw
             else:
+                assert isinstance(m, nn.Linear)
                 n = m.in_features * m.out_features * (out[0].numel() // m.out_features)
             macs[name] = macs.get(name, 0) + int(n)
         return record

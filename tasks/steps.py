@@ -278,8 +278,8 @@ def autotune_trial(
     params = _params(cfg)
     model = load_model(paths, model_ref, _device(cfg))
     r = run_trial(model, load_data(paths, data_ref), params, hp, number=number)
-    cfg = params.ice.autotune
-    return trial_row(r, cfg.objective, cfg.acc_tolerance, cfg.cost)
+    tune = params.ice.autotune
+    return trial_row(r, tune.objective, tune.acc_tolerance, tune.cost)
 
 
 @task(name="evaluate-model", tags=["gpu"])
