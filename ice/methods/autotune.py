@@ -57,13 +57,13 @@ class TrialResult:
         return self.acc_original - self.acc_final
 
 
-def score(seconds: float, drop: float, objective: str = "balanced", acc_tolerance: float = 1.0) -> float:
-    """The objective for a trial of cost ``seconds`` (or work) and accuracy drop ``drop``."""
+def score(cost: float, drop: float, objective: str = "balanced", acc_tolerance: float = 1.0) -> float:
+    """The objective for a trial of ``cost`` (seconds or work) and accuracy drop ``drop``."""
     if objective == "paper":
-        m = max(drop, seconds)
-        return seconds / m + drop / m if m > 0 else 0.0
+        m = max(drop, cost)
+        return cost / m + drop / m if m > 0 else 0.0
     if objective == "balanced":
-        return seconds * (1.0 + max(drop, 0.0) / acc_tolerance)
+        return cost * (1.0 + max(drop, 0.0) / acc_tolerance)
     raise ValueError(f"unknown objective {objective!r}; choose 'balanced' or 'paper'")
 
 
