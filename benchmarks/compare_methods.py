@@ -75,12 +75,12 @@ def main() -> None:
     data = load_dataset(params.data)
     g = torch.Generator().manual_seed(params.seed)
     if args.train_subset and args.train_subset < len(data.train):
-        data.train = data.train.take(torch.randperm(len(data.train), generator=g)[: args.train_subset].sort().values)
+        data.train = data.train.sample(args.train_subset, g)
     if args.val_subset and args.val_subset < len(data.val):
-        data.val = data.val.take(torch.randperm(len(data.val), generator=g)[: args.val_subset].sort().values)
+        data.val = data.val.sample(args.val_subset, g)
     if args.test_subset and args.test_subset < len(data.test):
         # a seeded draw: the test split is stored class by class, so a prefix would hold few classes
-        data.test = data.test.take(torch.randperm(len(data.test), generator=g)[: args.test_subset].sort().values)
+        data.test = data.test.sample(args.test_subset, g)
     device = pick_device(params.train.device)
     shape = data.input_shape()
 

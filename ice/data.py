@@ -44,6 +44,10 @@ class Split:
         base = self.index if self.index is not None else torch.arange(len(self))
         return Split(self.x[idx], self.y[idx], base[idx])
 
+    def sample(self, n: int, generator: torch.Generator) -> Split:
+        """``n`` items drawn at random with ``generator``, kept in their original order."""
+        return self.take(torch.randperm(len(self), generator=generator)[:n].sort().values)
+
 
 @dataclass
 class Dataset:
@@ -89,9 +93,7 @@ class Dataset:
 def _fraction(split: Split, fraction: float, g: torch.Generator) -> Split:
     if fraction >= 1.0:
         return split
-    n = max(1, round(len(split) * fraction))
-    idx = torch.randperm(len(split), generator=g)[:n].sort().values
-    return split.take(idx)
+    return split.sample(max(1, round(len(split) * fraction)), g)
 
 
 # ----------------------------------------------------------------------------- loading

@@ -120,9 +120,7 @@ def trial_data(data: Dataset, params: Params) -> Dataset:
     cfg = params.ice.autotune
     sub = data.subset(cfg.subset, seed=cfg.seed)
     if len(sub.val) < min(cfg.min_val_images, len(data.val)):
-        g = torch.Generator().manual_seed(cfg.seed + 1)
-        idx = torch.randperm(len(data.val), generator=g)[: cfg.min_val_images].sort().values
-        sub.val = data.val.take(idx)
+        sub.val = data.val.sample(cfg.min_val_images, torch.Generator().manual_seed(cfg.seed + 1))
     return sub
 
 
