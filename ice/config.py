@@ -61,6 +61,17 @@ class DataConfig(_Section):
 class ModelConfig(_Section):
     arch: str = "cifar_resnet20"
     # checked against the registry in load_params so the message can list the choices
+    # start from an existing model instead of pre-training: a checkpoint path written by
+    # ice.checkpoint.save_checkpoint, or an MLflow registry URI models:/<name>@<alias> or
+    # models:/<name>/<version>
+    weights: str | None = None
+    weights_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+
+    @model_validator(mode="after")
+    def _sha_needs_weights(self) -> ModelConfig:
+        if self.weights_sha256 and not self.weights:
+            raise ValueError("weights_sha256: is set but weights is null; give model.weights too")
+        return self
 
 
 class TrainConfig(_Section):
@@ -71,6 +82,7 @@ class TrainConfig(_Section):
     lr: float = Field(0.1, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0)
+    lr_schedule: Literal["cosine", "one_cycle"] = "cosine"  # one_cycle: linear warm-up (15%), then cosine
     augment: bool = True
     device: Literal["auto", "cpu", "cuda"] = "auto"
     channels_last: bool | Literal["auto"] = "auto"

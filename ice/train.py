@@ -31,7 +31,10 @@ __all__ = [
     "frozen_names",
     "remap_optimizer",
     "cosine_lr",
+    "one_cycle_lr",
+    "LR_SCHEDULES",
     "epoch_fractions",
+    "fit_epoch",
     "StepHook",
 ]
 
@@ -244,6 +247,79 @@ def cosine_lr(peak: float, offset: int, total: int) -> Callable[[int, int], floa
     return lr_at
 
 
+def one_cycle_lr(peak: float, offset: int, total: int, warmup: float = 0.15, div: float = 10.0, final_div: float = 1e3) -> Callable[[int, int], float]:
+    """An ``lr_at`` hook: one cycle (Smith), as ``torch.optim.lr_scheduler.OneCycleLR`` with cosine annealing.
+
+    Linear warm-up from ``peak/div`` to ``peak`` over the first ``warmup`` share of the
+    ``total`` steps, then cosine annealing down to ``peak/div/final_div``.
+    """
+    up = max(1, round(warmup * total))
+
+    def lr_at(step: int, _n: int) -> float:
+        s = offset + step
+        if s < up:
+            return peak / div + (peak - peak / div) * s / up
+        t = min(1.0, (s - up) / max(1, total - up))
+        low = peak / div / final_div
+        return low + 0.5 * (peak - low) * (1 + math.cos(math.pi * t))
+
+    return lr_at
+
+
+LR_SCHEDULES: dict[str, Callable[..., Callable[[int, int], float]]] = {"cosine": cosine_lr, "one_cycle": one_cycle_lr}
+
+
+# ----------------------------------------------------------------------------- pre-training, one epoch at a time
+def fit_epoch(
+    model: nn.Module,
+    data: Dataset,
+    state: dict[str, Any] | None,
+    *,
+    epochs: float,
+    lr: float,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    batch_size: int = 128,
+    augment: bool = True,
+    seed: int = 0,
+    schedule: str = "cosine",
+    device: torch.device | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run the next epoch of a pre-training from ``state`` (``None``: the first epoch).
+
+    ``state`` is plain data (tensors, numbers, lists): the optimizer's state, the data
+    generator's and torch's RNG states, the epoch count and the history so far. It is
+    what :func:`fit_epoch` returns, so a caller can save it with the model after every
+    epoch and continue later, in another process, with the same bytes as a run that
+    never stopped. Returns ``(state, record)``.
+    """
+    device = device or next(model.parameters()).device
+    model.to(device)
+    opt = make_optimizer(model, lr, momentum, weight_decay)
+    g = torch.Generator().manual_seed(seed)
+    epoch, history = 0, []
+    if state is not None:
+        opt.load_state_dict(state["optimizer"])
+        g.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        epoch, history = int(state["epoch"]), list(state["history"])
+    fractions = epoch_fractions(epochs)
+    if epoch >= len(fractions):
+        raise ValueError(f"the fit is complete: {epoch} of {len(fractions)} epochs done")
+    steps = [n_steps(len(data.train), batch_size, f) for f in fractions]
+    lr_at = LR_SCHEDULES[schedule](lr, sum(steps[:epoch]), sum(steps))
+    stats = train_epoch(
+        model, data, opt, batch_size=batch_size, fraction=fractions[epoch], augment=augment, generator=g, device=device,
+        lr_at=lr_at,
+    )
+    val = evaluate(model, data, "val", device=device)
+    rec = {"epoch": epoch + 1, "train_loss": stats["loss"], "train_acc": stats["acc"], "val_acc": val["acc"],
+           "lr": float(opt.param_groups[0]["lr"]), "seconds": stats["seconds"]}
+    new_state = {"epoch": epoch + 1, "epochs": len(fractions), "optimizer": opt.state_dict(), "generator": g.get_state(),
+                 "torch_rng": torch.get_rng_state(), "history": [*history, rec]}
+    return new_state, rec
+
+
 def fit(
     model: nn.Module,
     data: Dataset,
@@ -255,27 +331,18 @@ def fit(
     batch_size: int = 128,
     augment: bool = True,
     seed: int = 0,
+    schedule: str = "cosine",
     device: torch.device | None = None,
     on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Train from scratch with SGD and a cosine lr schedule (pre-training)."""
+    """Train from scratch with SGD and a cosine (or one-cycle) lr schedule: pre-training in memory."""
     device = device or pick_device()
-    model.to(device)
-    opt = make_optimizer(model, lr, momentum, weight_decay)
-    g = torch.Generator().manual_seed(seed)
-    fractions = epoch_fractions(epochs)
-    total = sum(n_steps(len(data.train), batch_size, f) for f in fractions)
-    done = 0
-    history = []
-    for epoch, frac in enumerate(fractions):
-        stats = train_epoch(
-            model, data, opt, batch_size=batch_size, fraction=frac, augment=augment, generator=g, device=device,
-            lr_at=cosine_lr(lr, done, total),
+    state: dict[str, Any] | None = None
+    for _ in epoch_fractions(epochs):
+        state, rec = fit_epoch(
+            model, data, state, epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay, batch_size=batch_size,
+            augment=augment, seed=seed, schedule=schedule, device=device,
         )
-        done += n_steps(len(data.train), batch_size, frac)
-        val = evaluate(model, data, "val", device=device)
-        rec = {"epoch": epoch + 1, "train_loss": stats["loss"], "train_acc": stats["acc"], "val_acc": val["acc"], "seconds": stats["seconds"]}
-        history.append(rec)
         if on_epoch is not None:
-            on_epoch(epoch + 1, rec)
-    return history
+            on_epoch(rec["epoch"], rec)
+    return state["history"] if state is not None else []

@@ -26,7 +26,8 @@ __all__ = [
     "bind",
     "run_view",
     "prepare_data",
-    "pretrain_model",
+    "pretrain_epoch",
+    "finish_pretrain",
     "start_pruning",
     "prune_one_step",
     "evaluate_checkpoint",
@@ -141,32 +142,60 @@ def prepare_data(root: str, data_cfg: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-@task(name="pretrain", tags=["gpu"])
-def pretrain_model(root: str, data_ref: dict[str, str], cfg: dict[str, Any]) -> dict[str, Any]:
-    """Train the model from scratch (seeded); return its reference and epoch history."""
+@task(name="pretrain-epoch", tags=["gpu"], task_run_name="pretrain-epoch-{epoch}")
+def pretrain_epoch(root: str, data_ref: dict[str, str], state_ref: dict[str, str] | None, epoch: int, cfg: dict[str, Any]) -> dict[str, Any]:
+    """Train epoch ``epoch`` (1-based) from the previous epoch's state (None: a new, seeded model).
+
+    The state (weights, optimizer, lr-schedule position, RNG states) is saved to the
+    store after the epoch, so a killed pre-training continues from its last finished
+    epoch and ends with the same bytes as one that never stopped.
+    """
     import torch
 
+    from ice.checkpoint import load_checkpoint
     from ice.models import build_model
-    from ice.train import epoch_fractions, evaluate, fit
+    from ice.train import fit_epoch
 
     paths = Paths(Path(root))
     params = _params(cfg)
     device = _device(cfg)
     data = load_data(paths, data_ref)
-    torch.manual_seed(params.seed)
-    model = build_model(params.model.arch, data.num_classes, data.in_channels).to(device)
-    t0 = time.perf_counter()
+    if state_ref is None:
+        torch.manual_seed(params.seed)
+        model = build_model(params.model.arch, data.num_classes, data.in_channels).to(device)
+        state = None
+    else:
+        model, meta = load_checkpoint(resolve(paths, state_ref), sha256=state_ref["sha256"], map_location=device)
+        state = meta["fit"]
+        if int(state["epoch"]) != epoch - 1:
+            raise ValueError(f"pretrain state {state_ref['path']} ends at epoch {state['epoch']}, not {epoch - 1}")
     tr = params.train
-    epochs = len(epoch_fractions(tr.epochs))
-    history = fit(
-        model, data, epochs=tr.epochs, lr=tr.lr, momentum=tr.momentum, weight_decay=tr.weight_decay,
-        batch_size=tr.batch_size, augment=tr.augment, seed=params.seed, device=device,
-        on_epoch=lambda e, r: progress(f"[pretrain] epoch {e}/{epochs}: loss {r['train_loss']:.3f}, val acc {r['val_acc']:.2f}%"),
+    state, rec = fit_epoch(
+        model, data, state, epochs=tr.epochs, lr=tr.lr, momentum=tr.momentum, weight_decay=tr.weight_decay,
+        batch_size=tr.batch_size, augment=tr.augment, seed=params.seed, schedule=tr.lr_schedule, device=device,
     )
-    seconds = time.perf_counter() - t0
-    val = evaluate(model, data, "val")["acc"]
-    ref = save_model(paths, model, "pretrained", {"stage": "pretrain", "arch": params.model.arch, "val_acc": val})
-    return {"ref": ref, "val_acc": val, "seconds": seconds, "history": history}
+    ref = save_model(paths, model, f"pretrain-epoch{epoch:03d}", {"stage": "pretrain", "fit": state})
+    return {"ref": ref, "record": rec}
+
+
+@task(name="finish-pretrain", tags=["gpu"])
+def finish_pretrain(root: str, data_ref: dict[str, str], state_ref: dict[str, str], cfg: dict[str, Any]) -> dict[str, Any]:
+    """The pretrained model alone (no optimizer state), with its validation and test accuracy."""
+    from ice.checkpoint import load_checkpoint
+
+    paths = Paths(Path(root))
+    params = _params(cfg)
+    model, meta = load_checkpoint(resolve(paths, state_ref), sha256=state_ref["sha256"], map_location=_device(cfg))
+    acc = _accuracies(model, load_data(paths, data_ref))
+    ref = save_model(paths, model, "pretrained", {"stage": "pretrain", "arch": params.model.arch, **acc})
+    return {"ref": ref, **acc, "history": meta["fit"]["history"]}
+
+
+def _accuracies(model: Any, data: Any, batch_size: int = 512) -> dict[str, float]:
+    from ice.train import evaluate
+
+    return {"val_acc": evaluate(model, data, "val", batch_size=batch_size)["acc"],
+            "test_acc": evaluate(model, data, "test", batch_size=batch_size)["acc"]}
 
 
 @task(name="start-pruning", tags=["gpu"])
