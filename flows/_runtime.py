@@ -23,6 +23,7 @@ import yaml
 from ice.config import Params, ParamsError, load_params
 from tasks.common import Paths, make_ref, progress, project_root
 from tasks.tracking import Tracker, TrackingUnavailable, git_commit
+from tasks.weights import WeightsError
 
 __all__ = ["Stage", "open_stage", "cli", "section", "require"]
 
@@ -145,7 +146,7 @@ def cli(name: str, description: str, run: Callable[[argparse.Namespace, dict[str
 
         with temporary_settings(updates={PREFECT_TASKS_REFRESH_CACHE: True} if args.refresh_cache else None):
             run(args, overrides)
-    except (ParamsError, TrackingUnavailable, FileNotFoundError) as err:
+    except (ParamsError, TrackingUnavailable, FileNotFoundError, WeightsError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
     uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{r / 'mlflow.db'}"

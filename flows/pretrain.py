@@ -22,7 +22,7 @@ from prefect import flow
 
 from flows._runtime import Stage, cli, open_stage, require
 from tasks.common import progress, publish, resolve, write_json
-from tasks.steps import bind, finish_pretrain, load_model, pretrain_epoch
+from tasks.steps import bind, finish_pretrain, pretrain_epoch
 from tasks.tracking import registered_name
 
 
@@ -66,8 +66,9 @@ def pretrain(params_path: str = "params.yaml", root: str | None = None, override
                                            "pretrain_seconds": out["seconds"]})
         if st.params.tracking.register_models:
             name = registered_name(st.params.model.arch, st.params.data.source)
-            model = load_model(st.paths, out["ref"], "cpu")
-            version = st.tracker.log_model(st.run_id, model, name, "pretrained", f"pretrained, val {out['val_acc']:.2f}%")
+            version = st.tracker.log_model(st.run_id, st.paths.pretrained, name, "pretrained",
+                                           f"pretrained ({out['source']}), val {out['val_acc']:.2f}%, test {out['test_acc']:.2f}%",
+                                           {"stage": "pretrain", "val_acc": round(out["val_acc"], 2), "test_acc": round(out["test_acc"], 2)})
             report["registered"] = f"{name} v{version} (alias pretrained)"
         progress(f"[pretrain] {out['source']}: val acc {out['val_acc']:.2f}%, test acc {out['test_acc']:.2f}% "
                  f"in {out['seconds']:.1f}s -> {st.paths.rel(st.paths.pretrained)}")

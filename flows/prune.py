@@ -27,7 +27,6 @@ from tasks.steps import (
     decide_finetune,
     evaluate_checkpoint,
     finetune_checkpoint,
-    load_model,
     prune_one_step,
     run_view,
     start_pruning,
@@ -35,50 +34,62 @@ from tasks.steps import (
 )
 from tasks.tracking import registered_name
 
-STEP_METRICS = ("acc_pruned", "acc_finetuned", "params", "macs", "lr", "frozen", "finetuned", "t_prune", "t_eval", "t_finetune")
+STEP_METRICS = ("acc_pruned", "acc_finetuned", "params", "macs", "lr", "frozen", "finetuned", "t_prune", "t_eval", "t_finetune",
+                "work_eval", "work_finetune")
 
 
 def _stepwise(st: Stage, method: str, data_ref: dict[str, str], pre_ref: dict[str, str]) -> dict[str, Any]:
-    from ice.methods.core import record_step
+    from ice.methods.core import (
+        add_search,
+        eval_after_finetune,
+        needs_decision_eval,
+        record_step,
+        run_cost,
+        step_line,
+    )
 
     root = str(st.root)
     cfg = st.cfg("seed", "train", "prune", "ice")
     hp = None
-    search_seconds = 0.0
+    search = {"seconds": 0.0, "work": 0.0}
     if method == "ice":
         require(st.paths, st.paths.autotune, "autotune")
         tuned = read_json(st.paths.autotune)
-        hp, search_seconds = tuned["hp"], float(tuned["search_seconds"])
+        hp, search = tuned["hp"], {"seconds": float(tuned["search_seconds"]), "work": float(tuned.get("search_work", 0.0))}
     state = bind(start_pruning, st.root)(root, data_ref, pre_ref, method, hp, cfg)
     run = run_view(state)
     prune_t, eval_t, decide_t, ft_t = (bind(t, st.root) for t in (prune_one_step, evaluate_checkpoint, decide_finetune, finetune_checkpoint))
     n = len(state["plan"])
     if state["frozen"]:
         progress(f"[{method}] freeze trial: {len(state['frozen'])} convs frozen")
-    progress(f"[{method}] {n} steps at ratio {st.params.prune.ratio}, reference accuracy {state['acc_original']:.2f}%")
+    ref_acc = f", reference accuracy {state['acc_original']:.2f}%" if state["acc_original"] is not None else ""
+    progress(f"[{method}] {n} steps at ratio {st.params.prune.ratio}{ref_acc}")
     ref = pre_ref
     steps: list[dict[str, Any]] = []
     for k in range(n):
         pruned = prune_t(root, data_ref, ref, run, k, cfg)
-        ev = eval_t(root, data_ref, pruned["ref"], cfg)
-        pruned.update(acc_pruned=ev["acc"], t_eval=ev["seconds"])
         ref = pruned["ref"]
+        pruned.update(acc_pruned=None, t_eval=0.0, work_eval=0.0)
+        if needs_decision_eval(state):
+            ev = eval_t(root, data_ref, ref, cfg)
+            pruned.update(acc_pruned=ev["acc"], t_eval=ev["seconds"], work_eval=ev["work"])
         ft = None
-        if decide_t(run, state["acc_original"], state["acc_previous"], ev["acc"], cfg):
+        if decide_t(run, state["acc_original"], state["acc_previous"], pruned["acc_pruned"], cfg):
             tuned_ckpt = ft_t(root, data_ref, ref, pre_ref, run, k, pruned["lr"], cfg)
-            ev2 = eval_t(root, data_ref, tuned_ckpt["ref"], cfg)
-            ft = {"acc": ev2["acc"], "seconds": tuned_ckpt["seconds"], "t_eval": ev2["seconds"]}
             ref = tuned_ckpt["ref"]
+            ft = {"acc": None, "seconds": tuned_ckpt["seconds"], "work": tuned_ckpt["work"], "t_eval": 0.0, "work_eval": 0.0}
+            if eval_after_finetune(state, st.params):
+                ev2 = eval_t(root, data_ref, ref, cfg)
+                ft.update(acc=ev2["acc"], t_eval=ev2["seconds"], work_eval=ev2["work"])
         rec = record_step(state, pruned, ft, pruned["lr"], pruned["frozen"])
         steps.append(rec)
         if st.tracker is not None and st.run_id is not None:
             st.tracker.log_metrics(st.run_id, {m: rec[m] for m in STEP_METRICS}, step=k)
-        progress(f"[{method}] step {k + 1}/{n} {rec['unit']}: acc {rec['acc_pruned']:.2f}"
-                 + (f" -> fine-tune (lr {rec['lr']:.2e}) {rec['acc_finetuned']:.2f}" if rec["finetuned"] else " (no fine-tune)"))
-    seconds = search_seconds + state["seconds_setup"] + sum(r["t_prune"] + r["t_eval"] + r["t_finetune"] for r in steps)
-    return {"ref": ref, "steps": steps, "seconds": seconds, "search_seconds": search_seconds,
-            "finetunes": sum(1 for r in steps if r["finetuned"]), "hp": state["hp"], "frozen": state["frozen"],
-            "acc_original": state["acc_original"]}
+        progress(step_line(method, k, n, rec))
+    cost = add_search(run_cost(state, steps), search["seconds"], search["work"])
+    return {"ref": ref, "steps": steps, "seconds": cost["seconds"], "work_gmacs": cost["work_gmacs"], "cost": cost,
+            "search_seconds": search["seconds"], "finetunes": sum(1 for r in steps if r["finetuned"]), "hp": state["hp"],
+            "frozen": state["frozen"], "acc_original": state["acc_original"]}
 
 
 def _training(st: Stage, method: str, data_ref: dict[str, str], pre_ref: dict[str, str]) -> dict[str, Any]:
@@ -86,8 +97,8 @@ def _training(st: Stage, method: str, data_ref: dict[str, str], pre_ref: dict[st
     if st.tracker is not None and st.run_id is not None:
         for rec in out["steps"]:
             st.tracker.log_metrics(st.run_id, {k: v for k, v in rec.items() if k != "step"}, step=rec["step"])
-    return {"ref": out["ref"], "steps": out["steps"], "seconds": out["seconds"], "search_seconds": 0.0, "finetunes": 0,
-            "info": out["info"]}
+    return {"ref": out["ref"], "steps": out["steps"], "seconds": out["seconds"], "work_gmacs": out["info"].get("work_gmacs"),
+            "search_seconds": 0.0, "finetunes": 0, "info": out["info"]}
 
 
 @flow(name="prune")
@@ -106,13 +117,16 @@ def prune(method: str, params_path: str = "params.yaml", root: str | None = None
         report = {k: v for k, v in out.items() if k not in ("ref", "steps")} | {"method": method, "sha256": out["ref"]["sha256"]}
         write_json(st.paths.prune_report(method), report)
         assert st.tracker is not None and st.run_id is not None
-        st.tracker.log_metrics(st.run_id, {"total_seconds": out["seconds"], "finetunes": out["finetunes"], "search_seconds": out["search_seconds"]})
+        st.tracker.log_metrics(st.run_id, {"total_seconds": out["seconds"], "work_gmacs": out.get("work_gmacs"),
+                                           "finetunes": out["finetunes"], "search_seconds": out["search_seconds"]})
         st.tracker.log_artifacts(st.run_id, [st.paths.steps_csv(method), st.paths.prune_report(method)])
         if st.params.tracking.register_models:
             name = registered_name(st.params.model.arch, st.params.data.source)
-            version = st.tracker.log_model(st.run_id, load_model(st.paths, out["ref"], "cpu"), name, method, f"pruned with {method}")
+            version = st.tracker.log_model(st.run_id, st.paths.pruned(method), name, method, f"pruned with {method}",
+                                           {"method": method})
             report["registered"] = f"{name} v{version} (alias {method})"
-        progress(f"[{method}] done: {out['finetunes']} fine-tunes, {out['seconds']:.1f}s -> {st.paths.rel(st.paths.pruned(method))}")
+        work = f", {out['work_gmacs']:,.0f} GMACs" if out.get("work_gmacs") is not None else ""
+        progress(f"[{method}] done: {out['finetunes']} fine-tunes, {out['seconds']:.1f}s{work} -> {st.paths.rel(st.paths.pruned(method))}")
         return report
 
 

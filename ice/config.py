@@ -97,6 +97,8 @@ class PruneConfig(_Section):
         "iterative",
     ]
     ratio: float = Field(0.6, gt=0.0, lt=1.0)
+    # channels removed per step: ceil(ratio * width), as the reference code, or round()
+    rounding: Literal["ceil", "round"] = "ceil"
     criterion: Literal["l1", "l2", "random", "mean_activation", "entropy", "taylor"] = "l1"
     max_units: int | None = Field(None, ge=1)  # prune only the first N units (quick runs)
     finetune_epochs: float = Field(1.0, gt=0)
@@ -107,7 +109,14 @@ class PruneConfig(_Section):
     augment: bool = True
     kd: bool = True
     kd_temperature: float = Field(2.0, gt=0)
+    # Hinton's T^2 factor on the KL term (the reference code has none: KL(sum)/batch)
+    kd_t2: bool = True
     eval_batch_size: int = Field(512, ge=1)
+    # images of the validation split that every per-step evaluation uses (null: all of it);
+    # a seeded draw, the same for every method
+    eval_images: int | None = Field(None, ge=1)
+    # evaluate after each fine-tune (the per-step accuracy curve; every method pays for it)
+    eval_after_finetune: bool = True
 
 
 class LrConfig(_Section):
@@ -147,6 +156,9 @@ class AutotuneConfig(_Section):
     min_val_images: int = Field(100, ge=0)  # floor on the trials' validation subset (0: the plain fraction, as the paper)
     seed: int = 0
     workers: int = Field(1, ge=1)  # trials run at once by the autotune flow's task runner
+    # stop a trial once its cost alone reaches the best finished trial's objective (balanced
+    # objective only: it can no longer win, so the pick is the same)
+    early_stop: bool = True
     grid: dict[str, list[float]] = Field(default_factory=lambda: {k: list(v) for k, v in PAPER_GRID.items()})
 
     @model_validator(mode="after")
@@ -165,7 +177,12 @@ class IceConfig(_Section):
     reference: Literal["original", "previous"] = "original"
     fr: float = Field(0.3, ge=0, le=1)  # fraction of convs frozen
     trial_lr: float = Field(0.001, gt=0)
-    freeze_bn: bool = True
+    freeze_bn: bool = True  # freeze the BatchNorm after each frozen conv (its affine parameters)
+    # a frozen BatchNorm's running statistics: false keeps updating them, as the reference code
+    freeze_bn_stats: bool = False
+    # which convs may be frozen: the convs of the prunable units (a residual block's conv1
+    # and conv2, as the reference code), or every conv (stem and shortcuts too)
+    freeze_candidates: Literal["units", "all"] = "units"
     lr: LrConfig = Field(default_factory=LrConfig)
     autotune: AutotuneConfig = Field(default_factory=AutotuneConfig)
 

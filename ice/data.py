@@ -25,7 +25,7 @@ import torch
 
 from ice.config import DataConfig
 
-__all__ = ["Split", "Dataset", "load_dataset", "save_prepared", "load_prepared", "batches", "probe_batch", "n_steps", "augment_batch", "normalize", "IMAGE_EXTS"]
+__all__ = ["Split", "Dataset", "load_dataset", "holdout", "save_prepared", "load_prepared", "batches", "probe_batch", "n_steps", "augment_batch", "normalize", "IMAGE_EXTS"]
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 _CACHE_FORMAT = 2
@@ -112,12 +112,7 @@ def load_dataset(spec: DataConfig | dict[str, Any] | None = None, **overrides: A
     else:
         raw = _cached(spec, lambda: _load_folder(spec))
 
-    train_all = Split(raw["train_x"], raw["train_y"])
-    g = torch.Generator().manual_seed(spec.seed)
-    perm = torch.randperm(len(train_all), generator=g)
-    n_val = max(1, round(len(train_all) * spec.val_fraction))
-    val = train_all.take(perm[:n_val].sort().values)
-    train = train_all.take(perm[n_val:].sort().values)
+    train, val = holdout(Split(raw["train_x"], raw["train_y"]), spec.val_fraction, spec.seed)
     test = Split(raw["test_x"], raw["test_y"], torch.arange(len(raw["test_y"])))
     # normalisation statistics of the whole training set (train + val), as is customary;
     # computed once at decode time and cached with the tensors
@@ -127,6 +122,15 @@ def load_dataset(spec: DataConfig | dict[str, Any] | None = None, **overrides: A
     if spec.subset < 1.0:
         ds = ds.subset(spec.subset, seed=spec.seed)
     return ds
+
+
+def holdout(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
+    """``(train, val)``: ``fraction`` of ``split`` held out with ``seed``, each in the original order.
+
+    The reference checkpoint's split depends on this draw (a test pins it)."""
+    perm = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))
+    n_val = max(1, round(len(split) * fraction))
+    return split.take(perm[n_val:].sort().values), split.take(perm[:n_val].sort().values)
 
 
 def _channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:

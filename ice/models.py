@@ -215,8 +215,14 @@ def _torchvision_classifiers() -> list[str]:
     return sorted(tv.models.list_models(module=tv.models))
 
 
-def build_model(arch: str, num_classes: int, in_channels: int = 3, **kwargs: Any) -> nn.Module:
-    """Build an unpruned model by name. Unknown names raise ``ValueError`` listing the choices."""
+def build_model(
+    arch: str, num_classes: int, in_channels: int = 3, *, image_size: tuple[int, int] | None = None, **kwargs: Any
+) -> nn.Module:
+    """Build an unpruned model by name. Unknown names raise ``ValueError`` listing the choices.
+
+    ``image_size`` (H, W) is recorded in ``model.ice_spec`` for whoever needs an input
+    shape later (MAC counts, serving signatures); it does not change the network.
+    """
     if arch in _BUILDERS:
         model = _BUILDERS[arch](num_classes=num_classes, in_channels=in_channels, **kwargs)
     elif arch.startswith("tv:"):
@@ -225,7 +231,10 @@ def build_model(arch: str, num_classes: int, in_channels: int = 3, **kwargs: Any
         raise ValueError(
             f"unknown arch {arch!r}; choose one of {', '.join(available_archs())} or tv:<torchvision classifier>"
         )
-    model.ice_spec = {"arch": arch, "num_classes": num_classes, "in_channels": in_channels, "kwargs": dict(kwargs)}  # type: ignore[assignment]
+    spec: dict[str, Any] = {"arch": arch, "num_classes": num_classes, "in_channels": in_channels, "kwargs": dict(kwargs)}
+    if image_size is not None:
+        spec["image_size"] = [int(v) for v in image_size]
+    model.ice_spec = spec  # type: ignore[assignment]
     return model
 
 
@@ -279,7 +288,9 @@ def apply_widths(model: nn.Module, widths: dict[str, list[int]]) -> nn.Module:
 
 def rebuild(spec: dict[str, Any], widths: dict[str, list[int]] | None = None) -> nn.Module:
     """Rebuild a (possibly pruned) model from its ``ice_spec`` and per-layer widths."""
-    model = build_model(spec["arch"], spec["num_classes"], spec.get("in_channels", 3), **spec.get("kwargs", {}))
+    size = spec.get("image_size")
+    model = build_model(spec["arch"], spec["num_classes"], spec.get("in_channels", 3),
+                        image_size=tuple(size) if isinstance(size, list | tuple) else None, **spec.get("kwargs", {}))
     if widths:
         apply_widths(model, widths)
     return model

@@ -60,18 +60,24 @@ def use_channels_last(setting: bool | str, device: torch.device) -> bool:
     return bool(setting)
 
 
-def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 2.0) -> torch.Tensor:
-    """KL(log_softmax(z/T) || softmax(z_teacher/T)) * T^2 (Hinton et al., 2015)."""
+def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 2.0, t2: bool = True) -> torch.Tensor:
+    """KL(log_softmax(z/T) || softmax(z_teacher/T)) per image, times T^2 with ``t2`` (Hinton et al., 2015).
+
+    Without ``t2`` it is the ICE reference code's ``kl_div(..., reduction="sum") / batch``.
+    """
     t = temperature
-    return F.kl_div(F.log_softmax(student / t, 1), F.softmax(teacher / t, 1), reduction="batchmean") * (t * t)
+    kl = F.kl_div(F.log_softmax(student / t, 1), F.softmax(teacher / t, 1), reduction="batchmean")
+    return kl * (t * t) if t2 else kl
 
 
 # ----------------------------------------------------------------------------- freezing
-def freeze(model: nn.Module, names: Iterable[str], bn: bool = True) -> list[str]:
-    """Freeze the named modules (weights stop training; BatchNorm keeps its running stats).
+def freeze(model: nn.Module, names: Iterable[str], bn: bool = True, bn_stats: bool = False) -> list[str]:
+    """Freeze the named modules: their weights stop training.
 
     ``names`` are conv (or any module) paths; with ``bn`` the BatchNorm that directly
-    follows each named conv is frozen as well. Returns the frozen module names.
+    follows each named conv is frozen as well: its affine parameters stop training, and
+    with ``bn_stats`` its running statistics stop updating too (it runs in eval mode
+    while the rest trains). Returns the frozen module names.
     """
     modules = dict(model.named_modules())
     order = list(modules)
@@ -93,6 +99,7 @@ def freeze(model: nn.Module, names: Iterable[str], bn: bool = True) -> list[str]
             for p in mod.parameters(recurse=False):
                 p.requires_grad_(False)
             mod._ice_frozen = True  # type: ignore[assignment]
+            mod._ice_frozen_stats = bn_stats  # type: ignore[assignment]
             if t not in done:
                 done.append(t)
     return done
@@ -101,7 +108,7 @@ def freeze(model: nn.Module, names: Iterable[str], bn: bool = True) -> list[str]
 def unfreeze(model: nn.Module) -> None:
     for m in model.modules():
         if getattr(m, "_ice_frozen", False):
-            m._ice_frozen = False  # type: ignore[assignment]
+            m._ice_frozen = m._ice_frozen_stats = False  # type: ignore[assignment]
             for p in m.parameters(recurse=False):
                 p.requires_grad_(True)
 
@@ -113,8 +120,8 @@ def frozen_names(model: nn.Module) -> list[str]:
 def _train_mode(model: nn.Module) -> None:
     model.train()
     for m in model.modules():
-        if getattr(m, "_ice_frozen", False) and isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.eval()  # frozen BN: running statistics stay as they were
+        if getattr(m, "_ice_frozen_stats", False) and isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()  # running statistics stay as they were
 
 
 def make_optimizer(model: nn.Module, lr: float, momentum: float = 0.9, weight_decay: float = 1e-4) -> torch.optim.SGD:
@@ -153,6 +160,7 @@ def train_epoch(
     generator: torch.Generator | None = None,
     teacher: nn.Module | None = None,
     temperature: float = 2.0,
+    kd_t2: bool = True,
     kd_weight: float = 1.0,
     device: torch.device | None = None,
     channels_last: bool | str = "auto",
@@ -190,7 +198,7 @@ def train_epoch(
         if teacher is not None:
             with torch.no_grad():
                 t_out = teacher(x)
-            loss = loss + kd_weight * kd_loss(out, t_out, temperature)
+            loss = loss + kd_weight * kd_loss(out, t_out, temperature, kd_t2)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

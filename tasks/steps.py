@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ __all__ = [
     "decide_finetune",
     "finetune_checkpoint",
     "train_with_schedule",
+    "autotune_setup",
     "autotune_trial",
     "evaluate_model",
 ]
@@ -162,7 +162,7 @@ def pretrain_epoch(root: str, data_ref: dict[str, str], state_ref: dict[str, str
     data = load_data(paths, data_ref)
     if state_ref is None:
         torch.manual_seed(params.seed)
-        model = build_model(params.model.arch, data.num_classes, data.in_channels).to(device)
+        model = build_model(params.model.arch, data.num_classes, data.in_channels, image_size=data.image_size).to(device)
         state = None
     else:
         model, meta = load_checkpoint(resolve(paths, state_ref), sha256=state_ref["sha256"], map_location=device)
@@ -187,8 +187,10 @@ def finish_pretrain(root: str, data_ref: dict[str, str], state_ref: dict[str, st
     params = _params(cfg)
     model, meta = load_checkpoint(resolve(paths, state_ref), sha256=state_ref["sha256"], map_location=_device(cfg))
     acc = _accuracies(model, load_data(paths, data_ref))
-    ref = save_model(paths, model, "pretrained", {"stage": "pretrain", "arch": params.model.arch, **acc})
-    return {"ref": ref, **acc, "history": meta["fit"]["history"]}
+    history = meta["fit"]["history"]
+    # no timings in the checkpoint: the same params and seed give the same bytes
+    ref = save_model(paths, model, "pretrained", {"stage": "pretrain", "arch": params.model.arch, **acc, "epochs": len(history)})
+    return {"ref": ref, **acc, "history": history}
 
 
 def _accuracies(model: Any, data: Any, batch_size: int = 512) -> dict[str, float]:
@@ -238,17 +240,17 @@ def prune_one_step(
 
 @task(name="evaluate-step", tags=["gpu"])
 def evaluate_checkpoint(root: str, data_ref: dict[str, str], model_ref: dict[str, str], cfg: dict[str, Any]) -> dict[str, float]:
-    """Validation accuracy of a checkpoint (the split every decision uses)."""
-    from ice.methods.core import val_accuracy
+    """Accuracy of a checkpoint on the decision split (validation), with its seconds and work."""
+    from ice.methods.core import evaluate_step
 
     paths = Paths(Path(root))
-    t0 = time.perf_counter()
-    acc = val_accuracy(load_model(paths, model_ref, _device(cfg)), load_data(paths, data_ref), _params(cfg))
-    return {"acc": acc, "seconds": time.perf_counter() - t0}
+    return evaluate_step(load_model(paths, model_ref, _device(cfg)), load_data(paths, data_ref), _params(cfg))
 
 
 @task(name="decide-finetune")
-def decide_finetune(run: dict[str, Any], acc_original: float, acc_previous: float, acc_now: float, cfg: dict[str, Any]) -> bool:
+def decide_finetune(
+    run: dict[str, Any], acc_original: float | None, acc_previous: float | None, acc_now: float | None, cfg: dict[str, Any]
+) -> bool:
     """ICE's rule (or always, for the baseline): fine-tune when the drop reaches ``thre``."""
     from ice.methods.core import decide
 
@@ -278,7 +280,7 @@ def finetune_checkpoint(
     teacher = _teacher(paths, teacher_ref, device) if params.prune.kd else None
     stats = finetune(model, load_data(paths, data_ref), params, lr=lr, teacher=teacher, seed=params.seed * 1000 + k)
     ref = save_model(paths, model, f"{run['method']}-step{k:03d}-finetuned", {"method": run["method"], "step": k})
-    return {"ref": ref, "seconds": stats["seconds"], "train_loss": stats.get("loss", 0.0)}
+    return {"ref": ref, "seconds": stats["seconds"], "work": stats["work"], "train_loss": stats.get("loss", 0.0)}
 
 
 @task(name="train-with-pruning", tags=["gpu"])
@@ -296,9 +298,26 @@ def train_with_schedule(
     return {"ref": ref, "steps": res.steps, "seconds": res.seconds, "info": {k: v for k, v in res.info.items() if isinstance(v, int | float | str)}}
 
 
-@task(name="autotune-trial", tags=["gpu"])
+@task(name="autotune-setup", tags=["gpu"])
+def autotune_setup(root: str, data_ref: dict[str, str], model_ref: dict[str, str], cfg: dict[str, Any]) -> dict[str, Any]:
+    """The freeze trial every auto-tune trial shares (its scores do not depend on the hyperparameters)."""
+    from ice.methods.autotune import search_setup
+
+    paths = Paths(Path(root))
+    model = load_model(paths, model_ref, _device(cfg))
+    return search_setup(model, load_data(paths, data_ref), _params(cfg))
+
+
+@task(name="autotune-trial", tags=["gpu"], task_run_name="autotune-trial-{number}")
 def autotune_trial(
-    root: str, data_ref: dict[str, str], model_ref: dict[str, str], hp: dict[str, float], number: int, cfg: dict[str, Any]
+    root: str,
+    data_ref: dict[str, str],
+    model_ref: dict[str, str],
+    hp: dict[str, float],
+    number: int,
+    cfg: dict[str, Any],
+    freeze_scores: dict[str, float] | None = None,
+    bound: float | None = None,
 ) -> dict[str, Any]:
     """One full ICE run on the auto-tuner's subsets; returns its row of the trial table."""
     from ice.methods.autotune import run_trial, trial_row
@@ -306,7 +325,7 @@ def autotune_trial(
     paths = Paths(Path(root))
     params = _params(cfg)
     model = load_model(paths, model_ref, _device(cfg))
-    r = run_trial(model, load_data(paths, data_ref), params, hp, number=number)
+    r = run_trial(model, load_data(paths, data_ref), params, hp, number=number, freeze_scores=freeze_scores, bound=bound)
     tune = params.ice.autotune
     return trial_row(r, tune.objective, tune.acc_tolerance, tune.cost)
 

@@ -12,7 +12,6 @@ that run in worker threads (auto-tune trials) log to the right run. Only
 
 from __future__ import annotations
 
-import logging
 import os
 import subprocess
 import time
@@ -24,7 +23,7 @@ from typing import Any
 
 __all__ = ["Tracker", "TrackingUnavailable", "tracking_uri", "flatten", "git_commit", "registered_name"]
 
-PIP_REQUIREMENTS = ["torch==2.13.0", "ice-pipeline"]
+PIP_REQUIREMENTS = ["torch==2.13.0", "numpy"]  # ice itself travels with the model as code
 
 
 class TrackingUnavailable(RuntimeError):
@@ -141,32 +140,64 @@ class Tracker:
             self.client.set_tag(run_id, k, v)
 
     # ------------------------------------------------------------------ models
-    def log_model(self, run_id: str, model: Any, name: str, alias: str, description: str = "") -> str:
-        """Log ``model`` to ``run_id``, register it as a new version of ``name``, point ``alias`` at it."""
-        import mlflow
-        import mlflow.pytorch
+    def log_model(
+        self,
+        run_id: str,
+        checkpoint: Path,
+        name: str,
+        alias: str,
+        description: str = "",
+        tags: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Log the ice checkpoint at ``checkpoint`` as a model of ``run_id``, register it as a
+        version of ``name`` and point ``alias`` at it; return the version.
 
-        model = model.cpu().eval()
-        # pickle is the documented choice here (pt2 export cannot trace every pruned net);
-        # mlflow warns about it on every call, which says nothing new
-        noisy = logging.getLogger("mlflow.pytorch")
-        level = noisy.level
-        noisy.setLevel(logging.ERROR)
-        try:
-            with mlflow.start_run(run_id=run_id, experiment_id=self.experiment_id):
-                info = mlflow.pytorch.log_model(
-                    model, name="model", serialization_format="pickle", pip_requirements=PIP_REQUIREMENTS
-                )
-        finally:
-            noisy.setLevel(level)
+        The model is a pyfunc defined from code (``tasks/pyfunc_model.py``) whose only
+        artifact is the checkpoint, with the ``ice`` package as its code, a signature
+        and an input example: loading it never unpickles anything. The version carries
+        the checkpoint's sha256 as a tag.
+        """
+        import mlflow
+        import numpy as np
+        from mlflow.models import infer_signature
+
+        import ice
+        from ice.checkpoint import load_checkpoint, sha256_file
+
+        sha = sha256_file(checkpoint)
+        model, _ = load_checkpoint(checkpoint, sha256=sha)
+        spec = model.ice_spec  # type: ignore[attr-defined]
+        h, w = spec.get("image_size") or (32, 32)
+        example = np.zeros((2, spec.get("in_channels", 3), h, w), dtype=np.float32)
+        import torch
+
+        with torch.no_grad():
+            out = model.eval()(torch.from_numpy(example)).numpy()
+        signature = infer_signature(example, out)
+        with mlflow.start_run(run_id=run_id, experiment_id=self.experiment_id):
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=str(Path(__file__).with_name("pyfunc_model.py")),
+                artifacts={"checkpoint": str(checkpoint)},
+                code_paths=[str(Path(ice.__file__).parent)],
+                signature=signature,
+                input_example=example,
+                pip_requirements=PIP_REQUIREMENTS,
+            )
         # start_run(run_id=...) ends the run on exit; the flow still owns it
         self.client.update_run(run_id, status="RUNNING")
         try:
             self.client.get_registered_model(name)
         except Exception:
-            self.client.create_registered_model(name, description="Pruned and pretrained models of ice-pipeline")
-        mv = self.client.create_model_version(name, info.model_uri, run_id=run_id, description=description)
+            try:
+                self.client.create_registered_model(name, description="Pruned and pretrained models of ice-pipeline")
+            except Exception:  # created meanwhile by a parallel flow
+                self.client.get_registered_model(name)
+        version_tags = {"sha256": sha, "alias": alias, **{k: str(v) for k, v in (tags or {}).items()}}
+        mv = mlflow.register_model(info.model_uri, name, tags=version_tags)
         self._wait_ready(name, mv.version)
+        if description:
+            self.client.update_model_version(name, mv.version, description=description)
         self.client.set_registered_model_alias(name, alias, mv.version)
         return str(mv.version)
 

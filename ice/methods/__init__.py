@@ -30,18 +30,22 @@ def run_pruning(
     """
     cb = callbacks or Callbacks()
     if method == "ice":
+        from ice.methods.core import add_search
+
         search: list[dict] = []
-        search_seconds = 0.0
+        search_cost = {"seconds": 0.0, "work": 0.0}
         hp = None
         if params.ice.autotune.enabled:
             from ice.methods.autotune import autotune
 
-            hp, search, search_seconds = autotune(model, dataset, params, cb)
-            cb.log(f"[autotune] best: {hp} ({search_seconds:.1f}s)")
+            hp, search, search_cost = autotune(model, dataset, params, cb)
+            cb.log(f"[autotune] best: {hp} ({search_cost['seconds']:.1f}s, {search_cost['work']:.0f} GMACs)")
         result = iterate(model, dataset, "ice", params, hp=hp, callbacks=cb)
         result.search = search
-        result.seconds += search_seconds
-        result.info["search_seconds"] = search_seconds
+        cost = add_search(result.info["cost"], search_cost["seconds"], search_cost["work"])
+        result.seconds = cost["seconds"]
+        result.info.update(cost=cost, work_gmacs=cost["work_gmacs"], search_seconds=search_cost["seconds"],
+                           search_work=search_cost["work"])
         return result
     if method == "iterative":
         return iterate(model, dataset, "iterative", params, callbacks=cb)

@@ -25,6 +25,18 @@ for the paper objective and work for the balanced one. Either way, the search's
 ``min_val_images`` puts a floor under the trials' validation subset: 2% of a small
 validation split is a handful of images, and a drop measured on 20 images moves in
 steps of 5 points, below any sensible ``thre``.
+
+Two savings keep the search cheap without changing what it finds:
+
+- **One freeze trial for all trials.** The freeze trial's scores do not depend on the
+  hyperparameters (``fr`` only decides how many of the lowest-scoring convs to freeze),
+  so :func:`search_setup` runs it once on the trials' subsets and every trial reuses it.
+  Its cost counts once, in the search.
+- **Early stopping that cannot change the winner** (``early_stop``, balanced objective):
+  the balanced objective is never below a trial's cost, so once a trial's cost so far
+  reaches the best finished trial's objective it can no longer win, and it stops.
+
+The paper's objective times a trial without the freeze trial, as the reference code does.
 """
 
 from __future__ import annotations
@@ -39,18 +51,19 @@ from torch import nn
 from ice.config import Params
 from ice.data import Dataset
 
-__all__ = ["TrialResult", "sample_trials", "run_trial", "trial_data", "score", "cost_of", "select_best", "autotune"]
+__all__ = ["TrialResult", "sample_trials", "search_setup", "run_trial", "trial_data", "score", "cost_of", "select_best", "objective_of", "autotune", "trial_row", "trial_line"]
 
 
 @dataclass
 class TrialResult:
     number: int
     hp: dict[str, float]
-    seconds: float
+    seconds: float  # compute seconds of the trial (without the shared freeze trial)
     acc_original: float
     acc_final: float
     finetunes: int
     work: float = 0.0  # billions of MACs
+    stopped_at: int | None = None  # the step after which early stopping ended it
 
     @property
     def drop(self) -> float:
@@ -102,16 +115,56 @@ def sample_trials(params: Params) -> list[dict[str, float]]:
     return points
 
 
-def run_trial(model: nn.Module, data: Dataset, params: Params, hp: dict[str, float], number: int = 0) -> TrialResult:
-    """One full ICE run on ``subset`` fractions of train and validation."""
-    from ice.methods.core import iterate
+def search_setup(model: nn.Module, data: Dataset, params: Params) -> dict[str, Any]:
+    """What every trial shares: the freeze trial's scores on the trials' subsets, with its cost."""
+    from ice.methods.ice import freeze_trial
+    from ice.pruning import prunable_units
 
     sub = trial_data(data, params)
     t0 = time.perf_counter()
-    res = iterate(model, sub, "ice", params, hp=hp)
-    seconds = time.perf_counter() - t0
-    acc_final = res.steps[-1]["acc_finetuned"] if res.steps else res.info["acc_original"]
-    return TrialResult(number, hp, seconds, res.info["acc_original"], acc_final, res.finetunes, res.info["work_gmacs"])
+    trial = freeze_trial(model, sub, params, prunable_units(model)[0])
+    return {"freeze_scores": trial["scores"], "work": trial["work"], "seconds": time.perf_counter() - t0}
+
+
+def _cost_unit(params: Params) -> str:
+    cfg = params.ice.autotune
+    return ("seconds" if cfg.objective == "paper" else "work") if cfg.cost == "auto" else cfg.cost
+
+
+def run_trial(
+    model: nn.Module,
+    data: Dataset,
+    params: Params,
+    hp: dict[str, float],
+    number: int = 0,
+    *,
+    freeze_scores: dict[str, float] | None = None,
+    bound: float | None = None,
+) -> TrialResult:
+    """One full ICE run on ``subset`` fractions of train and validation.
+
+    ``freeze_scores`` (from :func:`search_setup`) skip the trial's own freeze trial.
+    ``bound`` is the best objective so far: with the balanced objective and
+    ``early_stop`` on, the trial stops once its cost reaches it, since it can no longer win.
+    """
+    from ice.methods.core import iterate
+
+    sub = trial_data(data, params)
+    cfg = params.ice.autotune
+    unit = _cost_unit(params)
+    stop = None
+    if bound is not None and cfg.early_stop and cfg.objective == "balanced":
+        def stop(k: int, cost: dict[str, float], rec: dict[str, Any]) -> bool:
+            return (cost["work_gmacs"] if unit == "work" else cost["seconds"]) >= bound
+
+    res = iterate(model, sub, "ice", params, hp=hp, freeze_scores=freeze_scores, stop=stop)
+    cost = res.info["cost"]
+    # the paper's objective times the steps only, as the reference code (no freeze trial)
+    seconds = cost["seconds"] - (res.info["seconds_freeze_trial"] if cfg.objective == "paper" else 0.0)
+    after = [r["acc_finetuned"] for r in res.steps if r["acc_finetuned"] is not None]
+    acc_final = after[-1] if after else res.info["acc_original"]
+    return TrialResult(number, hp, seconds, res.info["acc_original"], acc_final, res.finetunes, res.info["work_gmacs"],
+                       res.info.get("stopped_at"))
 
 
 def trial_data(data: Dataset, params: Params) -> Dataset:
@@ -131,29 +184,42 @@ def select_best(results: list[TrialResult], objective: str = "balanced", acc_tol
     return min(results, key=lambda r: (score(cost_of(r, objective, cost), r.drop, objective, acc_tolerance), r.number))
 
 
-def autotune(model: nn.Module, data: Dataset, params: Params, callbacks: Any = None) -> tuple[dict[str, float], list[dict[str, Any]], float]:
-    """Run every trial in turn; return the best hyperparameters, the trial table and the seconds spent."""
+def autotune(model: nn.Module, data: Dataset, params: Params, callbacks: Any = None) -> tuple[dict[str, float], list[dict[str, Any]], dict[str, float]]:
+    """Run every trial in turn; return the best hyperparameters, the trial table and the
+    search's cost (``seconds`` and ``work``: the shared freeze trial plus every trial)."""
     cfg = params.ice.autotune
-    t0 = time.perf_counter()
-    results = []
+    setup = search_setup(model, data, params)
+    results: list[TrialResult] = []
     points = sample_trials(params)
     for i, hp in enumerate(points):
-        r = run_trial(model, data, params, hp, number=i)
+        bound = min((objective_of(r, params) for r in results if r.stopped_at is None), default=None)
+        r = run_trial(model, data, params, hp, number=i, freeze_scores=setup["freeze_scores"], bound=bound)
         results.append(r)
         row = trial_row(r, cfg.objective, cfg.acc_tolerance, cfg.cost)
         if callbacks is not None:
-            callbacks.log(f"[autotune] trial {i + 1}/{len(points)}: {row['seconds']:.1f}s, {row['work_gmacs']:.0f} GMACs, "
-                          f"drop {row['drop']:.2f} pts, {row['finetunes']} fine-tunes, objective {row['objective']:.3g}")
+            callbacks.log(trial_line(row, len(points)))
             if callbacks.on_trial is not None:
                 callbacks.on_trial(row)
-    best = select_best(results, cfg.objective, cfg.acc_tolerance, cfg.cost)
+    best = select_best([r for r in results if r.stopped_at is None], cfg.objective, cfg.acc_tolerance, cfg.cost)
     table = [trial_row(r, cfg.objective, cfg.acc_tolerance, cfg.cost) | {"best": r is best} for r in results]
-    return best.hp, table, time.perf_counter() - t0
+    cost = {"seconds": setup["seconds"] + sum(r.seconds for r in results), "work": setup["work"] + sum(r.work for r in results)}
+    return best.hp, table, cost
+
+
+def objective_of(r: TrialResult, params: Params) -> float:
+    cfg = params.ice.autotune
+    return score(cost_of(r, cfg.objective, cfg.cost), r.drop, cfg.objective, cfg.acc_tolerance)
+
+
+def trial_line(row: dict[str, Any], n: int) -> str:
+    stopped = f", stopped after step {row['stopped_at'] + 1} (cannot win)" if row.get("stopped_at") is not None else ""
+    return (f"[autotune] trial {row['trial'] + 1}/{n}: {row['seconds']:.1f}s, {row['work_gmacs']:.0f} GMACs, "
+            f"drop {row['drop']:.2f} pts, {row['finetunes']} fine-tunes, objective {row['objective']:.3g}{stopped}")
 
 
 def trial_row(r: TrialResult, objective: str, acc_tolerance: float, cost: str = "auto") -> dict[str, Any]:
     return {
         "trial": r.number, **r.hp, "seconds": r.seconds, "work_gmacs": r.work, "acc_original": r.acc_original,
-        "acc_final": r.acc_final, "drop": r.drop, "finetunes": r.finetunes,
+        "acc_final": r.acc_final, "drop": r.drop, "finetunes": r.finetunes, "stopped_at": r.stopped_at,
         "objective": score(cost_of(r, objective, cost), r.drop, objective, acc_tolerance),
     }

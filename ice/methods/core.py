@@ -1,10 +1,23 @@
 """The pruning loop shared by ICE and the iterative baseline, drivable one step at a time.
 
-A run is: :func:`start_run` (reference accuracy, plan, ICE's freeze trial and search),
-then for each planned step :func:`prune_step`, :func:`decide`, and when it says so
-:func:`finetune` at :func:`step_lr`, then :func:`record_step`. Inputs and outputs
+A run is: :func:`start_run` (plan, and for ICE the reference accuracy, the freeze trial
+and its hyperparameters), then for each planned step :func:`prune_only`, for ICE
+:func:`evaluate_step` and :func:`decide`, and when a fine-tune is due
+:func:`finetune_step` at :func:`step_lr`, then :func:`record_step`. Inputs and outputs
 are plain data plus the model, so an orchestrator can checkpoint between calls and
 make each call its own cached task. :func:`iterate` chains them in memory.
+
+The baseline pays only for what it needs: it fine-tunes after every step, so it never
+evaluates a freshly pruned model (only ICE's decision needs that). Both methods
+evaluate after a fine-tune when ``prune.eval_after_finetune`` is on (the per-step
+curve), and both pay for it.
+
+**Cost, in one place.** Every building block reports its seconds and its work, in
+billions of MACs (GMACs) by :mod:`ice.metrics`' accounting: an evaluation is a forward
+pass per image, a fine-tune :func:`ice.metrics.train_macs` per image plus the teacher's
+forward pass, and frozen layers skip their weight gradients. :func:`run_cost` adds a
+run's parts up: the search (for ICE), the setup (reference accuracy and freeze trial)
+and every step. The in-memory loop and the Prefect flow report the same figures.
 """
 
 from __future__ import annotations
@@ -19,7 +32,7 @@ import torch
 from torch import nn
 
 from ice.config import Params
-from ice.data import Dataset, probe_batch
+from ice.data import Dataset, Split, probe_batch
 from ice.metrics import count_macs, count_params, prunable_conv_params, train_macs
 from ice.pruning import prunable_units, prune_unit
 from ice.pruning.importance import DATA_CRITERIA
@@ -33,15 +46,22 @@ __all__ = [
     "start_run",
     "prune_step",
     "prune_only",
+    "evaluate_step",
+    "needs_decision_eval",
+    "decision_split",
     "val_accuracy",
     "decide",
     "step_lr",
     "record_step",
+    "run_cost",
+    "add_search",
     "iterate",
     "unit_by_name",
     "apply_frozen",
     "finetune_step",
 ]
+
+G = 1e9
 
 
 @dataclass
@@ -64,14 +84,16 @@ class StepRecord:
     ratio: float
     params: int
     macs: int
-    acc_pruned: float
+    acc_pruned: float | None  # None: not measured (the baseline does not need it)
     finetuned: bool
     lr: float
     frozen: int
-    acc_finetuned: float
+    acc_finetuned: float | None  # accuracy after the step (fine-tuned or not); None: not measured
     t_prune: float
     t_eval: float
     t_finetune: float
+    work_eval: float  # GMACs
+    work_finetune: float  # GMACs
 
 
 @dataclass
@@ -93,6 +115,28 @@ def unit_by_name(model: nn.Module, name: str) -> Any:
     raise KeyError(f"unit {name!r} is not in the model")
 
 
+def decision_split(data: Dataset, params: Params) -> Split:
+    """The images every per-step evaluation uses: ``prune.eval_images`` of the validation
+    split (a seeded draw, the same for every method), or all of it."""
+    n = params.prune.eval_images
+    if n is None or n >= len(data.val):
+        return data.val
+    return data.val.sample(n, torch.Generator().manual_seed(params.seed + 7919))
+
+
+def val_accuracy(model: nn.Module, data: Dataset, params: Params) -> float:
+    """Accuracy on the decision split (validation, never test)."""
+    return evaluate(model, data, decision_split(data, params), batch_size=params.prune.eval_batch_size)["acc"]
+
+
+def evaluate_step(model: nn.Module, data: Dataset, params: Params) -> dict[str, float]:
+    """Accuracy on the decision split, with its seconds and work (one forward pass per image)."""
+    t0 = time.perf_counter()
+    acc = val_accuracy(model, data, params)
+    n = len(decision_split(data, params))
+    return {"acc": acc, "seconds": time.perf_counter() - t0, "work": n * count_macs(model, data.input_shape()) / G}
+
+
 def finetune(
     model: nn.Module,
     data: Dataset,
@@ -103,27 +147,37 @@ def finetune(
     seed: int,
     epochs: float | None = None,
 ) -> dict[str, float]:
-    """ICE's fine-tune: SGD (momentum, wd) with a fresh optimizer, CE + KD from the teacher."""
+    """ICE's fine-tune: SGD (momentum, wd) with a fresh optimizer, CE + KD from the teacher.
+
+    Returns loss, accuracy, images, seconds and ``work`` (GMACs, with the teacher's
+    forward pass; frozen layers skip their weight gradients).
+    """
     cfg = params.prune
     epochs = cfg.finetune_epochs if epochs is None else epochs
+    shape = data.input_shape()
+    per_image = train_macs(model, shape) + (count_macs(teacher, shape) if teacher is not None and cfg.kd else 0)
     opt = make_optimizer(model, lr, cfg.momentum, cfg.weight_decay)
     g = torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
     stats: dict[str, float] = {}
+    images = 0.0
     for frac in epoch_fractions(epochs):
         stats = train_epoch(
             model, data, opt,
             batch_size=cfg.batch_size, fraction=frac, augment=cfg.augment, generator=g,
-            teacher=teacher if cfg.kd else None, temperature=cfg.kd_temperature,
+            teacher=teacher if cfg.kd else None, temperature=cfg.kd_temperature, kd_t2=cfg.kd_t2,
             channels_last=params.train.channels_last,
         )
+        images += stats["images"]
     stats["seconds"] = time.perf_counter() - t0
+    stats["images"] = images
+    stats["work"] = images * per_image / G
     return stats
 
 
-def val_accuracy(model: nn.Module, data: Dataset, params: Params) -> float:
-    """Accuracy on the validation split: the split every decision is made on."""
-    return evaluate(model, data, "val", batch_size=params.prune.eval_batch_size)["acc"]
+def needs_decision_eval(state: dict[str, Any]) -> bool:
+    """Whether a freshly pruned model is evaluated: only ICE decides on it."""
+    return state["method"] != "iterative"
 
 
 def start_run(
@@ -134,35 +188,49 @@ def start_run(
     *,
     hp: dict[str, float] | None = None,
     callbacks: Callbacks | None = None,
+    freeze_scores: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Everything a run decides before its first step, as plain data.
 
-    For ``ice`` this runs the freeze trial (its time is counted). ``hp`` overrides ICE's
+    For ``ice`` this measures the reference accuracy and runs the freeze trial (unless
+    ``freeze_scores`` from an earlier trial on the same model and data are given); both
+    count in ``seconds_setup`` and ``work_setup``. ``hp`` overrides ICE's
     hyperparameters (thre, fr, base, delta, p, beta), for example from the auto-tuner.
     """
-    from ice.methods.ice import freeze_trial, ice_hparams
+    from ice.methods.ice import freeze_trial, ice_hparams, select_frozen
 
     cb = callbacks or Callbacks()
     t0 = time.perf_counter()
     units = prunable_units(model)
     if params.prune.max_units:
         units = units[: params.prune.max_units]
-    acc0 = val_accuracy(model, data, params)
     state: dict[str, Any] = {
         "method": method,
-        "acc_original": acc0,
-        "acc_previous": acc0,
+        "acc_original": None,
+        "acc_previous": None,
         "conv_params_original": prunable_conv_params(model),
         "input_shape": list(data.input_shape()),
         "plan": [{"step": k, "unit": u.name, "ratio": params.prune.ratio} for k, u in enumerate(units)],
         "frozen": [],
         "hp": {},
         "seconds_setup": 0.0,
+        "work_setup": 0.0,
+        "seconds_freeze_trial": 0.0,
     }
     if method == "ice":
+        ev = evaluate_step(model, data, params)
+        state["acc_original"] = state["acc_previous"] = ev["acc"]
+        state["work_setup"] += ev["work"]
         state["hp"] = ice_hparams(params, hp)
         if state["hp"]["fr"] > 0:
-            state["frozen"] = freeze_trial(model, data, params, units[0], state["hp"]["fr"])
+            t1 = time.perf_counter()
+            if freeze_scores is None:
+                trial = freeze_trial(model, data, params, units[0])
+                freeze_scores = trial["scores"]
+                state["work_setup"] += trial["work"]
+            state["freeze_scores"] = freeze_scores
+            state["frozen"] = select_frozen(freeze_scores, state["hp"]["fr"])
+            state["seconds_freeze_trial"] = time.perf_counter() - t1
             cb.log(f"freeze trial: {len(state['frozen'])} convs frozen")
     state["seconds_setup"] = time.perf_counter() - t0
     return state
@@ -171,20 +239,22 @@ def start_run(
 def apply_frozen(model: nn.Module, state: dict[str, Any], params: Params) -> None:
     """(Re)apply the run's freeze list; cheap, and safe after any structural change."""
     if state["frozen"]:
-        freeze(model, state["frozen"], bn=params.ice.freeze_bn)
+        freeze(model, state["frozen"], bn=params.ice.freeze_bn, bn_stats=params.ice.freeze_bn_stats)
 
 
 def prune_only(model: nn.Module, data: Dataset, state: dict[str, Any], k: int, params: Params) -> dict[str, Any]:
-    """Apply planned step ``k`` to ``model`` in place (no evaluation); return sizes and time."""
+    """Apply planned step ``k`` to ``model`` in place (no evaluation); return sizes, time and work."""
     plan = state["plan"][k]
     t0 = time.perf_counter()
     unit = unit_by_name(model, plan["unit"])
     batch = None
+    work = 0.0
     if params.prune.criterion in DATA_CRITERIA:
         batch = probe_batch(data, device=next(model.parameters()).device)
+        work = len(batch[1]) * count_macs(model, data.input_shape()) * (3 if params.prune.criterion == "taylor" else 1) / G
     info = prune_unit(
         model, unit, plan["ratio"], params.prune.criterion, data=batch,
-        seed=params.seed * 1000 + k, input_shape=tuple(state["input_shape"]),
+        seed=params.seed * 1000 + k, input_shape=tuple(state["input_shape"]), rounding=params.prune.rounding,
     )
     apply_frozen(model, state, params)
     return {
@@ -194,24 +264,27 @@ def prune_only(model: nn.Module, data: Dataset, state: dict[str, Any], k: int, p
         "params": info["params_after"],
         "macs": info["macs_after"],
         "t_prune": time.perf_counter() - t0,
+        "work_prune": work,
     }
 
 
 def prune_step(model: nn.Module, data: Dataset, state: dict[str, Any], k: int, params: Params) -> dict[str, Any]:
-    """Apply planned step ``k`` to ``model`` in place; return sizes, accuracy and timings."""
+    """Apply planned step ``k`` in place, and evaluate the pruned model when the method decides on it."""
     out = prune_only(model, data, state, k, params)
-    t1 = time.perf_counter()
-    out["acc_pruned"] = val_accuracy(model, data, params)
-    out["t_eval"] = time.perf_counter() - t1
+    out["acc_pruned"], out["t_eval"], out["work_eval"] = None, 0.0, 0.0
+    if needs_decision_eval(state):
+        ev = evaluate_step(model, data, params)
+        out.update(acc_pruned=ev["acc"], t_eval=ev["seconds"], work_eval=ev["work"])
     return out
 
 
-def decide(state: dict[str, Any], acc_now: float, params: Params) -> bool:
-    """Whether step's accuracy calls for a fine-tune (always, for the baseline)."""
+def decide(state: dict[str, Any], acc_now: float | None, params: Params) -> bool:
+    """Whether the step calls for a fine-tune (always, for the baseline)."""
     from ice.methods.ice import should_finetune
 
     if state["method"] == "iterative":
         return True
+    assert acc_now is not None, "ICE decides on the pruned model's accuracy"
     ref = state["acc_original"] if params.ice.reference == "original" else state["acc_previous"]
     return should_finetune(ref, acc_now, state["hp"]["thre"])
 
@@ -226,6 +299,24 @@ def step_lr(model: nn.Module, state: dict[str, Any], params: Params) -> float:
     return pruning_aware_lr(x, hp["base"], hp["delta"], hp["p"], hp["beta"])
 
 
+def eval_after_finetune(state: dict[str, Any], params: Params) -> bool:
+    """Evaluate after a fine-tune: for the curve (both methods), or for ICE's ``previous`` reference."""
+    return params.prune.eval_after_finetune or (state["method"] == "ice" and params.ice.reference == "previous")
+
+
+def finetune_step(
+    model: nn.Module, teacher: nn.Module | None, data: Dataset, state: dict[str, Any], k: int, lr: float, params: Params
+) -> dict[str, Any]:
+    """Fine-tune after step ``k``, then measure the accuracy it reaches when that is wanted."""
+    stats = finetune(model, data, params, lr=lr, teacher=teacher, seed=params.seed * 1000 + k)
+    out = {"acc": None, "seconds": stats["seconds"], "t_eval": 0.0, "work": stats["work"], "work_eval": 0.0,
+           "train_loss": stats.get("loss", 0.0)}
+    if eval_after_finetune(state, params):
+        ev = evaluate_step(model, data, params)
+        out.update(acc=ev["acc"], t_eval=ev["seconds"], work_eval=ev["work"])
+    return out
+
+
 def record_step(state: dict[str, Any], pruned: dict[str, Any], ft: dict[str, Any] | None, lr: float, frozen: int) -> dict[str, Any]:
     """Merge a step's parts into its record and move the run's 'previous' accuracy on."""
     acc_after = ft["acc"] if ft is not None else pruned["acc_pruned"]
@@ -235,19 +326,39 @@ def record_step(state: dict[str, Any], pruned: dict[str, Any], ft: dict[str, Any
         acc_finetuned=acc_after, t_prune=pruned["t_prune"],
         t_eval=pruned["t_eval"] + (ft["t_eval"] if ft is not None else 0.0),
         t_finetune=ft["seconds"] if ft is not None else 0.0,
+        work_eval=pruned["work_eval"] + pruned.get("work_prune", 0.0) + (ft["work_eval"] if ft is not None else 0.0),
+        work_finetune=ft["work"] if ft is not None else 0.0,
     )
-    state["acc_previous"] = acc_after
+    if acc_after is not None:
+        state["acc_previous"] = acc_after
     return asdict(rec)
 
 
-def finetune_step(
-    model: nn.Module, teacher: nn.Module | None, data: Dataset, state: dict[str, Any], k: int, lr: float, params: Params
-) -> dict[str, Any]:
-    """Fine-tune after step ``k`` and measure the accuracy it reaches."""
-    stats = finetune(model, data, params, lr=lr, teacher=teacher, seed=params.seed * 1000 + k)
-    t = time.perf_counter()
-    acc = val_accuracy(model, data, params)
-    return {"acc": acc, "seconds": stats["seconds"], "t_eval": time.perf_counter() - t, "train_loss": stats.get("loss", 0.0)}
+def run_cost(state: dict[str, Any], steps: list[dict[str, Any]], search_seconds: float = 0.0, search_work: float = 0.0) -> dict[str, float]:
+    """A run's total seconds and work (GMACs), and their parts: the one definition of cost."""
+    parts = {
+        "search_seconds": search_seconds,
+        "search_work": search_work,
+        "setup_seconds": state["seconds_setup"],
+        "setup_work": state["work_setup"],
+        "finetune_seconds": sum(r["t_finetune"] for r in steps),
+        "finetune_work": sum(r["work_finetune"] for r in steps),
+        "eval_seconds": sum(r["t_eval"] for r in steps),
+        "eval_work": sum(r["work_eval"] for r in steps),
+        "prune_seconds": sum(r["t_prune"] for r in steps),
+    }
+    parts["seconds"] = sum(v for k, v in parts.items() if k.endswith("_seconds"))
+    parts["work_gmacs"] = sum(v for k, v in parts.items() if k.endswith("_work"))
+    return parts
+
+
+def add_search(cost: dict[str, float], seconds: float, work: float) -> dict[str, float]:
+    """``cost`` (from :func:`run_cost`) with a search's seconds and work added to its totals."""
+    out = dict(cost)
+    out["seconds"] += seconds - out["search_seconds"]
+    out["work_gmacs"] += work - out["search_work"]
+    out["search_seconds"], out["search_work"] = seconds, work
+    return out
 
 
 def iterate(
@@ -258,27 +369,24 @@ def iterate(
     *,
     hp: dict[str, float] | None = None,
     callbacks: Callbacks | None = None,
+    freeze_scores: dict[str, float] | None = None,
+    stop: Callable[[int, dict[str, float], dict[str, Any]], bool] | None = None,
 ) -> PruningResult:
     """Run ICE or the iterative baseline in memory on a copy of ``model``.
 
-    Besides measured seconds, ``info["work_gmacs"]`` counts the run's compute in billions
-    of MACs (evaluations, fine-tunes with their teacher, the freeze trial; see
-    :func:`ice.metrics.train_macs`): a cost that does not depend on the machine.
+    ``result.seconds`` and ``result.info["work_gmacs"]`` are :func:`run_cost`'s totals
+    (without a search; :func:`ice.methods.run_pruning` adds it). ``stop(k, cost, record)``
+    is asked after each step and ends the run early when it says so (the auto-tuner's
+    early stopping); ``result.info["stopped_at"]`` then names the step.
     """
     cb = callbacks or Callbacks()
-    t0 = time.perf_counter()
     teacher = copy.deepcopy(model).eval() if params.prune.kd else None
     model = copy.deepcopy(model)
     shape = tuple(data.input_shape())
-    n_train, n_val = len(data.train), len(data.val)
-    m0 = count_macs(model, shape)
-    teacher_macs = m0 if teacher is not None else 0
-    work = n_val * m0  # the reference accuracy
-    state = start_run(model, data, method, params, hp=hp, callbacks=cb)
-    if state["frozen"]:  # the freeze trial: one epoch of the unfrozen model
-        work += n_train * (train_macs(model, shape) + teacher_macs)
+    state = start_run(model, data, method, params, hp=hp, callbacks=cb, freeze_scores=freeze_scores)
     apply_frozen(model, state, params)
-    result = PruningResult(model=model, method=method, info={"acc_original": state["acc_original"], "hp": state["hp"], "frozen": state["frozen"]})
+    result = PruningResult(model=model, method=method, info={"acc_original": state["acc_original"], "hp": state["hp"],
+                                                             "frozen": state["frozen"], "freeze_scores": state.get("freeze_scores")})
     n = len(state["plan"])
     for k in range(n):
         pruned = prune_step(model, data, state, k, params)
@@ -287,17 +395,27 @@ def iterate(
         if decide(state, pruned["acc_pruned"], params):
             ft = finetune_step(model, teacher, data, state, k, lr, params)
         rec = record_step(state, pruned, ft, lr, len(frozen_names(model)))
-        work += n_val * rec["macs"] * (2 if ft is not None else 1)
-        if ft is not None:
-            work += round(n_train * params.prune.finetune_epochs) * (train_macs(model, shape) + teacher_macs)
         result.steps.append(rec)
         if cb.on_step is not None:
             cb.on_step(rec)
-        cb.log(
-            f"[{method}] step {k + 1}/{n} {rec['unit']}: acc {rec['acc_pruned']:.2f}"
-            + (f" -> fine-tune (lr {lr:.2e}) {rec['acc_finetuned']:.2f}" if rec["finetuned"] else " (no fine-tune)")
-        )
+        cb.log(step_line(method, k, n, rec))
+        if stop is not None and k + 1 < n and stop(k, run_cost(state, result.steps), rec):
+            result.info["stopped_at"] = k
+            break
     result.finetunes = sum(1 for r in result.steps if r["finetuned"])
-    result.seconds = time.perf_counter() - t0
-    result.info.update({"params": count_params(model), "macs": count_macs(model, shape), "work_gmacs": work / 1e9})
+    cost = run_cost(state, result.steps)
+    result.seconds = cost["seconds"]
+    result.info.update({"params": count_params(model), "macs": count_macs(model, shape), "work_gmacs": cost["work_gmacs"],
+                        "cost": cost, "seconds_freeze_trial": state["seconds_freeze_trial"]})
     return result
+
+
+def step_line(method: str, k: int, n: int, rec: dict[str, Any]) -> str:
+    """One progress line per step."""
+    def acc(v: float | None) -> str:
+        return "-" if v is None else f"{v:.2f}"
+
+    if not rec["finetuned"]:
+        return f"[{method}] step {k + 1}/{n} {rec['unit']}: acc {acc(rec['acc_pruned'])} (no fine-tune)"
+    before = f"acc {acc(rec['acc_pruned'])} -> " if rec["acc_pruned"] is not None else ""
+    return f"[{method}] step {k + 1}/{n} {rec['unit']}: {before}fine-tune (lr {rec['lr']:.2e}) {acc(rec['acc_finetuned'])}"

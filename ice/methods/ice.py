@@ -19,7 +19,7 @@ from torch import nn
 from ice.config import Params
 from ice.data import Dataset
 
-__all__ = ["should_finetune", "pruning_aware_lr", "freeze_scores", "select_frozen", "freeze_trial", "ice_hparams", "HP_KEYS"]
+__all__ = ["should_finetune", "pruning_aware_lr", "freeze_scores", "select_frozen", "freeze_candidates", "freeze_trial", "ice_hparams", "HP_KEYS"]
 
 HP_KEYS = ("thre", "fr", "base", "delta", "p", "beta")
 
@@ -64,24 +64,44 @@ def select_frozen(scores: dict[str, float], fr: float) -> list[str]:
     return [names[i] for i in range(len(names)) if i in chosen]
 
 
-def _conv_weights(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {n: m.weight.detach().clone() for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+def freeze_candidates(model: nn.Module, which: str = "units") -> list[str]:
+    """The convs that may be frozen, in model order: those of the prunable units (a residual
+    block's conv1 and conv2, as the reference code), or every conv (``all``)."""
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    if which == "all":
+        return convs
+    from ice.pruning import prunable_units
+
+    members = {mem.name for u in prunable_units(model) for mem in u.members}
+    return [n for n in convs if n in members]
 
 
-def freeze_trial(model: nn.Module, data: Dataset, params: Params, unit: Any, fr: float) -> list[str]:
-    """Prune ``unit`` on a copy, fine-tune one epoch at ``trial_lr``, and pick the convs to freeze."""
+def _conv_weights(model: nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
+    return {n: model.get_submodule(n).weight.detach().clone() for n in names}  # type: ignore[union-attr]
+
+
+def freeze_trial(model: nn.Module, data: Dataset, params: Params, unit: Any) -> dict[str, Any]:
+    """Prune ``unit`` on a copy, fine-tune it once at ``trial_lr`` (one fine-tune's worth of
+    images, ``prune.finetune_epochs``, as the reference code's one pass over its loader) and
+    score how far each candidate conv moved. Returns the scores and the work (GMACs).
+
+    The scores do not depend on ICE's hyperparameters, so auto-tuning trials on the same
+    model and data share one trial and differ only in how many convs they freeze.
+    """
     from ice.methods.core import finetune
     from ice.pruning import prune_unit
 
     trial = copy.deepcopy(model)
-    orig = _conv_weights(trial)
+    names = freeze_candidates(trial, params.ice.freeze_candidates)
+    orig = _conv_weights(trial, names)
     crit = params.prune.criterion if params.prune.criterion in ("l1", "l2", "random") else "l1"
-    prune_unit(trial, unit, params.prune.ratio, crit, seed=params.seed, input_shape=data.input_shape())
-    pre = _conv_weights(trial)
+    prune_unit(trial, unit, params.prune.ratio, crit, seed=params.seed, input_shape=data.input_shape(),
+               rounding=params.prune.rounding)
+    pre = _conv_weights(trial, names)
     teacher = model.eval() if params.prune.kd else None
-    finetune(trial, data, params, lr=params.ice.trial_lr, teacher=teacher, seed=params.seed, epochs=1.0)
-    post = _conv_weights(trial)
-    return select_frozen(freeze_scores(pre, post, orig), fr)
+    stats = finetune(trial, data, params, lr=params.ice.trial_lr, teacher=teacher, seed=params.seed)
+    post = _conv_weights(trial, names)
+    return {"scores": freeze_scores(pre, post, orig), "work": stats["work"], "seconds": stats["seconds"]}
 
 
 def ice_hparams(params: Params, override: dict[str, float] | None = None) -> dict[str, float]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -86,9 +87,11 @@ def split_lowest(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tens
     return order[:k].sort().values, order[k:].sort().values
 
 
-def n_to_remove(width: int, ratio: float) -> int:
-    """Channels removed at ``ratio``; at least one channel always stays."""
-    return min(width - 1, int(round(width * ratio)))
+def n_to_remove(width: int, ratio: float, rounding: str = "round") -> int:
+    """Channels removed at ``ratio`` (``ceil`` as the ICE reference code, or ``round``); one always stays."""
+    exact = width * ratio
+    k = math.ceil(exact - 1e-9) if rounding == "ceil" else int(round(exact))
+    return min(width - 1, k)
 
 
 def prune_unit(
@@ -100,6 +103,7 @@ def prune_unit(
     *,
     seed: int = 0,
     input_shape: tuple[int, ...] | None = None,
+    rounding: str = "round",
 ) -> dict[str, Any]:
     """Remove the fraction ``ratio`` of ``unit``'s channels with the lowest importance.
 
@@ -116,7 +120,7 @@ def prune_unit(
     params_before = count_params(model)
     macs_before = count_macs(model, shape)
     width = unit.width(model)
-    k = n_to_remove(width, ratio)
+    k = n_to_remove(width, ratio, rounding)
     removed = torch.empty(0, dtype=torch.long)
     changes: list[Change] = []
     if k > 0:
@@ -143,4 +147,5 @@ def _input_shape(model: nn.Module, data: Any) -> tuple[int, ...]:
         return (1, *data[0].shape[1:])
     spec = getattr(model, "ice_spec", None) or {}
     size = spec.get("image_size", 32)
-    return (1, spec.get("in_channels", 3), size, size)
+    h, w = (size, size) if isinstance(size, int) else size
+    return (1, spec.get("in_channels", 3), h, w)

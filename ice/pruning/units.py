@@ -149,7 +149,8 @@ def _dependency_units(model: nn.Module) -> list[Unit]:
     spec = getattr(model, "ice_spec", {})
     cin = spec.get("in_channels", 3)
     size = spec.get("image_size") or (224 if str(spec.get("arch", "")).startswith("tv:") else 32)
-    example = torch.zeros(1, cin, size, size)
+    h, w = (size, size) if isinstance(size, int) else size
+    example = torch.zeros(1, cin, h, w)
     dg = tp.DependencyGraph().build_dependency(model, example_inputs=example)
     names = {m: n for n, m in model.named_modules()}
     units = []

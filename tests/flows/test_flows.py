@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -85,9 +86,10 @@ def test_mlflow_runs_metrics_and_tags(project):
 
 
 def test_registered_versions_load_back(project):
-    import mlflow.pytorch
+    import mlflow.pyfunc
+    import yaml
 
-    from ice.checkpoint import load_checkpoint
+    from ice.checkpoint import load_checkpoint, sha256_file
 
     root, _ = project
     c = _client(root)
@@ -95,11 +97,19 @@ def test_registered_versions_load_back(project):
     aliases = c.get_registered_model(name).aliases
     assert {"pretrained", "ice", "iterative", "one_cycle"} <= set(aliases)
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
-    loaded = mlflow.pytorch.load_model(f"models:/{name}@ice").eval()
+    loaded = mlflow.pyfunc.load_model(f"models:/{name}@ice")
     ref, _ = load_checkpoint(root / "models/pruned/ice.pt")
     x = torch.randn(4, 1, 8, 8)
     with torch.no_grad():
-        assert torch.equal(loaded(x), ref.eval()(x))
+        assert torch.equal(torch.from_numpy(loaded.predict(x.numpy())), ref.eval()(x))
+    # the version names its checkpoint by sha256; the model holds that checkpoint and no pickle
+    mv = c.get_model_version_by_alias(name, "ice")
+    assert mv.tags["sha256"] == sha256_file(root / "models/pruned/ice.pt")
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}@ice", dst_path=str(root / "dl")))
+    mlmodel = yaml.safe_load((local / "MLmodel").read_text())
+    assert set(mlmodel["flavors"]) == {"python_function"} and "signature" in mlmodel
+    assert sha256_file(local / mlmodel["flavors"]["python_function"]["artifacts"]["checkpoint"]["path"]) == mv.tags["sha256"]
+    assert not [p for p in local.rglob("*") if p.suffix in (".pkl", ".pickle")]
 
 
 def test_rerun_reuses_every_task(project):

@@ -116,3 +116,31 @@ def test_real_cifar10_archive_loads_and_caches(cifar_tar, tmp_path_factory):
     again = load_dataset(source="folder", root=str(cifar_tar), cache_dir=str(cache))
     assert time.perf_counter() - t < 2.0  # generous bound; the benchmark reports the real figure
     assert torch.equal(again.test.y, ds.test.y)
+    # the split the reference checkpoint was trained on (benchmarks/reference/): 45,000 / 5,000,
+    # seed 0. If this changes, its validation images were seen in training.
+    assert (len(ds.train), len(ds.val)) == (45_000, 5_000)
+    assert _sha(ds.val.index) == VAL_INDEX_SHA256
+    assert _sha(ds.val.y) == VAL_LABELS_SHA256
+
+
+# sha256 of the CIFAR-10 validation split's int64 indices into the 50,000 training images
+# (sorted by class, then file name) and of its labels, as params/cifar10-resnet56.yaml draws it
+VAL_INDEX_SHA256 = "f2300dbb1ea311ef6084af7850bdcc64130d9d7194413901f30598ca0157f9f3"
+VAL_LABELS_SHA256 = "8fb35e38db8c0b1ed2d46eca51b456cbe14ef547003156c99454eb3294db50e5"
+
+
+def _sha(t: torch.Tensor) -> str:
+    import hashlib
+
+    return hashlib.sha256(t.to(torch.int64).contiguous().numpy().tobytes()).hexdigest()
+
+
+def test_the_validation_draw_is_pinned():
+    """The held-out draw itself, without the archive: seed 0 over 50,000 training images."""
+    from ice.data import Split, holdout
+
+    whole = Split(torch.zeros(50_000, 1, 1, 1, dtype=torch.uint8), torch.zeros(50_000, dtype=torch.int64))
+    train, val = holdout(whole, 0.1, 0)
+    assert (len(train), len(val)) == (45_000, 5_000)
+    assert _sha(val.index) == VAL_INDEX_SHA256
+    assert not set(train.index.tolist()) & set(val.index.tolist())

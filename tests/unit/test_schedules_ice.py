@@ -90,17 +90,22 @@ def test_freeze_scores_and_selection():
     assert select_frozen(s, 1.0) == ["a", "b", "c"]
 
 
-def test_freeze_trial_freezes_convs_with_their_batchnorm(digits):
+@pytest.mark.parametrize("candidates", ["units", "all"])
+def test_freeze_trial_freezes_convs_with_their_batchnorm(digits, candidates):
     from ice.methods.core import apply_frozen, start_run
     from ice.models import build_model
     from ice.train import frozen_names, make_optimizer
 
     torch.manual_seed(0)
     m = build_model("cifar_resnet20", 10, in_channels=1)
-    p = parse_params({"ice": {"fr": 0.3, "autotune": {"enabled": False}}, "prune": {"batch_size": 64, "augment": False}})
+    p = parse_params({"ice": {"fr": 0.3, "freeze_candidates": candidates, "autotune": {"enabled": False}},
+                      "prune": {"batch_size": 64, "augment": False}})
     state = start_run(m, digits, "ice", p)
-    n_convs = sum(1 for x in m.modules() if isinstance(x, torch.nn.Conv2d))
-    assert len(state["frozen"]) == math.ceil(0.3 * n_convs)
+    convs = [n for n, x in m.named_modules() if isinstance(x, torch.nn.Conv2d)]
+    # the reference code's candidates: each residual block's conv1 and conv2 (18 of ResNet-20's 21 convs)
+    pool = convs if candidates == "all" else [c for c in convs if c.endswith(("conv1", "conv2")) and c.startswith("layer")]
+    assert len(pool) == (21 if candidates == "all" else 18)
+    assert len(state["frozen"]) == math.ceil(0.3 * len(pool)) and set(state["frozen"]) <= set(pool)
     apply_frozen(m, state, p)
     names = frozen_names(m)
     for conv in state["frozen"]:
@@ -110,6 +115,44 @@ def test_freeze_trial_freezes_convs_with_their_batchnorm(digits):
     opt = make_optimizer(m, 0.01)
     in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
     assert all(id(m.get_submodule(c).weight) not in in_opt for c in state["frozen"])
+
+
+@pytest.mark.parametrize("bn_stats", [False, True])
+def test_frozen_batchnorm_statistics_follow_freeze_bn_stats(digits, bn_stats):
+    """The reference freezes a BN's affine parameters but lets its running statistics update."""
+    from ice.methods.core import finetune
+    from ice.models import build_model
+    from ice.train import freeze
+
+    torch.manual_seed(0)
+    m = build_model("cifar_resnet20", 10, in_channels=1)
+    freeze(m, ["layer1.0.conv1"], bn=True, bn_stats=bn_stats)
+    bn = m.layer1[0].bn1
+    mean, weight = bn.running_mean.clone(), bn.weight.detach().clone()
+    p = parse_params({"prune": {"batch_size": 64, "augment": False, "kd": False}})
+    finetune(m, digits, p, lr=0.01, teacher=None, seed=0, epochs=0.2)
+    assert torch.equal(bn.weight, weight)
+    assert torch.equal(bn.running_mean, mean) == bn_stats
+
+
+def test_kd_t2_scales_the_kl_term_by_t_squared():
+    from ice.train import kd_loss
+
+    s, t = torch.randn(8, 10), torch.randn(8, 10)
+    plain = kd_loss(s, t, 2.0, t2=False)
+    # the reference code: kl_div(log_softmax(s/T), softmax(t/T), reduction="sum") / batch
+    ref = torch.nn.functional.kl_div(torch.log_softmax(s / 2, 1), torch.softmax(t / 2, 1), reduction="sum") / 8
+    assert torch.allclose(plain, ref)
+    assert torch.allclose(kd_loss(s, t, 2.0, t2=True), 4 * ref)
+
+
+def test_channels_removed_per_step_ceil_or_round():
+    from ice.pruning.structured import n_to_remove
+
+    assert [n_to_remove(w, 0.6, "ceil") for w in (16, 32, 64)] == [10, 20, 39]  # the reference: ceil(r * w)
+    assert [n_to_remove(w, 0.6, "round") for w in (16, 32, 64)] == [10, 19, 38]
+    assert n_to_remove(10, 0.7, "ceil") == 7  # 0.7 * 10 is 7.000000000000001 in floating point
+    assert n_to_remove(4, 0.99, "ceil") == 3  # one channel always stays
 
 
 # ----------------------------------------------------------------------------- auto-tuning

@@ -1,0 +1,152 @@
+"""``model.weights``: start from an existing model instead of pre-training.
+
+One resolver, :func:`fetch_weights`, turns the setting into a local checkpoint file,
+one branch per scheme:
+
+- a path (relative to the project root) to a checkpoint written by
+  ``ice.checkpoint.save_checkpoint``;
+- ``models:/<name>@<alias>`` or ``models:/<name>/<version>``: that registered version's
+  checkpoint, through MLflow (the version's ``sha256`` tag is verified).
+
+A new scheme (``s3://``) is one more branch there. :func:`import_weights` then checks the
+model against params (arch, classes, channels, ``model.weights_sha256``) and evaluates
+it. Every refusal is a :class:`WeightsError` with one line naming both values.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from prefect import task
+
+from tasks.common import Paths, make_ref, store_path
+
+if TYPE_CHECKING:
+    from flows._runtime import Stage
+
+__all__ = ["WeightsError", "fetch_weights", "import_weights", "SCHEMES"]
+
+SCHEMES = ("<path>", "models:/<name>@<alias>", "models:/<name>/<version>")
+
+
+class WeightsError(ValueError):
+    """``model.weights`` cannot be used; the message is one line."""
+
+
+def _parse_models_uri(uri: str) -> tuple[str, str | None, str | None]:
+    rest = uri.removeprefix("models:/")
+    if "@" in rest:
+        name, alias = rest.split("@", 1)
+        if name and alias and "/" not in alias:
+            return name, alias, None
+    elif rest.count("/") == 1:
+        name, version = rest.split("/")
+        if name and version.isdigit():
+            return name, None, version
+    raise WeightsError(f"model.weights = {uri!r} is not allowed; allowed: {', '.join(SCHEMES)}")
+
+
+def _from_registry(uri: str, tracking_uri: str, dest: Path) -> tuple[Path, str | None]:
+    import mlflow
+    import yaml
+    from mlflow import MlflowClient
+
+    name, alias, version = _parse_models_uri(uri)
+    client = MlflowClient(tracking_uri)
+    try:
+        client.get_registered_model(name)
+    except Exception:
+        names = sorted(m.name for m in client.search_registered_models(max_results=50))
+        raise WeightsError(f"model.weights: {uri}: no registered model {name!r} in {tracking_uri} "
+                           f"(registered: {', '.join(names) or 'none'})") from None
+    try:
+        mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+    except Exception:
+        model = client.get_registered_model(name)
+        known = sorted(model.aliases) if alias else sorted(
+            v.version for v in client.search_model_versions(f"name='{name}'", max_results=100))
+        what = f"alias {alias!r}" if alias else f"version {version}"
+        raise WeightsError(f"model.weights: {uri}: model {name!r} has no {what} "
+                           f"({'aliases' if alias else 'versions'}: {', '.join(map(str, known)) or 'none'})") from None
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{mv.version}", dst_path=str(dest),
+                                                     tracking_uri=tracking_uri))
+    flavor = yaml.safe_load((local / "MLmodel").read_text()).get("flavors", {}).get("python_function", {})
+    rel = (flavor.get("artifacts") or {}).get("checkpoint", {}).get("path")
+    if not rel or not (local / rel).is_file():
+        raise WeightsError(f"model.weights: {uri} (version {mv.version}) holds no ice checkpoint; "
+                           "register models with this pipeline (flows.pretrain or flows.prune)")
+    return local / rel, (mv.tags or {}).get("sha256")
+
+
+def fetch_weights(uri: str, root: Path, tracking_uri: str, dest: Path) -> tuple[Path, str | None]:
+    """A local checkpoint file for ``uri`` (downloaded under ``dest`` if needed), and the
+    sha256 that its source vouches for (the registry's tag), if any."""
+    if uri.startswith("models:/"):
+        return _from_registry(uri, tracking_uri, dest)
+    if "://" in uri:
+        raise WeightsError(f"model.weights = {uri!r}: scheme {uri.split('://')[0]!r} is not supported; "
+                           f"allowed: {', '.join(SCHEMES)}")
+    path = Path(uri).expanduser()
+    path = path if path.is_absolute() else root / path
+    if not path.is_file():
+        raise WeightsError(f"model.weights: {path} does not exist")
+    return path, None
+
+
+@task(name="import-pretrained", tags=["gpu"])
+def import_pretrained(root: str, data_ref: dict[str, str], weights_ref: dict[str, str], cfg: dict[str, Any]) -> dict[str, Any]:
+    """Validation and test accuracy of the imported checkpoint."""
+    from tasks.steps import _accuracies, _device, load_data, load_model
+
+    paths = Paths(Path(root))
+    return _accuracies(load_model(paths, weights_ref, _device(cfg)), load_data(paths, data_ref))
+
+
+def check_weights(path: Path, source: str, arch: str, num_classes: int, in_channels: int) -> dict[str, Any]:
+    """The checkpoint's meta, after checking that it is an ice checkpoint of ``arch`` for this data."""
+    from ice.checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        model, meta = load_checkpoint(path)
+    except CheckpointError as err:
+        raise WeightsError(f"model.weights: {source}: {str(err).split(': ', 1)[-1]}") from None
+    spec = model.ice_spec  # type: ignore[attr-defined]
+    for key, want, where in (("arch", arch, "model.arch"), ("num_classes", num_classes, "the data's classes"),
+                             ("in_channels", in_channels, "the data's channels")):
+        if spec.get(key) != want:
+            raise WeightsError(f"model.weights: {source} has {key} {spec.get(key)!r}, {where}: {want!r}")
+    return meta
+
+
+def import_weights(st: Stage, data_ref: dict[str, str]) -> dict[str, Any]:
+    """The pretrain stage's import branch: fetch, verify, check, copy into the store, evaluate."""
+    from ice.checkpoint import sha256_file
+    from tasks.common import progress
+    from tasks.steps import bind, load_data
+
+    uri = st.params.model.weights
+    assert uri is not None
+    want = st.params.model.weights_sha256
+    st.paths.store.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=st.paths.store, prefix=".weights-") as tmp:
+        tracking = st.tracker.uri if st.tracker is not None else ""
+        path, vouched = fetch_weights(uri, st.root, tracking, Path(tmp))
+        sha = sha256_file(path)
+        if want and sha != want:
+            raise WeightsError(f"model.weights: {uri} has sha256 {sha}, model.weights_sha256 is {want}")
+        if vouched and sha != vouched:
+            raise WeightsError(f"model.weights: {uri} has sha256 {sha}, its registry tag says {vouched}")
+        data = load_data(st.paths, data_ref)
+        meta = check_weights(path, uri, st.params.model.arch, data.num_classes, data.in_channels)
+        dst = store_path(st.paths, "pretrained", sha)
+        if not dst.exists():
+            part = Path(tmp) / "part.pt"
+            shutil.copyfile(path, part)
+            part.replace(dst)
+    ref = make_ref(st.paths, dst, sha)
+    acc = bind(import_pretrained, st.root)(str(st.root), data_ref, ref, st.cfg("train"))
+    progress(f"[pretrain] imported {uri} (sha256 {sha[:12]}…): val acc {acc['val_acc']:.2f}%, test acc {acc['test_acc']:.2f}%")
+    return {"ref": ref, **acc, "seconds": 0.0, "history": [], "source": f"imported from {uri}", "meta": meta}

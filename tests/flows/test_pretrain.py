@@ -1,0 +1,139 @@
+"""Pre-training resumes after a kill with the same bytes; ``model.weights`` imports a model instead."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import sub_env, write_params
+
+pytestmark = pytest.mark.slow
+
+EPOCHS = 6
+
+
+def _cmd(root: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "flows.pretrain", "--root", str(root), *extra]
+
+
+def _epoch_states(log: str) -> list[tuple[int, str]]:
+    return [(int(e), s) for e, s in re.findall(r"Task run 'pretrain-epoch-(\d+)' - Finished in state (\w+)", log)]
+
+
+@pytest.mark.integration
+def test_killed_pretraining_resumes_from_its_last_epoch_with_identical_bytes(prefect_server, tmp_path):
+    from ice.checkpoint import sha256_file
+    from ice.data import load_dataset, save_prepared
+
+    env = sub_env(PREFECT_API_URL=prefect_server.url, PREFECT_HOME=str(prefect_server.home), PREFECT_LOGGING_LEVEL="INFO")
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    data = load_dataset(source="digits", cache_dir=str(tmp_path / "cache"))
+    for root in (whole, killed):
+        root.mkdir()
+        write_params(root, train={"epochs": EPOCHS, "batch_size": 16, "lr_schedule": "one_cycle"},
+                     tracking={"register_models": False})
+        save_prepared(data, root / "data" / "prepared" / "dataset.pt")
+
+    done = subprocess.run(_cmd(whole), env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    reference = sha256_file(whole / "models" / "pretrained.pt")
+
+    proc = subprocess.Popen(_cmd(killed), env=env, cwd=tmp_path, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            text=True, start_new_session=True)
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if f"[pretrain] epoch 2/{EPOCHS}" in line:
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (killed / "models" / "pretrained.pt").exists()
+
+    again = subprocess.run(_cmd(killed), env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    states = _epoch_states(again.stderr)
+    assert [e for e, _ in states] == list(range(1, EPOCHS + 1)), again.stderr[-3000:]
+    cached = [s for _, s in states].count("Cached")
+    assert cached >= 2  # the finished epochs were not trained again
+    assert [s for _, s in states] == ["Cached"] * cached + ["Completed"] * (EPOCHS - cached)
+    assert sha256_file(killed / "models" / "pretrained.pt") == reference
+    report = json.loads((killed / "reports" / "pretrain.json").read_text())
+    assert report["epochs"] == EPOCHS and report["sha256"] == reference
+
+
+@pytest.fixture(scope="module")
+def trained(harness, tmp_path_factory):
+    """A digits project with a pretrained (and registered) ResNet-20."""
+    mp = pytest.MonkeyPatch()
+    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+    mp.setenv("ICE_QUIET", "1")
+    root = tmp_path_factory.mktemp("weights")
+    write_params(root)
+    from flows.prepare import prepare
+    from flows.pretrain import pretrain
+
+    prepare("params.yaml", str(root))
+    report = pretrain("params.yaml", str(root))
+    (root / "weights").mkdir()
+    (root / "weights" / "r20.pt").write_bytes((root / "models" / "pretrained.pt").read_bytes())
+    yield root, report
+    mp.undo()
+
+
+@pytest.mark.parametrize("uri", ["weights/r20.pt", "models:/cifar_resnet20-digits@pretrained", "models:/cifar_resnet20-digits/1"])
+def test_weights_import_a_path_or_a_registered_version(trained, uri):
+    from flows.pretrain import pretrain
+    from ice.checkpoint import sha256_file
+
+    root, first = trained
+    report = pretrain("params.yaml", str(root), {"model.weights": uri, "model.weights_sha256": first["sha256"],
+                                                 "tracking.register_models": False})
+    assert report["source"] == f"imported from {uri}" and report["epochs"] == 0
+    # the same bytes, evaluated again: the same accuracies
+    assert sha256_file(root / "models" / "pretrained.pt") == first["sha256"] == report["sha256"]
+    assert (report["val_acc"], report["test_acc"]) == (first["val_acc"], first["test_acc"])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"model.weights": "weights/missing.pt"}, r"model\.weights: .*weights/missing\.pt does not exist"),
+        ({"model.weights": "weights/r20.pt", "model.arch": "cifar_resnet32"},
+         r"weights/r20\.pt has arch 'cifar_resnet20', model\.arch: 'cifar_resnet32'"),
+        ({"model.weights": "weights/r20.pt", "model.weights_sha256": "ab" * 32},
+         r"weights/r20\.pt has sha256 [0-9a-f]{64}, model\.weights_sha256 is (ab){32}"),
+        ({"model.weights": "models:/cifar_resnet20-digits@nosuch"},
+         r"model 'cifar_resnet20-digits' has no alias 'nosuch' \(aliases: .*pretrained"),
+        ({"model.weights": "models:/cifar_resnet20-digits/99"}, r"has no version 99 \(versions: 1"),
+        ({"model.weights": "models:/nosuch@pretrained"}, r"no registered model 'nosuch'"),
+        ({"model.weights": "models:/just-a-name"}, r"is not allowed; allowed: <path>, models:/<name>@<alias>"),
+        ({"model.weights": "ftp://host/r20.pt"}, r"scheme 'ftp' is not supported"),
+    ],
+)
+def test_bad_weights_are_one_line_refusals(trained, overrides, message):
+    from flows.pretrain import pretrain
+    from ice.checkpoint import sha256_file
+    from tasks.weights import WeightsError
+
+    root, first = trained
+    with pytest.raises(WeightsError, match=message) as err:
+        pretrain("params.yaml", str(root), {**overrides, "tracking.register_models": False})
+    assert "\n" not in str(err.value)
+    assert sha256_file(root / "models" / "pretrained.pt") == first["sha256"]  # nothing was replaced
+
+
+def test_a_file_that_is_not_a_checkpoint_is_refused(trained):
+    from flows.pretrain import pretrain
+    from tasks.weights import WeightsError
+
+    root, _ = trained
+    (root / "weights" / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(WeightsError, match=r"weights/junk\.pt: truncated or corrupt checkpoint"):
+        pretrain("params.yaml", str(root), {"model.weights": "weights/junk.pt", "tracking.register_models": False})
