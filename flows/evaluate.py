@@ -23,16 +23,33 @@ from tasks.common import progress, read_json, write_csv, write_json
 from tasks.steps import bind, evaluate_model
 
 
+def _fmt(v: Any, spec: str, none: str = "-") -> str:
+    return none if v is None else format(v, spec)
+
+
 def _table(rows: list[dict[str, Any]]) -> str:
-    head = "| method | seconds | fine-tunes | val acc | test acc | params | MACs | speedup vs iterative |"
-    lines = [head, "|" + "---|" * 8]
+    head = ("| method | seconds | work (GMACs) | search share | fine-tunes | val acc | test acc | params | MACs "
+            "| speedup (seconds) | speedup (work) |")
+    lines = [head, "|" + "---|" * 11]
     for r in rows:
-        speed = f"{r['speedup_vs_iterative']:.2f}x" if r.get("speedup_vs_iterative") else "-"
+        share = r["search_seconds"] / r["total_seconds"] if r.get("search_seconds") and r["total_seconds"] else None
         lines.append(
-            f"| {r['method']} | {r['total_seconds']:.1f} | {r['finetunes']} | {r['val_acc']:.2f} | {r['test_acc']:.2f} "
-            f"| {r['params_nonzero']:,} | {r['macs']:,} | {speed} |"
+            f"| {r['method']} | {r['total_seconds']:.1f} | {_fmt(r.get('work_gmacs'), ',.0f')} | {_fmt(share, '.1%')} "
+            f"| {r['finetunes']} | {r['val_acc']:.2f} | {r['test_acc']:.2f} | {r['params_nonzero']:,} | {r['macs']:,} "
+            f"| {_fmt(r.get('speedup_vs_iterative'), '.2f')}x | {_fmt(r.get('work_speedup_vs_iterative'), '.2f')}x |"
         )
-    return "\n".join(lines)
+    return "\n".join(lines).replace("| -x |", "| - |")
+
+
+def _budget(st: Stage) -> str:
+    """The budget both step-wise methods share, in one line."""
+    pr = st.params.prune
+    tune = st.params.ice.autotune
+    search = (f"{tune.n_trials} trials on {tune.subset:.0%} of the data" if tune.enabled else "off (hyperparameters from params)")
+    evals = f"{pr.eval_images} validation images" if pr.eval_images else "the whole validation split"
+    return (f"Budget: each fine-tune {pr.finetune_epochs:g} epoch(s) of the training split at batch {pr.batch_size}"
+            f"{', with KD (T=' + format(pr.kd_temperature, 'g') + ')' if pr.kd else ''}; per-step evaluations on {evals}; "
+            f"ICE's search {search}.")
 
 
 def _figures(st: Stage, steps: list[dict[str, Any]], pre: dict[str, Any]) -> list[Path]:
@@ -77,24 +94,36 @@ def evaluate(params_path: str = "params.yaml", root: str | None = None, override
             ref = require(st.paths, st.paths.pruned(method), f"prune --method {method}")
             report = read_json(st.paths.prune_report(method))
             m = ev(str(st.root), data_ref, ref, cfg)
-            rows.append({"method": method, **m, "total_seconds": report["seconds"], "finetunes": report["finetunes"]})
+            rows.append({"method": method, **m, "total_seconds": report["seconds"], "work_gmacs": report.get("work_gmacs"),
+                         "search_seconds": report.get("search_seconds", 0.0), "finetunes": report["finetunes"]})
             with open(st.paths.steps_csv(method)) as f:
                 for r in csv.DictReader(f):
-                    acc = float(r.get("acc_finetuned") or 0.0)
-                    steps.append({"method": method, "step": int(r["step"]), "acc": acc, "params": int(float(r["params"]))})
+                    if r.get("acc_finetuned") in (None, ""):  # not measured at this step
+                        continue
+                    steps.append({"method": method, "step": int(r["step"]), "acc": float(r["acc_finetuned"]),
+                                  "params": int(float(r["params"]))})
             progress(f"[evaluate] {method}: test {m['test_acc']:.2f}%, {m['params_nonzero']:,} params, {report['seconds']:.1f}s")
-        base = next((r["total_seconds"] for r in rows if r["method"] == "iterative"), None)
+        base = next((r for r in rows if r["method"] == "iterative"), None)
         for r in rows:
-            r["speedup_vs_iterative"] = base / r["total_seconds"] if base and r["total_seconds"] > 0 else None
+            r["speedup_vs_iterative"] = r["work_speedup_vs_iterative"] = None
+            if base is not None and r["total_seconds"] > 0:
+                r["speedup_vs_iterative"] = base["total_seconds"] / r["total_seconds"]
+            if base is not None and base.get("work_gmacs") and r.get("work_gmacs"):
+                r["work_speedup_vs_iterative"] = base["work_gmacs"] / r["work_gmacs"]
         metrics = {"pretrained": pre, "methods": {r["method"]: {k: v for k, v in r.items() if k != "method"} for r in rows}}
         write_json(st.paths.metrics, metrics)
         write_csv(st.paths.root / "reports" / "plots" / "steps.csv", steps)
         figs = _figures(st, steps, pre)
         pre_row = {"method": "pretrained", **pre, "total_seconds": 0.0, "finetunes": 0}
+        budget = _budget(st)
         md = [
             f"# Method comparison: {st.params.model.arch} on {st.params.data.source}, ratio {st.params.prune.ratio}",
             "",
-            "Seconds are compute seconds (ICE's search included); params are non-zero parameters.",
+            "Seconds are compute seconds and work is billions of multiply-accumulates (forward and backward of every "
+            "fine-tune with its teacher, every evaluation, ICE's freeze trial and search), both with ICE's search "
+            "included; params are non-zero parameters. Speedups are against `iterative`.",
+            "",
+            budget,
             "",
             _table([pre_row, *rows]),
             "",

@@ -14,6 +14,8 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -114,11 +116,22 @@ def save_model(paths: Paths, model: Any, stem: str, meta: dict[str, Any]) -> dic
 
 
 def _store(paths: Paths, stem: str, write: Any) -> dict[str, str]:
-    """Write through ``write(tmp_path) -> sha256`` and move the file to its sha-named place."""
-    tmp = paths.store / f".{stem}.pending.pt"
-    sha = write(tmp)
-    dst = store_path(paths, stem, sha)
-    tmp.replace(dst)
+    """Write through ``write(tmp_path) -> sha256`` and move the file to its sha-named place.
+
+    The temporary name is unique to this write (two processes storing the same step at
+    once never share it), and the rename happens only after the hash is known, so a
+    sha-named file always holds the bytes its name says.
+    """
+    paths.store.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{stem}.", suffix=".pending", dir=paths.store)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        sha = write(tmp)
+        dst = store_path(paths, stem, sha)
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
     return make_ref(paths, dst, sha)
 
 

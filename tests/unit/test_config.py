@@ -94,3 +94,24 @@ def test_params_yaml_spells_out_every_key_dvc_lists():
             for part in key.split("."):
                 assert isinstance(node, dict) and part in node, f"stage {name}: params.yaml has no {key}"
                 node = node[part]
+
+
+def test_shipped_params_files_spell_out_every_key():
+    """A reader of a preset sees every setting it runs with (the search grid aside, which defaults to the paper's)."""
+    from pathlib import Path
+
+    import yaml
+
+    from ice.config import Params
+
+    def keys(d, prefix=""):
+        out = set()
+        for k, v in d.items():
+            out |= keys(v, f"{prefix}{k}.") if isinstance(v, dict) and k != "grid" else {prefix + k}
+        return out
+
+    root = Path(__file__).resolve().parents[2]
+    every = keys(Params().model_dump(mode="json")) - {"ice.autotune.grid"}
+    for f in [root / "params.yaml", *sorted((root / "params").glob("*.yaml"))]:
+        missing = every - keys(yaml.safe_load(f.read_text()))
+        assert not missing, f"{f.name} does not spell out {sorted(missing)}"
