@@ -9,9 +9,14 @@ flow-run id, the method, the git commit and the DVC stage.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import signal
+import socket
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,9 +25,10 @@ from typing import Any
 
 import yaml
 
+from ice.checkpoint import CheckpointError
 from ice.config import Params, ParamsError, load_params
-from tasks.common import Paths, make_ref, progress, project_root
-from tasks.tracking import Tracker, TrackingUnavailable, git_commit
+from tasks.common import IntegrityError, Paths, progress, project_root, verify_input
+from tasks.tracking import Tracker, TrackingUnavailable, check_reachable, git_commit, tracking_uri
 from tasks.weights import WeightsError
 
 __all__ = ["Stage", "open_stage", "cli", "section", "require"]
@@ -65,10 +71,11 @@ def _flow_run_id() -> str:
 
 
 def require(paths: Paths, path: Path, stage: str) -> dict[str, str]:
-    """A reference to an upstream output, or a one-line error naming the stage to run."""
+    """A reference to an upstream output, verified against the sha256 its stage recorded,
+    or a one-line error naming the stage to run."""
     if not path.exists():
         raise FileNotFoundError(f"{paths.rel(path)} is missing; run the {stage} stage first (python -m flows.{stage})")
-    return make_ref(paths, path)
+    return verify_input(paths, path, stage)
 
 
 @contextmanager
@@ -100,27 +107,114 @@ def open_stage(
         if method:
             tags["method"] = method
         run_name = f"{name}-{method}" if method else name
+        stage.tracker.end_stale_runs(name, method)
+        tags.update({"ice.host": socket.gethostname(), "ice.pid": str(os.getpid())})
         stage.run_id = stage.tracker.start_run(run_name, tags, params.model_dump(mode="json"))
-    ok = False
+    status = "FAILED"
     try:
         yield stage
-        ok = True
+        status = "FINISHED"
+    except (KeyboardInterrupt, SystemExit):
+        status = "KILLED"
+        raise
     finally:
         if stage.tracker is not None and stage.run_id is not None:
-            try:
+            with contextlib.suppress(Exception):  # the server went away: still try to close the run
                 stage.tracker.log_artifacts(stage.run_id, [pfile, r / "dvc.lock"], "config")
-            finally:
-                stage.tracker.end_run(stage.run_id, ok)
+            try:
+                stage.tracker.end_run(stage.run_id, status)
+            except Exception:
+                if status == "FINISHED":
+                    raise
+
+
+class _OneLineFailures(logging.Filter):
+    """Without ``--debug``, a failure is reported once, by the CLI's ``error:`` line.
+
+    Prefect's (and MLflow's) own ERROR records, their tracebacks, the "Finished in state
+    Failed" lines and urllib3's retry warnings are dropped from the console.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith(("prefect", "mlflow", "urllib3")):
+            if record.levelno >= logging.ERROR or record.name.startswith("urllib3"):
+                return False
+            msg = record.getMessage()
+            if "Finished in state Failed" in msg or "Finished in state Crashed" in msg:
+                return False
+        record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _quiet_failures() -> None:
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_OneLineFailures())
+
+
+def one_line(err: BaseException) -> str:
+    """An exception as one line: ours already are; others get their type and first line."""
+    known = (ParamsError, TrackingUnavailable, FileNotFoundError, WeightsError, IntegrityError, CheckpointError)
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    if isinstance(err, known):
+        return text or type(err).__name__
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def _check_prefect_api(timeout: float = 5.0) -> None:
+    url = os.environ.get("PREFECT_API_URL")
+    if not url:
+        return
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/health", timeout=timeout) as r:
+            if r.status == 200:
+                return
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise TrackingUnavailable(f"Prefect API at {url} cannot be reached ({reason}); start it (make up) or unset "
+                                  "PREFECT_API_URL to run without a server") from None
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt("terminated")
+
+
+STAGE_INPUTS: dict[str, list[str]] = {
+    "prepare": [],
+    "pretrain": ["prepare"],
+    "autotune": ["prepare", "pretrain"],
+    "prune": ["prepare", "pretrain"],
+    "evaluate": ["prepare", "pretrain"],
+    "pipeline": [],
+}
+
+
+def _preflight_inputs(name: str, paths: Paths, params: Params) -> None:
+    """Verify the stage's inputs against their producers' records before Prefect starts."""
+    where = {"prepare": paths.prepared, "pretrain": paths.pretrained}
+    for stage in STAGE_INPUTS.get(name, []):
+        if where[stage].exists():
+            verify_input(paths, where[stage], stage)
+    if name == "evaluate":
+        for method in params.prune.methods:
+            if paths.pruned(method).exists():
+                verify_input(paths, paths.pruned(method), f"prune --method {method}")
 
 
 def cli(name: str, description: str, run: Callable[[argparse.Namespace, dict[str, Any]], Any], extra: Callable[[argparse.ArgumentParser], None] | None = None) -> None:
-    """``python -m flows.<name>``: parse, validate params before Prefect starts, run, report."""
+    """``python -m flows.<name>``: parse, validate before Prefect starts, run, report.
+
+    Every failure ends with one ``error:`` line and a non-zero exit (2 for bad params or
+    arguments, 1 otherwise), and nothing is created before params, the project root and
+    the servers have been checked. ``--debug`` (or ``ICE_DEBUG=1``) shows full tracebacks.
+    """
     ap = argparse.ArgumentParser(prog=f"python -m flows.{name}", description=description)
     ap.add_argument("--params", default="params.yaml", help="params file, relative to the project root")
     ap.add_argument("--root", default=None, help="project root (default: $ICE_PROJECT_DIR or the working directory)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a param, dotted (YAML value)")
     ap.add_argument("--refresh-cache", action="store_true", help="recompute every task instead of reusing cached results")
     ap.add_argument("--quiet", action="store_true", help="no progress lines")
+    ap.add_argument("--debug", action="store_true", default=os.environ.get("ICE_DEBUG") in ("1", "true", "yes"),
+                    help="full tracebacks on failure (also ICE_DEBUG=1)")
     if extra is not None:
         extra(ap)
     args = ap.parse_args()
@@ -133,21 +227,36 @@ def cli(name: str, description: str, run: Callable[[argparse.Namespace, dict[str
     if args.quiet:
         os.environ["ICE_QUIET"] = "1"
     r = project_root(args.root)
+    if not r.is_dir():
+        print(f"error: project root {r} is not a directory (--root or $ICE_PROJECT_DIR)", file=sys.stderr)
+        sys.exit(2)
     pfile = Path(args.params) if Path(args.params).is_absolute() else r / args.params
     try:
-        load_params(pfile, overrides)  # fail before Prefect, torch or MLflow spend a second
-    except ParamsError as err:
+        params = load_params(pfile, overrides)  # fail before Prefect, torch or MLflow spend a second
+        check_reachable(tracking_uri(r, params.tracking.tracking_uri))
+        _check_prefect_api()
+        _preflight_inputs(name, Paths(r), params)
+    except (ParamsError, TrackingUnavailable, IntegrityError) as err:
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(2 if isinstance(err, ParamsError) else 1)
+    # SIGTERM (a worker stopping, `kill`) unwinds like Ctrl-C, so the MLflow run ends as KILLED
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         # prefect read its settings at import, so setting the environment variable here
         # would be too late: refresh through a settings context instead
         from prefect.settings import PREFECT_TASKS_REFRESH_CACHE, temporary_settings
 
+        if not args.debug:
+            _quiet_failures()
         with temporary_settings(updates={PREFECT_TASKS_REFRESH_CACHE: True} if args.refresh_cache else None):
             run(args, overrides)
-    except (ParamsError, TrackingUnavailable, FileNotFoundError, WeightsError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"error: {name} interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as err:
+        if args.debug:
+            raise
+        print(f"error: {one_line(err)}", file=sys.stderr)
         sys.exit(1)
     uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{r / 'mlflow.db'}"
     prefect = os.environ.get("PREFECT_API_URL", "").removesuffix("/api") or "`make up` (http://127.0.0.1:4200)"

@@ -57,7 +57,7 @@ def pretrain(params_path: str = "params.yaml", root: str | None = None, override
             out = import_weights(st, data_ref)
         else:
             out = _train(st, data_ref)
-        publish(resolve(st.paths, out["ref"]), st.paths.pretrained)
+        publish(resolve(st.paths, out["ref"]), st.paths.pretrained, out["ref"]["sha256"])
         report = {"val_acc": out["val_acc"], "test_acc": out["test_acc"], "seconds": out["seconds"],
                   "epochs": len(out["history"]), "sha256": out["ref"]["sha256"], "source": out["source"]}
         write_json(st.paths.pretrain_report, report)

@@ -112,7 +112,7 @@ def prune(method: str, params_path: str = "params.yaml", root: str | None = None
         pre_ref = require(st.paths, st.paths.pretrained, "pretrain")
         out = _stepwise(st, method, data_ref, pre_ref) if method in ("ice", "iterative") else _training(st, method, data_ref, pre_ref)
         final = resolve(st.paths, out["ref"])
-        publish(final, st.paths.pruned(method))
+        publish(final, st.paths.pruned(method), out["ref"]["sha256"])
         write_csv(st.paths.steps_csv(method), [{"method": method, **r} for r in out["steps"]])
         report = {k: v for k, v in out.items() if k not in ("ref", "steps")} | {"method": method, "sha256": out["ref"]["sha256"]}
         write_json(st.paths.prune_report(method), report)
@@ -132,6 +132,8 @@ def prune(method: str, params_path: str = "params.yaml", root: str | None = None
 
 if __name__ == "__main__":
     def _extra(ap: Any) -> None:
-        ap.add_argument("--method", required=True, help="ice, iterative, one_shot, agp, one_cycle or prune_while_training")
+        from ice.methods import METHODS
+
+        ap.add_argument("--method", required=True, choices=METHODS, help="the pruning method")
 
     cli("prune", "Prune the pretrained model with one method.", lambda a, o: prune(a.method, a.params, a.root, o), _extra)

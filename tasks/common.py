@@ -25,8 +25,8 @@ import io
 import json
 import logging
 import os
-import shutil
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,10 @@ __all__ = [
     "write_csv",
     "publish",
     "progress",
+    "IntegrityError",
+    "verify_input",
+    "verify_refs",
+    "recorded_sha",
 ]
 
 CACHE_DIR = ".ice-cache"
@@ -65,6 +69,11 @@ class Paths:
     @property
     def prepared(self) -> Path:
         return self.root / "data" / "prepared" / "dataset.pt"
+
+    @property
+    def prepared_record(self) -> Path:
+        """What prepare recorded about its output: the sha256 and the split sizes."""
+        return self.root / "data" / "prepared" / "dataset.json"
 
     @property
     def pretrained(self) -> Path:
@@ -163,15 +172,80 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_bytes(path, buf.getvalue().encode())
 
 
-def publish(src: Path, dst: Path) -> None:
-    """Copy a stored file to a DVC out, atomically (readers never see half a file)."""
+class IntegrityError(RuntimeError):
+    """A file does not hold the bytes its producer recorded; the message is one line."""
+
+
+def publish(src: Path, dst: Path, sha256: str) -> None:
+    """Copy a stored file to a DVC out, atomically, and only if its bytes hash to ``sha256``.
+
+    The copy is hashed as it is written; on a mismatch nothing is renamed, so ``dst``
+    keeps its old content (or stays absent) and no reader ever sees a wrong file.
+    """
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
+    fd, name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+    tmp = Path(name)
     try:
-        shutil.copyfile(src, tmp)
+        h = hashlib.sha256()
+        with os.fdopen(fd, "wb") as out, open(src, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+                out.write(chunk)
+        if h.hexdigest() != sha256:
+            raise IntegrityError(f"{src}: sha256 is {h.hexdigest()}, expected {sha256}; not published to {dst.name}")
+        os.chmod(tmp, 0o644)
         os.replace(tmp, dst)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def recorded_sha(paths: Paths, path: Path) -> tuple[str | None, Path]:
+    """The sha256 that ``path``'s producer recorded, and where it recorded it."""
+    if path == paths.prepared:
+        record = paths.prepared_record
+    elif path == paths.pretrained:
+        record = paths.pretrain_report
+    elif path.parent == paths.root / "models" / "pruned":
+        record = paths.prune_report(path.stem)
+    else:
+        return None, path
+    try:
+        return str(json.loads(record.read_text())["sha256"]), record
+    except (OSError, ValueError, KeyError):
+        return None, record
+
+
+def verify_input(paths: Paths, path: Path, stage: str) -> dict[str, str]:
+    """A reference to an upstream output after checking it against its producer's record.
+
+    A file whose bytes differ from what its stage recorded (a flipped byte, a truncated
+    copy) is refused with one line naming the file, both hashes and the stage to rerun.
+    """
+    sha = sha256_file(path)
+    want, record = recorded_sha(paths, path)
+    if want is None and record != path:
+        raise IntegrityError(f"{paths.rel(path)}: no sha256 recorded in {paths.rel(record)}; rerun the {stage} stage")
+    if want is not None and sha != want:
+        raise IntegrityError(f"{paths.rel(path)}: sha256 is {sha}, the {stage} stage recorded {want} in "
+                             f"{paths.rel(record)}; the file changed since: rerun the {stage} stage")
+    return make_ref(paths, path, sha)
+
+
+def verify_refs(paths: Paths, value: Any) -> list[str]:
+    """The references inside a task's result whose files are missing or do not hash to their sha256."""
+    bad: list[str] = []
+    if isinstance(value, dict):
+        if set(value) == {"path", "sha256"}:
+            p = paths.root / value["path"]
+            if not p.is_file() or sha256_file(p) != value["sha256"]:
+                bad.append(value["path"])
+        else:
+            for v in value.values():
+                bad += verify_refs(paths, v)
+    elif isinstance(value, list):
+        for v in value:
+            bad += verify_refs(paths, v)
+    return bad
 
 
 def progress(msg: str) -> None:

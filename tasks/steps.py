@@ -21,7 +21,16 @@ from typing import Any
 
 from prefect import task
 
-from tasks.common import Paths, ice_code_hash, make_ref, progress, resolve, store_path
+from tasks.common import (
+    IntegrityError,
+    Paths,
+    ice_code_hash,
+    make_ref,
+    progress,
+    resolve,
+    store_path,
+    verify_refs,
+)
 
 __all__ = [
     "bind",
@@ -57,15 +66,45 @@ def cache_key(context: Any, parameters: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def bind(t: Any, root: Path) -> Any:
-    """``t`` caching its results under ``<root>/.ice-cache/results``."""
-    store = Paths(root).results
-    store.mkdir(parents=True, exist_ok=True)
-    return t.with_options(
+class Verified:
+    """A bound task whose results are checked: every reference it returns must hash to its sha256.
+
+    A cached result that points at a damaged or missing file is a cache miss: one
+    warning line, the file goes, and the task runs again. It is never an output.
+    """
+
+    def __init__(self, task: Any, paths: Paths) -> None:
+        self.task, self.paths = task, paths
+        self.name = task.name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        out = self.task(*args, **kwargs)
+        bad = verify_refs(self.paths, out)
+        if bad:
+            progress(f"warning: {self.name}: the cached result's {bad[0]} fails its sha256 check; recomputing")
+            for rel in bad:
+                (self.paths.root / rel).unlink(missing_ok=True)
+            out = self.task.with_options(refresh_cache=True)(*args, **kwargs)
+            still = verify_refs(self.paths, out)
+            if still:
+                raise IntegrityError(f"{still[0]}: written by {self.name} but fails its sha256 check")
+        return out
+
+    def submit(self, *args: Any, **kwargs: Any) -> Any:
+        return self.task.submit(*args, **kwargs)
+
+
+def bind(t: Any, root: Path) -> Verified:
+    """``t`` caching its results under ``<root>/.ice-cache/results``, with verified references."""
+    paths = Paths(root)
+    paths.results.mkdir(parents=True, exist_ok=True)
+    task = t.with_options(
         cache_key_fn=cache_key,
         persist_result=True,
-        result_storage=store,
+        result_storage=paths.results,
+        result_serializer="json",  # tasks return plain data; a JSON result never runs code when read
     )
+    return Verified(task, paths)
 
 
 # ----------------------------------------------------------------------------- loading

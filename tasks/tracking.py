@@ -13,6 +13,7 @@ that run in worker threads (auto-tune trials) log to the right run. Only
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import time
 import urllib.error
@@ -69,6 +70,16 @@ def git_commit(root: Path) -> str:
         return "unknown"
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def registered_name(arch: str, source: str) -> str:
     return f"{arch}-{source}".replace(":", "_").replace("/", "_")
 
@@ -119,8 +130,26 @@ class Tracker:
                 self.client.log_batch(rid, params=items[i : i + 100])
         return rid
 
-    def end_run(self, run_id: str, ok: bool = True) -> None:
-        self.client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        """End a run as FINISHED, FAILED or KILLED."""
+        self.client.set_terminated(run_id, status)
+
+    def end_stale_runs(self, stage: str, method: str | None = None) -> list[str]:
+        """Mark as KILLED the RUNNING runs of this stage (and method) whose process is gone.
+
+        A flow killed with SIGKILL cannot close its run; the next run of the same stage on
+        the same host finds it by its tags (stage, method, host, pid) and closes it.
+        """
+        flt = f"attributes.status = 'RUNNING' and tags.`ice.stage` = '{stage}' and tags.`ice.host` = '{socket.gethostname()}'"
+        if method:
+            flt += f" and tags.method = '{method}'"
+        stale = []
+        for run in self.client.search_runs([self.experiment_id], flt, max_results=200):
+            pid = int(run.data.tags.get("ice.pid", "0") or 0)
+            if pid and not _alive(pid):
+                self.client.set_terminated(run.info.run_id, "KILLED")
+                stale.append(run.info.run_id)
+        return stale
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, Any], step: int | None = None) -> None:
         from mlflow.entities import Metric
