@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -174,6 +175,13 @@ def _check_prefect_api(timeout: float = 5.0) -> None:
                                   "PREFECT_API_URL to run without a server") from None
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage block): `error: argument --method: invalid choice ...`."""
+
+    def error(self, message: str) -> Any:
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def _on_sigterm(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt("terminated")
 
@@ -191,6 +199,11 @@ STAGE_INPUTS: dict[str, list[str]] = {
 def _preflight_inputs(name: str, paths: Paths, params: Params) -> None:
     """Verify the stage's inputs against their producers' records before Prefect starts."""
     where = {"prepare": paths.prepared, "pretrain": paths.pretrained}
+    if "prepare" in STAGE_INPUTS.get(name, []) and paths.prepared_record.exists():
+        sizes = json.loads(paths.prepared_record.read_text())
+        for key, value in (("train.batch_size", params.train.batch_size), ("prune.batch_size", params.prune.batch_size)):
+            if value > sizes.get("train", value):
+                raise ParamsError(f"{key} = {value} is not allowed: the prepared training split has {sizes['train']} images")
     for stage in STAGE_INPUTS.get(name, []):
         if where[stage].exists():
             verify_input(paths, where[stage], stage)
@@ -207,7 +220,7 @@ def cli(name: str, description: str, run: Callable[[argparse.Namespace, dict[str
     arguments, 1 otherwise), and nothing is created before params, the project root and
     the servers have been checked. ``--debug`` (or ``ICE_DEBUG=1``) shows full tracebacks.
     """
-    ap = argparse.ArgumentParser(prog=f"python -m flows.{name}", description=description)
+    ap = _Parser(prog=f"python -m flows.{name}", description=description)
     ap.add_argument("--params", default="params.yaml", help="params file, relative to the project root")
     ap.add_argument("--root", default=None, help="project root (default: $ICE_PROJECT_DIR or the working directory)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a param, dotted (YAML value)")

@@ -164,11 +164,15 @@ class AutotuneConfig(_Section):
     @model_validator(mode="after")
     def _grid_keys(self) -> AutotuneConfig:
         allowed = {"thre", "fr", "base", "p", "beta", "delta"}
+        size = 1
         for key, values in self.grid.items():
             if key not in allowed:
                 raise ValueError(f"grid.{key}: unknown key; allowed: {', '.join(sorted(allowed))}")
             if not values:
                 raise ValueError(f"grid.{key}: [] is not allowed; give at least one value")
+            size *= len(set(values))
+        if self.n_trials > size:
+            raise ValueError(f"n_trials: {self.n_trials} is not allowed; the grid has {size} distinct points")
         return self
 
 
@@ -298,9 +302,10 @@ def load_params(path: str | Path, overrides: dict[str, Any] | None = None) -> Pa
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise ParamsError(f"{p}: is not valid YAML{where}") from None
+    if raw is None or raw == {}:
+        # an empty file is far more likely a mistake (a truncated copy, the wrong path) than a wish for defaults
+        raise ParamsError(f"{p}: is empty; give at least one section (params.yaml lists every key)")
     if overrides:
-        if raw is None:
-            raw = {}
         if not isinstance(raw, dict):
             raise ParamsError(f"{p}: the top level must be a mapping of sections, got {type(raw).__name__}")
         apply_overrides(raw, overrides)

@@ -196,7 +196,13 @@ def _load_folder(spec: DataConfig) -> dict[str, Any]:
     root = Path(spec.root)
     if not root.exists():
         raise FileNotFoundError(f"data.root {str(root)!r} does not exist")
-    files = _tar_members(root) if root.is_file() else _dir_members(root)
+    if root.is_file():
+        try:
+            files = _tar_members(root)
+        except (tarfile.TarError, EOFError, OSError) as err:
+            raise ValueError(f"data.root {str(root)!r}: not a readable tar archive ({type(err).__name__}: {err})") from None
+    else:
+        files = _dir_members(root)
     return _decode_members(files, str(root))
 
 
@@ -245,15 +251,21 @@ def _decode_members(files: dict[str, list[tuple[str, Any]]], where: str) -> dict
     for split in ("train", "test"):
         items = sorted(files[split], key=lambda kv: kv[0])
         xs = []
-        for _key, src in items:
-            with Image.open(io.BytesIO(src) if isinstance(src, bytes) else src) as raw:
-                if mode is None or size is None:
-                    mode = "L" if raw.mode in ("L", "1", "I;16") else "RGB"
-                    size = raw.size
-                img = raw.convert(mode)
-                if img.size != size:
-                    img = img.resize(size, Image.Resampling.BILINEAR)
-                xs.append(torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8))
+        for key, src in items:
+            # one unreadable image fails the whole load, naming it: a dataset that silently
+            # loses images would make runs irreproducible
+            try:
+                with Image.open(io.BytesIO(src) if isinstance(src, bytes) else src) as raw:
+                    if mode is None or size is None:
+                        mode = "L" if raw.mode in ("L", "1", "I;16") else "RGB"
+                        size = raw.size
+                    img = raw.convert(mode)
+                    if img.size != size:
+                        img = img.resize(size, Image.Resampling.BILINEAR)
+                    xs.append(torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8))
+            except (OSError, ValueError, SyntaxError) as err:  # PIL: unidentified, truncated or broken image
+                raise ValueError(f"{where}: {split}/{key} is not a readable image ({type(err).__name__}: {err}); "
+                                 "fix or remove it") from None
         c = 1 if mode == "L" else 3
         assert size is not None
         x = torch.stack(xs).view(len(xs), size[1], size[0], c).permute(0, 3, 1, 2).contiguous()
@@ -318,10 +330,16 @@ def save_prepared(ds: Dataset, path: str | Path) -> str:
 
 def load_prepared(path: str | Path, sha256: str | None = None) -> Dataset:
     """Read a file written by :func:`save_prepared`; verify ``sha256`` when given."""
-    data = Path(path).read_bytes()
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise ValueError(f"{path}: cannot be read ({err.strerror or err})") from None
     if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
-        raise ValueError(f"{path}: sha256 mismatch; the prepared data changed since it was recorded")
-    p = torch.load(io.BytesIO(data), weights_only=True)
+        raise ValueError(f"{path}: sha256 mismatch; the prepared data changed since it was recorded (rerun the prepare stage)")
+    try:
+        p = torch.load(io.BytesIO(data), weights_only=True)
+    except Exception as err:  # truncated zip, garbage bytes
+        raise ValueError(f"{path}: truncated or corrupt prepared data ({type(err).__name__}); rerun the prepare stage") from None
     if not isinstance(p, dict) or p.get("format") != PREPARED_FORMAT:
         raise ValueError(f"{path}: not prepared data (run the prepare stage)")
     splits = {k: Split(p[k]["x"], p[k]["y"], p[k]["index"]) for k in ("train", "val", "test")}

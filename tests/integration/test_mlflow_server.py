@@ -47,14 +47,14 @@ import json, sys, numpy as np, mlflow, torch
 from ice.checkpoint import load_checkpoint
 out = {}
 for alias, path in (("pretrained", "models/pretrained.pt"), ("iterative", "models/pruned/iterative.pt")):
-    model = mlflow.pyfunc.load_model(f"models:/%s@{alias}")
+    model = mlflow.pyfunc.load_model(f"models:/{sys.argv[2]}@{alias}")
     ref, _ = load_checkpoint(sys.argv[1] + "/" + path)
     x = np.random.default_rng(0).standard_normal((3, 1, 8, 8)).astype(np.float32)
     with torch.no_grad():
         out[alias] = bool(np.array_equal(model.predict(x), ref.eval()(torch.from_numpy(x)).numpy()))
 print(json.dumps(out))
-""" % NAME
-    got = subprocess.run([sys.executable, "-c", probe, str(root)], env=env, cwd=elsewhere, capture_output=True, text=True,
+"""
+    got = subprocess.run([sys.executable, "-c", probe, str(root), NAME], env=env, cwd=elsewhere, capture_output=True, text=True,
                          timeout=300)
     assert got.returncode == 0, got.stderr[-3000:]
     assert json.loads(got.stdout.strip().splitlines()[-1]) == {"pretrained": True, "iterative": True}

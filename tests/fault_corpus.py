@@ -1,0 +1,295 @@
+"""The fault corpus: damaged inputs and caches, unreachable and dying servers, bad CLI and data.
+
+    .venv/bin/python tests/fault_corpus.py          # prints: case, exit code, lines, seconds, verdict
+
+Each case runs in a fresh copy of a small digits project (prepared, pretrained, pruned
+with ``iterative``) and checks what a careful user expects: a damaged input or a bad
+setting is refused with one ``error:`` line and a non-zero exit, quickly, creating
+nothing; a damaged cache entry is recomputed and the published output is right.
+``tests/flows/test_faults.py`` runs the same cases as tests.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from helpers import MlflowServer, sub_env, write_params
+
+BASE = {"prune": {"methods": ["iterative"], "max_units": 3}, "ice": {"autotune": {"enabled": False}},
+        "tracking": {"register_models": False}}
+
+
+@dataclass
+class Outcome:
+    code: int
+    stderr: str
+    seconds: float
+    root: Path
+
+    @property
+    def lines(self) -> list[str]:
+        return [ln for ln in self.stderr.splitlines() if ln.strip()]
+
+
+@dataclass
+class Case:
+    name: str
+    stage: str
+    args: list[str] = field(default_factory=list)
+    prepare: Callable[[Path], dict[str, str] | None] | None = None  # edits the project; may return extra env
+    expect_code: int = 1
+    expect: str = ""  # a regex the error line must match
+    check: Callable[[Outcome], None] | None = None  # further checks on the project afterwards
+    during: Callable[[subprocess.Popen, Path], None] | None = None  # acts while the flow runs
+
+
+def flow(stage: str, root: Path, args: list[str], env: dict[str, str]) -> Outcome:
+    t = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", f"flows.{stage}", "--root", str(root), "--quiet", *args], env=env, cwd=root,
+                       capture_output=True, text=True, timeout=600)
+    return Outcome(r.returncode, r.stderr, time.perf_counter() - t, root)
+
+
+def build_base(where: Path) -> Path:
+    """A digits project after prepare, pretrain, autotune and prune --method iterative."""
+    root = where / "base"
+    root.mkdir(parents=True)
+    write_params(root, **BASE)
+    env = sub_env()
+    for stage, args in (("prepare", []), ("pretrain", []), ("autotune", []), ("prune", ["--method", "iterative"])):
+        out = flow(stage, root, args, env)
+        if out.code != 0:
+            raise RuntimeError(f"{stage} failed building the base project:\n{out.stderr[-3000:]}")
+    return root
+
+
+# ----------------------------------------------------------------------------- damage
+def flip_middle_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _final_cached(root: Path) -> Path:
+    sha = json.loads((root / "reports" / "prune" / "iterative.json").read_text())["sha256"]
+    return next(p for p in (root / ".ice-cache" / "store").iterdir() if sha[:16] in p.name)
+
+
+def truncate_final_cached(root: Path) -> None:
+    p = _final_cached(root)
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+
+
+def _sha(path: Path) -> str:
+    from ice.checkpoint import sha256_file
+
+    return sha256_file(path)
+
+
+def unchanged(rel: str) -> Callable[[Outcome], None]:
+    """The output is the one the base project had (nothing was published over it)."""
+    def check(o: Outcome) -> None:
+        report = json.loads((o.root / "reports" / "prune" / "iterative.json").read_text())
+        assert _sha(o.root / rel) == report["sha256"], f"{rel} changed"
+    return check
+
+
+def recomputed_and_loads(o: Outcome) -> None:
+    from ice.checkpoint import load_checkpoint
+
+    report = json.loads((o.root / "reports" / "prune" / "iterative.json").read_text())
+    assert _sha(o.root / "models" / "pruned" / "iterative.pt") == report["sha256"]
+    load_checkpoint(o.root / "models" / "pruned" / "iterative.pt", sha256=report["sha256"])
+    assert "fails its sha256 check; recomputing" in o.stderr
+
+
+def folder_data(kind: str) -> Callable[[Path], None]:
+    def prepare(root: Path) -> None:
+        target = root / "bad-data"
+        if kind == "empty-dir":
+            target.mkdir()
+        elif kind == "random-bytes":
+            target = root / "bad-data.tar"
+            target.write_bytes(random.Random(0).randbytes(4096))
+        elif kind == "non-image-tar":
+            target = root / "bad-data.tar"
+            with tarfile.open(target, "w") as tar:
+                info = tarfile.TarInfo("notes/readme.txt")
+                info.size = 5
+                tar.addfile(info, io.BytesIO(b"hello"))
+        elif kind == "truncated-jpeg":
+            from PIL import Image
+
+            target = root / "bad-data.tar"
+            with tarfile.open(target, "w") as tar:
+                for split in ("train", "test"):
+                    for cls in ("a", "b"):
+                        buf = io.BytesIO()
+                        Image.new("RGB", (8, 8), (10, 200, 30)).save(buf, "JPEG")
+                        data = buf.getvalue()
+                        if split == "train" and cls == "b":
+                            data = data[: len(data) // 3]
+                        info = tarfile.TarInfo(f"{split}/{cls}/0001.jpg")
+                        info.size = len(data)
+                        tar.addfile(info, io.BytesIO(data))
+        write_params(root, **BASE, data={"source": "folder", "root": str(target), "cache_dir": "data/cache-bad"})
+        shutil.rmtree(root / "data" / "prepared")  # nothing valid to fall back on
+    return prepare
+
+
+def no_new_files(o: Outcome) -> None:
+    assert not (o.root / "data" / "prepared").exists()
+
+
+def kill_server_after_first_step(proc: subprocess.Popen, root: Path) -> None:
+    server: MlflowServer = root.server  # type: ignore[attr-defined]
+    store = root / ".ice-cache" / "store"
+    before = set(store.iterdir())
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if any("finetuned" in p.name for p in set(store.iterdir()) - before):
+            server.stop()
+            return
+        time.sleep(0.2)
+
+
+def stale_run_marked(o: Outcome) -> None:
+    from mlflow import MlflowClient
+
+    c = MlflowClient(f"sqlite:///{o.root / 'mlflow.db'}")
+    exp = c.get_experiment_by_name("ice-test")
+    runs = c.search_runs([exp.experiment_id], "tags.`ice.stage` = 'prune'")
+    statuses = sorted(r.info.status for r in runs)
+    assert "RUNNING" not in statuses and "KILLED" in statuses, statuses
+
+
+CASES: list[Case] = [
+    Case("corrupt pretrained checkpoint", "prune", ["--method", "iterative"], lambda r: flip_middle_byte(r / "models" / "pretrained.pt"),
+         expect=r"models/pretrained\.pt: sha256 is [0-9a-f]{64}, the pretrain stage recorded [0-9a-f]{64} .*rerun the pretrain stage",
+         check=unchanged("models/pruned/iterative.pt")),
+    Case("corrupt prepared data", "prune", ["--method", "iterative"], lambda r: flip_middle_byte(r / "data" / "prepared" / "dataset.pt"),
+         expect=r"data/prepared/dataset\.pt: sha256 is .*rerun the prepare stage", check=unchanged("models/pruned/iterative.pt")),
+    Case("corrupt prepared data (evaluate)", "evaluate", [], lambda r: flip_middle_byte(r / "data" / "prepared" / "dataset.pt"),
+         expect=r"data/prepared/dataset\.pt: sha256 is .*rerun the prepare stage"),
+    Case("corrupt pruned model (evaluate)", "evaluate", [], lambda r: flip_middle_byte(r / "models" / "pruned" / "iterative.pt"),
+         expect=r"models/pruned/iterative\.pt: sha256 is .*rerun the prune --method iterative stage"),
+    Case("truncated cached checkpoint", "prune", ["--method", "iterative"], truncate_final_cached, expect_code=0,
+         check=recomputed_and_loads),
+    Case("truncated cached checkpoint, registering", "prune", ["--method", "iterative", "--set", "tracking.register_models=true"],
+         truncate_final_cached, expect_code=0, check=recomputed_and_loads),
+    Case("unknown method", "prune", ["--method", "nosuch"], expect_code=2, expect=r"argument --method: invalid choice: 'nosuch'"),
+    Case("empty params file", "prune", ["--method", "iterative"], lambda r: (r / "params.yaml").write_text(""), expect_code=2,
+         expect=r"params\.yaml: is empty"),
+    Case("batch size above the split", "pretrain", ["--set", "train.batch_size=100000"], expect_code=2,
+         expect=r"train\.batch_size = 100000 is not allowed: the prepared training split has \d+ images"),
+    Case("more trials than grid points", "autotune", ["--set", "ice.autotune.n_trials=1000"], expect_code=2,
+         expect=r"n_trials: 1000 is not allowed; the grid has 216 distinct points"),
+    Case("folder data: empty directory", "prepare", [], folder_data("empty-dir"), expect=r"expected an ImageFolder layout",
+         check=no_new_files),
+    Case("folder data: random bytes", "prepare", [], folder_data("random-bytes"), expect=r"bad-data\.tar.*not a readable tar archive",
+         check=no_new_files),
+    Case("folder data: tar without images", "prepare", [], folder_data("non-image-tar"),
+         expect=r"bad-data\.tar: expected an ImageFolder layout", check=no_new_files),
+    Case("folder data: truncated JPEG", "prepare", [], folder_data("truncated-jpeg"),
+         expect=r"bad-data\.tar: train/b/0001\.jpg is not a readable image", check=no_new_files),
+    Case("Prefect API unreachable", "prune", ["--method", "iterative"], lambda r: {"PREFECT_API_URL": "http://127.0.0.1:9/api"},
+         expect=r"Prefect API at http://127\.0\.0\.1:9/api cannot be reached"),
+    Case("MLflow server unreachable", "prune", ["--method", "iterative"], lambda r: {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"},
+         expect=r"MLflow server at http://127\.0\.0\.1:9 cannot be reached"),
+    Case("MLflow server dies mid-flow", "prune", ["--method", "iterative", "--refresh-cache"], None,
+         expect=r".", during=kill_server_after_first_step),
+    Case("root does not exist", "prune", ["--method", "iterative", "--root", "/nonexistent/ice-root", "--params", "PARAMS_ABS"],
+         expect_code=2, expect=r"project root /nonexistent/ice-root is not a directory"),
+    Case("stale RUNNING run from a SIGKILLed flow", "prune", ["--method", "iterative", "--refresh-cache"], None, expect_code=0,
+         check=stale_run_marked),
+]
+
+
+def run_case(case: Case, base: Path, where: Path) -> Outcome:
+    root = where / case.name.replace(" ", "-").replace(":", "").replace(",", "").replace("(", "").replace(")", "")
+    shutil.copytree(base, root, symlinks=True)
+    env = sub_env()
+    if case.prepare is not None:
+        env.update(case.prepare(root) or {})
+    args = [a.replace("PARAMS_ABS", str(root / "params.yaml")) for a in case.args]
+    if case.name.startswith("stale RUNNING"):
+        _leave_a_running_run(root, env)
+    if case.during is not None:
+        server = MlflowServer(where)
+        root.server = server  # type: ignore[attr-defined]
+        env["MLFLOW_TRACKING_URI"] = server.url
+        t = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", f"flows.{case.stage}", "--root", str(root), "--quiet", *args], env=env,
+                                cwd=root, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+        case.during(proc, root)
+        _, err = proc.communicate(timeout=600)
+        server.stop()
+        return Outcome(proc.returncode, err, time.perf_counter() - t, root)
+    return flow(case.stage, root, args, env)
+
+
+def _leave_a_running_run(root: Path, env: dict[str, str]) -> None:
+    """Start a prune and SIGKILL it once its MLflow run exists: the run stays RUNNING."""
+    import signal
+
+    proc = subprocess.Popen([sys.executable, "-m", "flows.prune", "--root", str(root), "--method", "iterative", "--refresh-cache"],
+                            env=env, cwd=root, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                            start_new_session=True)
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if "[iterative] step 1/" in line:
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+
+
+def verdict(case: Case, o: Outcome) -> str | None:
+    """None if the case behaved; otherwise what went wrong."""
+    import re
+
+    if o.code != case.expect_code:
+        return f"exit {o.code}, expected {case.expect_code}: {o.stderr[-500:]}"
+    if case.expect_code != 0:
+        errors = [ln for ln in o.lines if ln.startswith("error:")]
+        if len(o.lines) != 1 or len(errors) != 1:
+            return f"{len(o.lines)} lines, expected one error line: {o.stderr[-800:]}"
+        if not re.search(case.expect, errors[0]):
+            return f"error line does not match {case.expect!r}: {errors[0]}"
+        if o.seconds > 10 and case.during is None:
+            return f"took {o.seconds:.1f}s, expected at most 10 s"
+    if case.check is not None:
+        try:
+            case.check(o)
+        except AssertionError as err:
+            return f"check failed: {err}"
+    return None
+
+
+def main() -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        where = Path(tmp)
+        base = build_base(where)
+        print("| case | exit code | lines | seconds | result |")
+        print("|---|---|---|---|---|")
+        for case in CASES:
+            o = run_case(case, base, where)
+            bad = verdict(case, o)
+            print(f"| {case.name} | {o.code} | {len(o.lines)} | {o.seconds:.1f} | {'ok' if bad is None else 'FAILED: ' + bad[:200]} |",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
