@@ -371,13 +371,36 @@ def autotune_trial(
     freeze_scores: dict[str, float] | None = None,
     bound: float | None = None,
 ) -> dict[str, Any]:
-    """One full ICE run on the auto-tuner's subsets; returns its row of the trial table."""
+    """One full ICE run on the auto-tuner's subsets; returns its row of the trial table.
+
+    The trial saves its model and state after every step (``.ice-cache/store/trial-*-partial.pt``),
+    so a kill loses at most one step's fine-tune; the rerun continues from there.
+    """
+    from ice.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
     from ice.methods.autotune import run_trial, trial_row
 
     paths = Paths(Path(root))
     params = _params(cfg)
-    model = load_model(paths, model_ref, _device(cfg))
-    r = run_trial(model, load_data(paths, data_ref), params, hp, number=number, freeze_scores=freeze_scores, bound=bound)
+    device = _device(cfg)
+    model = load_model(paths, model_ref, device)
+    key = hashlib.sha256(json.dumps([data_ref, model_ref, hp, number, cfg, freeze_scores, bound, ice_code_hash()],
+                                    sort_keys=True, default=str).encode()).hexdigest()[:16]
+    partial = paths.store / f"trial-{number:02d}-{key}-partial.pt"
+    resume = None
+    if partial.exists():
+        try:
+            m, meta = load_checkpoint(partial, map_location=device)
+            resume = {"model": m, "state": meta["state"], "steps": meta["steps"]}
+            progress(f"[autotune] trial {number + 1}: resuming after step {len(meta['steps'])}")
+        except (CheckpointError, KeyError):
+            partial.unlink(missing_ok=True)
+
+    def checkpoint(m: Any, state: dict[str, Any], steps: list[dict[str, Any]]) -> None:
+        save_checkpoint(partial, m, {"state": state, "steps": steps})
+
+    r = run_trial(model, load_data(paths, data_ref), params, hp, number=number, freeze_scores=freeze_scores, bound=bound,
+                  resume=resume, checkpoint=checkpoint)
+    partial.unlink(missing_ok=True)
     tune = params.ice.autotune
     return trial_row(r, tune.objective, tune.acc_tolerance, tune.cost)
 

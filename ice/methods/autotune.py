@@ -140,8 +140,13 @@ def run_trial(
     *,
     freeze_scores: dict[str, float] | None = None,
     bound: float | None = None,
+    resume: dict[str, Any] | None = None,
+    checkpoint: Any = None,
 ) -> TrialResult:
     """One full ICE run on ``subset`` fractions of train and validation.
+
+    ``resume`` and ``checkpoint`` are :func:`ice.methods.core.iterate`'s: a trial can be
+    saved after every step and continued after a kill.
 
     ``freeze_scores`` (from :func:`search_setup`) skip the trial's own freeze trial.
     ``bound`` is the best objective so far: with the balanced objective and
@@ -157,7 +162,8 @@ def run_trial(
         def stop(k: int, cost: dict[str, float], rec: dict[str, Any]) -> bool:
             return (cost["work_gmacs"] if unit == "work" else cost["seconds"]) >= bound
 
-    res = iterate(model, sub, "ice", params, hp=hp, freeze_scores=freeze_scores, stop=stop)
+    res = iterate(model, sub, "ice", params, hp=hp, freeze_scores=freeze_scores, stop=stop, resume=resume,
+                  checkpoint=checkpoint)
     cost = res.info["cost"]
     # the paper's objective times the steps only, as the reference code (no freeze trial)
     seconds = cost["seconds"] - (res.info["seconds_freeze_trial"] if cfg.objective == "paper" else 0.0)

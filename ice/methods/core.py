@@ -371,6 +371,8 @@ def iterate(
     callbacks: Callbacks | None = None,
     freeze_scores: dict[str, float] | None = None,
     stop: Callable[[int, dict[str, float], dict[str, Any]], bool] | None = None,
+    resume: dict[str, Any] | None = None,
+    checkpoint: Callable[[nn.Module, dict[str, Any], list[dict[str, Any]]], None] | None = None,
 ) -> PruningResult:
     """Run ICE or the iterative baseline in memory on a copy of ``model``.
 
@@ -378,17 +380,26 @@ def iterate(
     (without a search; :func:`ice.methods.run_pruning` adds it). ``stop(k, cost, record)``
     is asked after each step and ends the run early when it says so (the auto-tuner's
     early stopping); ``result.info["stopped_at"]`` then names the step.
+
+    ``checkpoint(model, state, steps)`` is called after every step but the last, with
+    plain-data state; passing those back as ``resume={"model", "state", "steps"}``
+    continues the run where it stopped, with the same result.
     """
     cb = callbacks or Callbacks()
     teacher = copy.deepcopy(model).eval() if params.prune.kd else None
-    model = copy.deepcopy(model)
     shape = tuple(data.input_shape())
-    state = start_run(model, data, method, params, hp=hp, callbacks=cb, freeze_scores=freeze_scores)
+    if resume is not None:
+        model, state, done = resume["model"], resume["state"], list(resume["steps"])
+    else:
+        model = copy.deepcopy(model)
+        state = start_run(model, data, method, params, hp=hp, callbacks=cb, freeze_scores=freeze_scores)
+        done = []
     apply_frozen(model, state, params)
-    result = PruningResult(model=model, method=method, info={"acc_original": state["acc_original"], "hp": state["hp"],
-                                                             "frozen": state["frozen"], "freeze_scores": state.get("freeze_scores")})
+    result = PruningResult(model=model, method=method, steps=done,
+                           info={"acc_original": state["acc_original"], "hp": state["hp"], "frozen": state["frozen"],
+                                 "freeze_scores": state.get("freeze_scores")})
     n = len(state["plan"])
-    for k in range(n):
+    for k in range(len(done), n):
         pruned = prune_step(model, data, state, k, params)
         ft = None
         lr = step_lr(model, state, params)
@@ -402,6 +413,8 @@ def iterate(
         if stop is not None and k + 1 < n and stop(k, run_cost(state, result.steps), rec):
             result.info["stopped_at"] = k
             break
+        if checkpoint is not None and k + 1 < n:
+            checkpoint(model, state, result.steps)
     result.finetunes = sum(1 for r in result.steps if r["finetuned"])
     cost = run_cost(state, result.steps)
     result.seconds = cost["seconds"]

@@ -226,3 +226,27 @@ def test_driving_the_loop_one_step_at_a_time_through_checkpoints_matches(digits,
     final, _ = load_checkpoint(ckpt)
     ref_state = reference.model.state_dict()
     assert all(torch.equal(v, ref_state[k]) for k, v in final.state_dict().items())
+
+
+def test_a_trial_continued_from_its_checkpoint_ends_the_same(digits, pretrained, tmp_path):
+    """A killed auto-tune trial loses at most one step: it continues from the state saved after the last one."""
+    import json
+
+    from ice.checkpoint import load_checkpoint, save_checkpoint
+    from ice.methods.autotune import run_trial
+
+    p = params(prune={"max_units": 3}, ice={"autotune": {"enabled": True, "subset": 0.3}})
+    hp = {"thre": 0.5, "fr": 0.3, "base": 0.005, "delta": 0.0006, "p": 0.1, "beta": 40}
+    saved = []
+
+    def checkpoint(model, state, steps):
+        path = tmp_path / f"after-{len(steps)}.pt"
+        save_checkpoint(path, model, {"state": state, "steps": steps})
+        saved.append(path)
+
+    full = run_trial(pretrained, digits, p, hp, checkpoint=checkpoint)
+    assert len(saved) == 2  # after steps 1 and 2 of 3
+    model, meta = load_checkpoint(saved[0])
+    resumed = run_trial(pretrained, digits, p, hp, resume={"model": model, "state": json.loads(json.dumps(meta["state"])),
+                                                           "steps": meta["steps"]})
+    assert (resumed.acc_final, resumed.finetunes, resumed.work) == (full.acc_final, full.finetunes, full.work)
