@@ -194,6 +194,10 @@ class Tracker:
         from ice.checkpoint import load_checkpoint, sha256_file
 
         sha = sha256_file(checkpoint)
+        existing = self._version_with_sha(name, sha)
+        if existing is not None:  # the same bytes are registered already (a cached rerun): point the alias there
+            self.client.set_registered_model_alias(name, alias, existing)
+            return existing
         model, _ = load_checkpoint(checkpoint, sha256=sha)
         spec = model.ice_spec  # type: ignore[attr-defined]
         h, w = spec.get("image_size") or (32, 32)
@@ -229,6 +233,13 @@ class Tracker:
             self.client.update_model_version(name, mv.version, description=description)
         self.client.set_registered_model_alias(name, alias, mv.version)
         return str(mv.version)
+
+    def _version_with_sha(self, name: str, sha: str) -> str | None:
+        try:
+            found = self.client.search_model_versions(f"name = '{name}' and tags.sha256 = '{sha}'", max_results=1)
+        except Exception:  # no such registered model yet
+            return None
+        return str(found[0].version) if found else None
 
     def _wait_ready(self, name: str, version: str, timeout: float = 60) -> None:
         end = time.time() + timeout

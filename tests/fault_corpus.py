@@ -61,12 +61,11 @@ def flow(stage: str, root: Path, args: list[str], env: dict[str, str]) -> Outcom
     return Outcome(r.returncode, r.stderr, time.perf_counter() - t, root)
 
 
-def build_base(where: Path) -> Path:
+def build_base(where: Path, env: dict[str, str]) -> Path:
     """A digits project after prepare, pretrain, autotune and prune --method iterative."""
     root = where / "base"
     root.mkdir(parents=True)
     write_params(root, **BASE)
-    env = sub_env()
     for stage, args in (("prepare", []), ("pretrain", []), ("autotune", []), ("prune", ["--method", "iterative"])):
         out = flow(stage, root, args, env)
         if out.code != 0:
@@ -216,10 +215,11 @@ CASES: list[Case] = [
 ]
 
 
-def run_case(case: Case, base: Path, where: Path) -> Outcome:
+def run_case(case: Case, base: Path, where: Path, env: dict[str, str]) -> Outcome:
+    """Run ``case`` in a copy of ``base``; ``env`` is the subprocesses' environment (e.g. a Prefect server's URL)."""
     root = where / case.name.replace(" ", "-").replace(":", "").replace(",", "").replace("(", "").replace(")", "")
     shutil.copytree(base, root, symlinks=True)
-    env = sub_env()
+    env = dict(env)
     if case.prepare is not None:
         env.update(case.prepare(root) or {})
     args = [a.replace("PARAMS_ABS", str(root / "params.yaml")) for a in case.args]
@@ -279,16 +279,24 @@ def verdict(case: Case, o: Outcome) -> str | None:
 def main() -> None:
     import tempfile
 
+    from helpers import PrefectServer
+
     with tempfile.TemporaryDirectory() as tmp:
         where = Path(tmp)
-        base = build_base(where)
-        print("| case | exit code | lines | seconds | result |")
-        print("|---|---|---|---|---|")
-        for case in CASES:
-            o = run_case(case, base, where)
-            bad = verdict(case, o)
-            print(f"| {case.name} | {o.code} | {len(o.lines)} | {o.seconds:.1f} | {'ok' if bad is None else 'FAILED: ' + bad[:200]} |",
-                  flush=True)
+        (where / "prefect").mkdir()
+        server = PrefectServer(where / "prefect")
+        try:
+            env = sub_env(PREFECT_API_URL=server.url, PREFECT_HOME=str(server.home))
+            base = build_base(where, env)
+            print("| case | exit code | lines | seconds | result |")
+            print("|---|---|---|---|---|")
+            for case in CASES:
+                o = run_case(case, base, where, env)
+                bad = verdict(case, o)
+                print(f"| {case.name} | {o.code} | {len(o.lines)} | {o.seconds:.1f} | "
+                      f"{'ok' if bad is None else 'FAILED: ' + bad[:200]} |", flush=True)
+        finally:
+            server.stop()
 
 
 if __name__ == "__main__":

@@ -121,6 +121,7 @@ def test_rerun_reuses_every_task(project):
 
     root, _ = project
     before = sha256_file(root / "models/pruned/ice.pt")
+    versions = len(_client(root).search_model_versions("name = 'cifar_resnet20-digits'"))
     state = prune("ice", "params.yaml", str(root), return_state=True)
     assert state.is_completed()
     with get_client(sync_client=True) as client:
@@ -128,6 +129,10 @@ def test_rerun_reuses_every_task(project):
     names = {r.state.name for r in runs}
     assert len(runs) >= 1 + 3 * 3 and names == {"Cached"}, names
     assert sha256_file(root / "models/pruned/ice.pt") == before
+    # the same bytes are not registered twice: the alias stays on the version with that sha256
+    c = _client(root)
+    assert len(c.search_model_versions("name = 'cifar_resnet20-digits'")) == versions
+    assert c.get_model_version_by_alias("cifar_resnet20-digits", "ice").tags["sha256"] == before
 
 
 def test_bad_params_fail_before_any_compute(harness, tmp_path):
