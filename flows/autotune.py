@@ -22,7 +22,7 @@ from tasks.common import progress, write_csv, write_json
 from tasks.steps import autotune_setup, autotune_trial, bind
 
 
-@flow(name="autotune", task_runner=ThreadPoolTaskRunner(max_workers=8))  # type: ignore[arg-type]
+@flow(name="autotune", flow_run_name="autotune-{params_path}", task_runner=ThreadPoolTaskRunner(max_workers=8))  # type: ignore[arg-type]
 def autotune(params_path: str = "params.yaml", root: str | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     from ice.methods.autotune import (
         TrialResult,

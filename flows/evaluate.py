@@ -80,7 +80,7 @@ def _figures(st: Stage, steps: list[dict[str, Any]], pre: dict[str, Any]) -> lis
     return out
 
 
-@flow(name="evaluate")
+@flow(name="evaluate", flow_run_name="evaluate-{params_path}")
 def evaluate(params_path: str = "params.yaml", root: str | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     with open_stage("evaluate", params_path, root, overrides) as st:
         data_ref = require(st.paths, st.paths.prepared, "prepare")

@@ -14,7 +14,7 @@ from tasks.common import progress, publish, resolve, write_json
 from tasks.steps import bind, prepare_data
 
 
-@flow(name="prepare", log_prints=False)
+@flow(name="prepare", flow_run_name="prepare-{params_path}", log_prints=False)
 def prepare(params_path: str = "params.yaml", root: str | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     with open_stage("prepare", params_path, root, overrides, track=False) as st:
         out = bind(prepare_data, st.root)(str(st.root), st.cfg("data")["data"])

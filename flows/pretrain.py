@@ -47,7 +47,7 @@ def _train(st: Stage, data_ref: dict[str, str]) -> dict[str, Any]:
     return out
 
 
-@flow(name="pretrain")
+@flow(name="pretrain", flow_run_name="pretrain-{params_path}")
 def pretrain(params_path: str = "params.yaml", root: str | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     with open_stage("pretrain", params_path, root, overrides) as st:
         data_ref = require(st.paths, st.paths.prepared, "prepare")

@@ -101,7 +101,13 @@ def _training(st: Stage, method: str, data_ref: dict[str, str], pre_ref: dict[st
             "search_seconds": 0.0, "finetunes": 0, "info": out["info"]}
 
 
-@flow(name="prune")
+def _run_name() -> str:
+    from prefect.runtime import flow_run
+
+    return f"prune-{flow_run.parameters.get('method', 'method')}"
+
+
+@flow(name="prune", flow_run_name=_run_name)
 def prune(method: str, params_path: str = "params.yaml", root: str | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     from ice.methods import METHODS
 

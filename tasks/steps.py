@@ -271,7 +271,20 @@ def run_view(state: dict[str, Any]) -> dict[str, Any]:
     return {k: state[k] for k in ("method", "plan", "frozen", "hp", "input_shape", "conv_params_original")}
 
 
-@task(name="prune-step", tags=["gpu"])
+def _step_run_name(kind: str) -> Any:
+    """A task-run name with the step number and unit, e.g. ``prune-step-3-layer1.2.conv1``."""
+
+    def name() -> str:
+        from prefect.runtime import task_run
+
+        params = task_run.parameters
+        k = int(params["k"])
+        return f"{kind}-{k + 1}-{params['run']['plan'][k]['unit']}"
+
+    return name
+
+
+@task(name="prune-step", tags=["gpu"], task_run_name=_step_run_name("prune-step"))
 def prune_one_step(
     root: str, data_ref: dict[str, str], model_ref: dict[str, str], run: dict[str, Any], k: int, cfg: dict[str, Any]
 ) -> dict[str, Any]:
@@ -310,7 +323,7 @@ def decide_finetune(
     return decide(state, acc_now, _params(cfg))
 
 
-@task(name="finetune", tags=["gpu"])
+@task(name="finetune", tags=["gpu"], task_run_name=_step_run_name("finetune"))
 def finetune_checkpoint(
     root: str,
     data_ref: dict[str, str],
