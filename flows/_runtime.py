@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import getpass
 import json
 import logging
 import os
@@ -79,6 +80,22 @@ def require(paths: Paths, path: Path, stage: str) -> dict[str, str]:
     return verify_input(paths, path, stage)
 
 
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def _note(name: str, method: str | None, params: Params, pfile: Path, root: Path) -> str:
+    what = f"prune with {method}, ratio {params.prune.ratio}" if method else name
+    try:
+        where = pfile.relative_to(root).as_posix()
+    except ValueError:
+        where = str(pfile)
+    return f"{what}: {params.model.arch} on {params.data.source}, {where}"
+
+
 @contextmanager
 def open_stage(
     name: str,
@@ -99,18 +116,31 @@ def open_stage(
     stage = Stage(name, r, Paths(r), params, pfile)
     if track:
         stage.tracker = Tracker(r, params.tracking.experiment, params.tracking.tracking_uri)
+        commit = git_commit(r)
+        flow_run_id = _flow_run_id()
         tags = {
-            "prefect.flow_run_id": _flow_run_id(),
-            "git.commit": git_commit(r),
+            "prefect.flow_run_id": flow_run_id,
+            "git.commit": commit,
             "dvc.stage": os.environ.get("DVC_STAGE", ""),
             "ice.stage": name,
+            "ice.host": socket.gethostname(),
+            "ice.pid": str(os.getpid()),
+            # MLflow's own tags: the UI's User, Source and Version columns and the run's description
+            "mlflow.user": _user(),
+            "mlflow.source.name": f"python -m flows.{name}",
+            "mlflow.source.type": "LOCAL",
+            "mlflow.source.git.commit": commit,
+            "mlflow.note.content": _note(name, method, params, pfile, r),
         }
+        ui = os.environ.get("PREFECT_API_URL", "").removesuffix("/").removesuffix("/api")
+        if ui and flow_run_id:
+            tags["prefect.flow_run_url"] = f"{ui}/runs/flow-run/{flow_run_id}"
         if method:
             tags["method"] = method
         run_name = f"{name}-{method}" if method else name
         stage.tracker.end_stale_runs(name, method)
-        tags.update({"ice.host": socket.gethostname(), "ice.pid": str(os.getpid())})
-        stage.run_id = stage.tracker.start_run(run_name, tags, params.model_dump(mode="json"))
+        logged = params.model_dump(mode="json") | ({"method": method} if method else {})
+        stage.run_id = stage.tracker.start_run(run_name, tags, logged)
     status = "FAILED"
     try:
         yield stage

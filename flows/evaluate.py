@@ -41,6 +41,16 @@ def _table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines).replace("| -x |", "| - |")
 
 
+FINAL_METRICS = ("test_acc", "val_acc", "params_nonzero", "macs", "sparsity", "seconds", "work_gmacs", "finetunes",
+                 "speedup_vs_iterative", "work_speedup_vs_iterative")
+
+
+def final_metrics(row: dict[str, Any]) -> dict[str, float]:
+    """One method's final figures, under the names every method's run uses."""
+    out = {k: row.get(k) for k in FINAL_METRICS} | {"seconds": row["total_seconds"]}
+    return {k: float(v) for k, v in out.items() if isinstance(v, int | float)}
+
+
 def _budget(st: Stage) -> str:
     """The budget both step-wise methods share, in one line."""
     pr = st.params.prune
@@ -132,8 +142,12 @@ def evaluate(params_path: str = "params.yaml", root: str | None = None, override
         ]
         _write(st.paths.compare, "\n".join(md).encode())
         assert st.tracker is not None and st.run_id is not None
+        # each prune run carries its method's final figures under the same names, so the MLflow
+        # UI's "compare runs" is the comparison; this run keeps the table as an artifact
         for r in rows:
-            st.tracker.log_metrics(st.run_id, {f"{r['method']}.{k}": v for k, v in r.items() if isinstance(v, int | float)})
+            run_id = read_json(st.paths.prune_report(r["method"])).get("mlflow_run_id")
+            if run_id:
+                st.tracker.log_metrics(run_id, final_metrics(r))
         st.tracker.log_artifacts(st.run_id, [st.paths.metrics, st.paths.compare, *figs])
         progress(f"[evaluate] {st.paths.rel(st.paths.compare)}:\n" + _table([pre_row, *rows]))
         return metrics

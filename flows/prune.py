@@ -120,7 +120,8 @@ def prune(method: str, params_path: str = "params.yaml", root: str | None = None
         final = resolve(st.paths, out["ref"])
         publish(final, st.paths.pruned(method), out["ref"]["sha256"])
         write_csv(st.paths.steps_csv(method), [{"method": method, **r} for r in out["steps"]])
-        report = {k: v for k, v in out.items() if k not in ("ref", "steps")} | {"method": method, "sha256": out["ref"]["sha256"]}
+        report = {k: v for k, v in out.items() if k not in ("ref", "steps")} | {"method": method, "sha256": out["ref"]["sha256"],
+                                                                                "mlflow_run_id": st.run_id}
         write_json(st.paths.prune_report(method), report)
         assert st.tracker is not None and st.run_id is not None
         st.tracker.log_metrics(st.run_id, {"total_seconds": out["seconds"], "work_gmacs": out.get("work_gmacs"),
