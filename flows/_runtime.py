@@ -51,6 +51,14 @@ class Stage:
         """The named sections of params, as plain data: a task's own config."""
         return section(self.params, *sections)
 
+    def device_cfg(self, *sections: str) -> dict[str, Any]:
+        """The named sections plus only the device keys of ``train``: the config of a task that
+        computes on a given model but does not pre-train (so pre-training keys stay out of its cache key)."""
+        out = section(self.params, *sections)
+        train = self.params.train.model_dump(mode="json")
+        out["train"] = {k: train[k] for k in ("device", "channels_last")}
+        return out
+
 
 def section(params: Params, *names: str) -> dict[str, Any]:
     dump = params.model_dump(mode="json")

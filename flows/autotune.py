@@ -43,7 +43,7 @@ def autotune(params_path: str = "params.yaml", root: str | None = None, override
         data_ref = require(st.paths, st.paths.prepared, "prepare")
         model_ref = require(st.paths, st.paths.pretrained, "pretrain")
         points = sample_trials(st.params)
-        task_cfg = st.cfg("seed", "train", "prune", "ice")
+        task_cfg = st.device_cfg("seed", "prune", "ice")
         setup = bind(autotune_setup, st.root)(str(st.root), data_ref, model_ref, task_cfg)
         progress(f"[autotune] shared freeze trial: {setup['seconds']:.1f}s, {setup['work']:.0f} GMACs")
         trial = bind(autotune_trial, st.root)

@@ -95,7 +95,7 @@ def evaluate(params_path: str = "params.yaml", root: str | None = None, override
     with open_stage("evaluate", params_path, root, overrides) as st:
         data_ref = require(st.paths, st.paths.prepared, "prepare")
         pre_ref = require(st.paths, st.paths.pretrained, "pretrain")
-        cfg = st.cfg("seed", "train", "evaluate")
+        cfg = st.device_cfg("seed", "evaluate")
         ev = bind(evaluate_model, st.root)
         pre = ev(str(st.root), data_ref, pre_ref, cfg)
         rows: list[dict[str, Any]] = []

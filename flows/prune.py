@@ -49,7 +49,9 @@ def _stepwise(st: Stage, method: str, data_ref: dict[str, str], pre_ref: dict[st
     )
 
     root = str(st.root)
-    cfg = st.cfg("seed", "train", "prune", "ice")
+    # the baseline reads no ICE key: leaving the section out of its tasks' config keeps its
+    # cache valid when only ICE's settings change
+    cfg = st.device_cfg("seed", "prune", *(["ice"] if method == "ice" else []))
     hp = None
     search = {"seconds": 0.0, "work": 0.0}
     if method == "ice":
@@ -93,7 +95,7 @@ def _stepwise(st: Stage, method: str, data_ref: dict[str, str], pre_ref: dict[st
 
 
 def _training(st: Stage, method: str, data_ref: dict[str, str], pre_ref: dict[str, str]) -> dict[str, Any]:
-    out = bind(train_with_schedule, st.root)(str(st.root), data_ref, pre_ref, method, st.cfg("seed", "train", "prune", "schedule"))
+    out = bind(train_with_schedule, st.root)(str(st.root), data_ref, pre_ref, method, st.device_cfg("seed", "prune", "schedule"))
     if st.tracker is not None and st.run_id is not None:
         for rec in out["steps"]:
             st.tracker.log_metrics(st.run_id, {k: v for k, v in rec.items() if k != "step"}, step=rec["step"])
