@@ -33,7 +33,7 @@ from tasks.common import IntegrityError, Paths, progress, project_root, verify_i
 from tasks.tracking import Tracker, TrackingUnavailable, check_reachable, git_commit, tracking_uri
 from tasks.weights import WeightsError
 
-__all__ = ["Stage", "open_stage", "cli", "section", "require"]
+__all__ = ["Stage", "open_stage", "cli", "section", "require", "publish_artifact", "update_progress"]
 
 
 @dataclass
@@ -86,6 +86,31 @@ def require(paths: Paths, path: Path, stage: str) -> dict[str, str]:
     if not path.exists():
         raise FileNotFoundError(f"{paths.rel(path)} is missing; run the {stage} stage first (python -m flows.{stage})")
     return verify_input(paths, path, stage)
+
+
+def publish_artifact(kind: str, key: str, content: Any, description: str = "") -> Any:
+    """A Prefect artifact (``markdown``, ``table`` or ``progress``) on the current flow run.
+
+    Artifacts are a view for the Prefect UI; failing to write one never fails a flow.
+    """
+    try:
+        from prefect import artifacts
+
+        make = {"markdown": artifacts.create_markdown_artifact, "table": artifacts.create_table_artifact,
+                "progress": artifacts.create_progress_artifact}[kind]
+        return make(content, key=key, description=description or None)
+    except Exception as err:  # no API reachable, or the run context is gone
+        logging.getLogger("ice.progress").debug("artifact %s not written: %s", key, err)
+        return None
+
+
+def update_progress(artifact_id: Any, percent: float) -> None:
+    if artifact_id is None:
+        return
+    with contextlib.suppress(Exception):
+        from prefect.artifacts import update_progress_artifact
+
+        update_progress_artifact(artifact_id, percent)
 
 
 def _user() -> str:

@@ -17,7 +17,7 @@ from typing import Any
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows._runtime import cli, open_stage, require
+from flows._runtime import cli, open_stage, publish_artifact, require
 from tasks.common import progress, write_csv, write_json
 from tasks.steps import autotune_setup, autotune_trial, bind
 
@@ -77,6 +77,8 @@ def autotune(params_path: str = "params.yaml", root: str | None = None, override
         write_csv(table, rows)
         st.tracker.log_artifacts(st.run_id, [table])
         st.tracker.log_metrics(st.run_id, {"search_seconds": search_seconds, "search_work_gmacs": search_work, "best_trial": best.number})
+        publish_artifact("table", "autotune-trials", [{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in rows],
+                         f"ICE's search: one row per trial, the best marked; MLflow run: {st.tracker.run_url(st.run_id)}")
         progress(f"[autotune] best trial {best.number}: {best.hp} (search {search_seconds:.1f}s)")
         return out
 

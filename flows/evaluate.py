@@ -17,10 +17,21 @@ from typing import Any
 
 from prefect import flow
 
-from flows._runtime import Stage, cli, open_stage, require
+from flows._runtime import Stage, cli, open_stage, publish_artifact, require
 from ice.checkpoint import atomic_write_bytes as _write
 from tasks.common import progress, read_json, write_csv, write_json
 from tasks.steps import bind, evaluate_model
+
+
+def _round(obj: Any, places: int = 4) -> Any:
+    """Floats to ``places`` decimals (97.2222, not 97.22222222222223), recursively."""
+    if isinstance(obj, float):
+        return round(obj, places)
+    if isinstance(obj, dict):
+        return {k: _round(v, places) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_round(v, places) for v in obj]
+    return obj
 
 
 def _fmt(v: Any, spec: str, none: str = "-") -> str:
@@ -120,7 +131,7 @@ def evaluate(params_path: str = "params.yaml", root: str | None = None, override
                 r["speedup_vs_iterative"] = base["total_seconds"] / r["total_seconds"]
             if base is not None and base.get("work_gmacs") and r.get("work_gmacs"):
                 r["work_speedup_vs_iterative"] = base["work_gmacs"] / r["work_gmacs"]
-        metrics = {"pretrained": pre, "methods": {r["method"]: {k: v for k, v in r.items() if k != "method"} for r in rows}}
+        metrics = _round({"pretrained": pre, "methods": {r["method"]: {k: v for k, v in r.items() if k != "method"} for r in rows}})
         write_json(st.paths.metrics, metrics)
         write_csv(st.paths.root / "reports" / "plots" / "steps.csv", steps)
         figs = _figures(st, steps, pre)
@@ -149,6 +160,8 @@ def evaluate(params_path: str = "params.yaml", root: str | None = None, override
             if run_id:
                 st.tracker.log_metrics(run_id, final_metrics(r))
         st.tracker.log_artifacts(st.run_id, [st.paths.metrics, st.paths.compare, *figs])
+        publish_artifact("markdown", "comparison", "\n".join(md[:7]) + f"\n\nMLflow: [the runs, side by side]({st.tracker.runs_url()})",
+                         "every method against the pretrained model")
         progress(f"[evaluate] {st.paths.rel(st.paths.compare)}:\n" + _table([pre_row, *rows]))
         return metrics
 

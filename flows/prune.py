@@ -20,7 +20,7 @@ from typing import Any
 
 from prefect import flow
 
-from flows._runtime import Stage, cli, open_stage, require
+from flows._runtime import Stage, cli, open_stage, publish_artifact, require, update_progress
 from tasks.common import progress, publish, read_json, resolve, write_csv, write_json
 from tasks.steps import (
     bind,
@@ -68,6 +68,7 @@ def _stepwise(st: Stage, method: str, data_ref: dict[str, str], pre_ref: dict[st
     progress(f"[{method}] {n} steps at ratio {st.params.prune.ratio}{ref_acc}")
     ref = pre_ref
     steps: list[dict[str, Any]] = []
+    bar = publish_artifact("progress", f"prune-{method.replace('_', '-')}-progress", 0.0, f"{method}: steps done")
     for k in range(n):
         pruned = prune_t(root, data_ref, ref, run, k, cfg)
         ref = pruned["ref"]
@@ -88,6 +89,7 @@ def _stepwise(st: Stage, method: str, data_ref: dict[str, str], pre_ref: dict[st
         if st.tracker is not None and st.run_id is not None:
             st.tracker.log_metrics(st.run_id, {m: rec[m] for m in STEP_METRICS}, step=k)
         progress(step_line(method, k, n, rec))
+        update_progress(bar, 100.0 * (k + 1) / n)
     cost = add_search(run_cost(state, steps), search["seconds"], search["work"])
     return {"ref": ref, "steps": steps, "seconds": cost["seconds"], "work_gmacs": cost["work_gmacs"], "cost": cost,
             "search_seconds": search["seconds"], "finetunes": sum(1 for r in steps if r["finetuned"]), "hp": state["hp"],
@@ -101,6 +103,10 @@ def _training(st: Stage, method: str, data_ref: dict[str, str], pre_ref: dict[st
             st.tracker.log_metrics(st.run_id, {k: v for k, v in rec.items() if k != "step"}, step=rec["step"])
     return {"ref": out["ref"], "steps": out["steps"], "seconds": out["seconds"], "work_gmacs": out["info"].get("work_gmacs"),
             "search_seconds": 0.0, "finetunes": 0, "info": out["info"]}
+
+
+def _rounded(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in rows]
 
 
 def _run_name() -> str:
@@ -135,6 +141,9 @@ def prune(method: str, params_path: str = "params.yaml", root: str | None = None
                                            {"method": method})
             report["registered"] = f"{name} v{version} (alias {method})"
         work = f", {out['work_gmacs']:,.0f} GMACs" if out.get("work_gmacs") is not None else ""
+        link = st.tracker.run_url(st.run_id)
+        publish_artifact("table", f"prune-{method.replace('_', '-')}-steps", _rounded(out["steps"]),
+                         f"{method}: one row per step; MLflow run: {link}")
         progress(f"[{method}] done: {out['finetunes']} fine-tunes, {out['seconds']:.1f}s{work} -> {st.paths.rel(st.paths.pruned(method))}")
         return report
 

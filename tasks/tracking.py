@@ -115,6 +115,17 @@ class Tracker:
         else:
             self.experiment_id = exp.experiment_id
 
+    def ui_url(self) -> str:
+        """The MLflow UI for this store: the server itself, or `make mlflow-ui`'s address for a local store."""
+        return self.uri.rstrip("/") if self.uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+
+    def runs_url(self) -> str:
+        """The experiment's runs table (MLflow 3 opens the GenAI overview without the query)."""
+        return f"{self.ui_url()}/#/experiments/{self.experiment_id}/runs?workflowType=machine_learning"
+
+    def run_url(self, run_id: str) -> str:
+        return f"{self.ui_url()}/#/experiments/{self.experiment_id}/runs/{run_id}"
+
     # ------------------------------------------------------------------ runs
     def start_run(self, name: str, tags: Mapping[str, str], params: Mapping[str, Any] | None = None, parent: str | None = None) -> str:
         from mlflow.entities import Param
