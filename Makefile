@@ -34,9 +34,8 @@ run:  ## the main job: `dvc repro` of the whole pipeline on params.yaml (bundled
 	@cat reports/compare.md
 	@echo
 	@echo "Results: reports/compare.md, reports/metrics.json, reports/figures/, models/ (DVC outs)"
-	@echo "MLflow UI:  make mlflow-ui   (then http://127.0.0.1:5000)"
-	@echo "Prefect UI: make up          (then http://127.0.0.1:4200; flows report there once PREFECT_API_URL is exported)"
-	@echo "Plots:      $(VENV)/bin/dvc plots show   (renders offline)"
+	@$(PY) -m flows.links
+	@echo "Plots:             $(VENV)/bin/dvc plots show   (renders offline)"
 
 pipeline:  ## the same stages as one Prefect flow (python -m flows.pipeline)
 	$(PY) -m flows.pipeline --params params.yaml
@@ -48,6 +47,7 @@ overhead:  ## orchestration overhead: flows with tracking vs calling ice directl
 	$(PY) benchmarks/overhead.py --params params.yaml
 
 mlflow-ui:  ## browse runs and model versions of the local sqlite store on 127.0.0.1:5000
+	@$(PY) -m flows.links | head -1
 	$(VENV)/bin/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///$(CURDIR)/mlflow.db
 
 up:  ## start a Prefect server (:4200) and an MLflow server (:5000) on 127.0.0.1

@@ -334,7 +334,10 @@ def cli(name: str, description: str, run: Callable[[argparse.Namespace, dict[str
             raise
         print(f"error: {one_line(err)}", file=sys.stderr)
         sys.exit(1)
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{r / 'mlflow.db'}"
-    prefect = os.environ.get("PREFECT_API_URL", "").removesuffix("/api") or "`make up` (http://127.0.0.1:4200)"
-    progress(f"[{name}] done. Results under {r} (models/, reports/). MLflow UI: mlflow ui --backend-store-uri {uri} "
-             f"(or `make mlflow-ui`); Prefect UI: {prefect}")
+    from flows.links import links
+
+    found = links(str(pfile), str(r))
+    runs = found.get("mlflow_runs", "")
+    prefect = found.get("prefect_ui") or "`make up` (http://127.0.0.1:4200)"
+    local = "" if found["mlflow_store"].startswith("http") else " (start it with `make mlflow-ui`)"
+    progress(f"[{name}] done. Results under {r} (models/, reports/). MLflow runs: {runs}{local}; Prefect UI: {prefect}")
