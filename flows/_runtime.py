@@ -215,6 +215,15 @@ def _quiet_failures() -> None:
         handler.addFilter(_OneLineFailures())
 
 
+def _quiet_prefect() -> None:
+    """Prefect's per-task INFO chatter off the console (it stays in the Prefect UI): a flow
+    prints its own progress lines. An explicit PREFECT_LOGGING_LEVEL keeps Prefect's say."""
+    if "PREFECT_LOGGING_LEVEL" in os.environ:
+        return
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(max(handler.level, logging.WARNING))
+
+
 def one_line(err: BaseException) -> str:
     """An exception as one line: ours already are; others get their type and first line."""
     known = (ParamsError, TrackingUnavailable, FileNotFoundError, WeightsError, IntegrityError, CheckpointError)
@@ -322,6 +331,7 @@ def cli(name: str, description: str, run: Callable[[argparse.Namespace, dict[str
         # would be too late: refresh through a settings context instead
         from prefect.settings import PREFECT_TASKS_REFRESH_CACHE, temporary_settings
 
+        _quiet_prefect()
         if not args.debug:
             _quiet_failures()
         with temporary_settings(updates={PREFECT_TASKS_REFRESH_CACHE: True} if args.refresh_cache else None):

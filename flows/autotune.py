@@ -49,25 +49,28 @@ def autotune(params_path: str = "params.yaml", root: str | None = None, override
         trial = bind(autotune_trial, st.root)
         rows: list[dict[str, Any]] = []
         results: list[TrialResult] = []
+        assert st.tracker is not None and st.run_id is not None
+        children: dict[int, str] = {}
         for start in range(0, len(points), cfg.workers):  # at most `workers` trials in flight
             # early stopping's bound: the best objective among the trials finished so far
             bound = min((objective_of(r, st.params) for r in results if r.stopped_at is None), default=None)
+            batch = list(enumerate(points[start : start + cfg.workers], start))
+            for i, hp in batch:  # a trial's child run opens when the trial starts, so its duration is real
+                children[i] = st.tracker.start_run(f"trial-{i}", {"ice.stage": "autotune-trial"}, hp, parent=st.run_id)
             futures = [trial.submit(str(st.root), data_ref, model_ref, hp, i, task_cfg, setup["freeze_scores"], bound)
-                       for i, hp in enumerate(points[start : start + cfg.workers], start)]
+                       for i, hp in batch]
             for f in futures:
                 row = f.result()
                 rows.append(row)
+                st.tracker.log_metrics(children[row["trial"]], {k: v for k, v in row.items() if k not in points[0] and k != "trial"})
+                st.tracker.end_run(children[row["trial"]])
                 results.append(TrialResult(row["trial"], {k: row[k] for k in points[0]}, row["seconds"], row["acc_original"],
                                            row["acc_final"], row["finetunes"], row["work_gmacs"], row["stopped_at"]))
                 progress(trial_line(row, len(points)))
         best = select_best([r for r in results if r.stopped_at is None], cfg.objective, cfg.acc_tolerance, cfg.cost)
         for r in rows:
             r["best"] = r["trial"] == best.number
-        assert st.tracker is not None and st.run_id is not None
-        for r in rows:
-            child = st.tracker.start_run(f"trial-{r['trial']}", {"ice.stage": "autotune-trial"}, {k: r[k] for k in points[0]}, parent=st.run_id)
-            st.tracker.log_metrics(child, {k: v for k, v in r.items() if k not in points[0] and k != "trial"})
-            st.tracker.end_run(child)
+        st.tracker.set_tags(children[best.number], {"best": "true"})
         search_seconds = setup["seconds"] + sum(r["seconds"] for r in rows)
         search_work = setup["work"] + sum(r["work_gmacs"] for r in rows)
         out = {"enabled": True, "hp": ice_hparams(st.params, best.hp), "search_seconds": search_seconds, "search_work": search_work,

@@ -16,6 +16,7 @@ fine-tune time, ICE's freeze trial and, for ICE, the auto-tuner's search.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from prefect import flow
@@ -69,6 +70,7 @@ def _stepwise(st: Stage, method: str, data_ref: dict[str, str], pre_ref: dict[st
     ref = pre_ref
     steps: list[dict[str, Any]] = []
     bar = publish_artifact("progress", f"prune-{method.replace('_', '-')}-progress", 0.0, f"{method}: steps done")
+    t0 = time.perf_counter()
     for k in range(n):
         pruned = prune_t(root, data_ref, ref, run, k, cfg)
         ref = pruned["ref"]
@@ -88,7 +90,9 @@ def _stepwise(st: Stage, method: str, data_ref: dict[str, str], pre_ref: dict[st
         steps.append(rec)
         if st.tracker is not None and st.run_id is not None:
             st.tracker.log_metrics(st.run_id, {m: rec[m] for m in STEP_METRICS}, step=k)
-        progress(step_line(method, k, n, rec))
+        elapsed = time.perf_counter() - t0
+        eta = f", about {elapsed / (k + 1) * (n - k - 1) / 60:.0f} min left" if k + 1 < n and elapsed > 60 else ""
+        progress(step_line(method, k, n, rec) + f"  [{elapsed / 60:.1f} min{eta}]")
         update_progress(bar, 100.0 * (k + 1) / n)
     cost = add_search(run_cost(state, steps), search["seconds"], search["work"])
     return {"ref": ref, "steps": steps, "seconds": cost["seconds"], "work_gmacs": cost["work_gmacs"], "cost": cost,
