@@ -159,7 +159,8 @@ def evaluate(params_path: str = "params.yaml", root: str | None = None, override
             run_id = read_json(st.paths.prune_report(r["method"])).get("mlflow_run_id")
             if run_id:
                 st.tracker.log_metrics(run_id, final_metrics(r))
-        st.tracker.log_artifacts(st.run_id, [st.paths.metrics, st.paths.compare, *figs])
+        st.tracker.log_artifacts(st.run_id, [st.paths.metrics, st.paths.compare])
+        st.tracker.log_artifacts(st.run_id, figs, "figures")  # where compare.md's image links point
         publish_artifact("markdown", "comparison", "\n".join(md[:7]) + f"\n\nMLflow: [the runs, side by side]({st.tracker.runs_url()})",
                          "every method against the pretrained model")
         progress(f"[evaluate] {st.paths.rel(st.paths.compare)}:\n" + _table([pre_row, *rows]))
