@@ -24,6 +24,7 @@ from tasks.steps import autotune_setup, autotune_trial, bind
 
 @flow(name="autotune", flow_run_name="autotune-{params_path}", task_runner=ThreadPoolTaskRunner(max_workers=8))  # type: ignore[arg-type]
 def autotune(params_path: str = "params.yaml", root: str | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    from ice.config import parse_params
     from ice.methods.autotune import (
         TrialResult,
         objective_of,
@@ -42,6 +43,9 @@ def autotune(params_path: str = "params.yaml", root: str | None = None, override
             return out
         data_ref = require(st.paths, st.paths.prepared, "prepare")
         model_ref = require(st.paths, st.paths.pretrained, "pretrain")
+        if ice_hparams(st.params) != ice_hparams(parse_params({})):
+            progress("[autotune] note: the search chooses thre, fr and lr; ice.thre, ice.fr and ice.lr.* in params "
+                     "are used only with ice.autotune.enabled: false")
         points = sample_trials(st.params)
         task_cfg = st.device_cfg("seed", "prune", "ice")
         setup = bind(autotune_setup, st.root)(str(st.root), data_ref, model_ref, task_cfg)

@@ -59,6 +59,9 @@ def _stepwise(st: Stage, method: str, data_ref: dict[str, str], pre_ref: dict[st
         require(st.paths, st.paths.autotune, "autotune")
         tuned = read_json(st.paths.autotune)
         hp, search = tuned["hp"], {"seconds": float(tuned["search_seconds"]), "work": float(tuned.get("search_work", 0.0))}
+        if tuned.get("enabled"):  # the search chose these; params' own values would only spoil the cache keys
+            for key in ("thre", "fr", "lr"):
+                cfg["ice"].pop(key, None)
     state = bind(start_pruning, st.root)(root, data_ref, pre_ref, method, hp, cfg)
     run = run_view(state)
     prune_t, eval_t, decide_t, ft_t = (bind(t, st.root) for t in (prune_one_step, evaluate_checkpoint, decide_finetune, finetune_checkpoint))

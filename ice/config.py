@@ -86,7 +86,6 @@ class TrainConfig(_Section):
     augment: bool = True
     device: Literal["auto", "cpu", "cuda"] = "auto"
     channels_last: bool | Literal["auto"] = "auto"
-    seed: int = 0
 
 
 class PruneConfig(_Section):
@@ -202,7 +201,6 @@ class ScheduleConfig(_Section):
     start: float = Field(0.2, ge=0, lt=1)  # training progress at which agp/iterative begin
     end: float = Field(1.0, gt=0, le=1)
     one_shot_at: float = Field(0.45, ge=0, le=1)
-    iterative_steps: int = Field(3, ge=1)
     alpha: float = 14.0
     beta: float = 5.0
     interval: int = Field(10, ge=1)  # prune_while_training: optimizer steps between removals
