@@ -59,6 +59,7 @@ def _stepwise(st: Stage, method: str, data_ref: dict[str, str], pre_ref: dict[st
         require(st.paths, st.paths.autotune, "autotune")
         tuned = read_json(st.paths.autotune)
         hp, search = tuned["hp"], {"seconds": float(tuned["search_seconds"]), "work": float(tuned.get("search_work", 0.0))}
+        cfg["ice"].pop("autotune")  # its result comes in as hp
         if tuned.get("enabled"):  # the search chose these; params' own values would only spoil the cache keys
             for key in ("thre", "fr", "lr"):
                 cfg["ice"].pop(key, None)
