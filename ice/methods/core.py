@@ -33,10 +33,18 @@ from torch import nn
 
 from ice.config import Params
 from ice.data import Dataset, Split, probe_batch
-from ice.metrics import count_macs, count_params, prunable_conv_params, train_macs
+from ice.methods.finetune import finetune
+from ice.methods.ice import (
+    freeze_trial,
+    ice_hparams,
+    pruning_aware_lr,
+    select_frozen,
+    should_finetune,
+)
+from ice.metrics import count_macs, count_params, prunable_conv_params
 from ice.pruning import prunable_units, prune_unit
 from ice.pruning.importance import DATA_CRITERIA
-from ice.train import epoch_fractions, evaluate, freeze, frozen_names, make_optimizer, train_epoch
+from ice.train import evaluate, freeze, frozen_names
 
 __all__ = [
     "Callbacks",
@@ -137,44 +145,6 @@ def evaluate_step(model: nn.Module, data: Dataset, params: Params) -> dict[str, 
     return {"acc": acc, "seconds": time.perf_counter() - t0, "work": n * count_macs(model, data.input_shape()) / G}
 
 
-def finetune(
-    model: nn.Module,
-    data: Dataset,
-    params: Params,
-    *,
-    lr: float,
-    teacher: nn.Module | None,
-    seed: int,
-    epochs: float | None = None,
-) -> dict[str, float]:
-    """ICE's fine-tune: SGD (momentum, wd) with a fresh optimizer, CE + KD from the teacher.
-
-    Returns loss, accuracy, images, seconds and ``work`` (GMACs, with the teacher's
-    forward pass; frozen layers skip their weight gradients).
-    """
-    cfg = params.prune
-    epochs = cfg.finetune_epochs if epochs is None else epochs
-    shape = data.input_shape()
-    per_image = train_macs(model, shape) + (count_macs(teacher, shape) if teacher is not None and cfg.kd else 0)
-    opt = make_optimizer(model, lr, cfg.momentum, cfg.weight_decay)
-    g = torch.Generator().manual_seed(seed)
-    t0 = time.perf_counter()
-    stats: dict[str, float] = {}
-    images = 0.0
-    for frac in epoch_fractions(epochs):
-        stats = train_epoch(
-            model, data, opt,
-            batch_size=cfg.batch_size, fraction=frac, augment=cfg.augment, generator=g,
-            teacher=teacher if cfg.kd else None, temperature=cfg.kd_temperature, kd_t2=cfg.kd_t2,
-            channels_last=params.train.channels_last,
-        )
-        images += stats["images"]
-    stats["seconds"] = time.perf_counter() - t0
-    stats["images"] = images
-    stats["work"] = images * per_image / G
-    return stats
-
-
 def needs_decision_eval(state: dict[str, Any]) -> bool:
     """Whether a freshly pruned model is evaluated: only ICE decides on it."""
     return state["method"] != "iterative"
@@ -197,8 +167,6 @@ def start_run(
     count in ``seconds_setup`` and ``work_setup``. ``hp`` overrides ICE's
     hyperparameters (thre, fr, base, delta, p, beta), for example from the auto-tuner.
     """
-    from ice.methods.ice import freeze_trial, ice_hparams, select_frozen
-
     cb = callbacks or Callbacks()
     t0 = time.perf_counter()
     units = prunable_units(model)
@@ -280,8 +248,6 @@ def prune_step(model: nn.Module, data: Dataset, state: dict[str, Any], k: int, p
 
 def decide(state: dict[str, Any], acc_now: float | None, params: Params) -> bool:
     """Whether the step calls for a fine-tune (always, for the baseline)."""
-    from ice.methods.ice import should_finetune
-
     if state["method"] == "iterative":
         return True
     assert acc_now is not None, "ICE decides on the pruned model's accuracy"
@@ -290,8 +256,6 @@ def decide(state: dict[str, Any], acc_now: float | None, params: Params) -> bool
 
 
 def step_lr(model: nn.Module, state: dict[str, Any], params: Params) -> float:
-    from ice.methods.ice import pruning_aware_lr
-
     if state["method"] == "iterative":
         return params.prune.finetune_lr
     hp = state["hp"]

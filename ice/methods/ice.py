@@ -18,6 +18,8 @@ from torch import nn
 
 from ice.config import Params
 from ice.data import Dataset
+from ice.methods.finetune import finetune
+from ice.pruning import prune_unit
 
 __all__ = ["should_finetune", "pruning_aware_lr", "freeze_scores", "select_frozen", "freeze_candidates", "freeze_trial", "ice_hparams", "HP_KEYS"]
 
@@ -88,8 +90,6 @@ def freeze_trial(model: nn.Module, data: Dataset, params: Params, unit: Any) -> 
     The scores do not depend on ICE's hyperparameters, so auto-tuning trials on the same
     model and data share one trial and differ only in how many convs they freeze.
     """
-    from ice.methods.core import finetune
-    from ice.pruning import prune_unit
 
     trial = copy.deepcopy(model)
     names = freeze_candidates(trial, params.ice.freeze_candidates)
