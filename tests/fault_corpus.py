@@ -151,13 +151,21 @@ def no_new_files(o: Outcome) -> None:
     assert not (o.root / "data" / "prepared").exists()
 
 
+def _mtime(p: Path) -> float:
+    try:
+        return p.stat().st_mtime
+    except FileNotFoundError:  # a temporary file, renamed meanwhile
+        return 0.0
+
+
 def kill_server_after_first_step(proc: subprocess.Popen, root: Path) -> None:
     server: MlflowServer = root.server  # type: ignore[attr-defined]
     store = root / ".ice-cache" / "store"
-    before = set(store.iterdir())
-    deadline = time.time() + 300
+    start = time.time()
+    deadline = start + 300
     while time.time() < deadline and proc.poll() is None:
-        if any("finetuned" in p.name for p in set(store.iterdir()) - before):
+        # the first fine-tune written by this run (a recomputed step rewrites the same name)
+        if any(not p.name.startswith(".") and "finetuned" in p.name and _mtime(p) > start for p in store.iterdir()):
             server.stop()
             return
         time.sleep(0.2)
