@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP_QUIET ?= -q
 
-.PHONY: help setup test test-fast lint run pipeline compare bench overhead clean up down pool deploy worker trigger status mlflow-ui
+.PHONY: help setup test test-fast lint run pipeline compare bench bench-ice overhead gc clean up down pool deploy worker trigger status mlflow-ui
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -24,6 +24,9 @@ lint:  ## ruff and mypy
 
 bench:  ## data-path throughput benchmark
 	$(PY) benchmarks/throughput.py
+
+gc:  ## shrink .ice-cache/: keep what the current outputs and the registry reference
+	$(PY) scripts/gc.py
 
 clean:  ## remove caches (keeps .venv)
 	rm -rf .pytest_cache .ruff_cache .mypy_cache data/cache

@@ -50,6 +50,17 @@ def test_pipeline_writes_every_output(project):
     assert it["params"] < saved["pretrained"]["params"]
     for row in saved["methods"].values():
         assert {"val_acc", "test_acc", "params", "macs", "total_seconds", "finetunes", "speedup_vs_iterative"} <= set(row)
+    # work (GMACs) is reported for the step-wise methods, and the baseline never evaluates a freshly pruned model
+    assert saved["methods"]["iterative"]["work_gmacs"] > 0 and saved["methods"]["ice"]["work_gmacs"] > 0
+    assert saved["methods"]["iterative"]["work_speedup_vs_iterative"] == pytest.approx(1.0)
+    it_steps = (root / "reports" / "steps" / "iterative.csv").read_text().splitlines()
+    header = it_steps[0].split(",")
+    assert all(line.split(",")[header.index("acc_pruned")] == "" for line in it_steps[1:])
+    ice_report = json.loads((root / "reports" / "prune" / "ice.json").read_text())
+    assert ice_report["cost"]["search_work"] > 0 and ice_report["cost"]["work_gmacs"] == pytest.approx(
+        sum(v for k, v in ice_report["cost"].items() if k.endswith("_work")))
+    compare = (root / "reports" / "compare.md").read_text()
+    assert "Budget: each fine-tune" in compare and "| speedup (work) |" in compare
     tuned = json.loads((root / "models/autotune.json").read_text())
     assert tuned["enabled"] and len(tuned["trials"]) == 2 and sum(t["best"] for t in tuned["trials"]) == 1
     assert saved["methods"]["ice"]["total_seconds"] >= tuned["search_seconds"] > 0  # the search counts in ICE's time
