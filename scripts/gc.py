@@ -47,6 +47,18 @@ def referenced(paths: Paths) -> set[str]:
     return keep
 
 
+def _result_text(path: Path) -> str:
+    """A cached result's content, decoded (Prefect stores the serialized value base64-encoded)."""
+    import base64
+
+    try:
+        raw = path.read_text(errors="ignore")
+        body = json.loads(raw).get("result", "")
+        return raw + base64.b64decode(body).decode("latin-1") if isinstance(body, str) else raw
+    except (OSError, ValueError):
+        return ""
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(prog="scripts/gc.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("--root", default=None)
@@ -67,7 +79,7 @@ def main() -> None:
                 f.unlink()
     stale = 0
     for r in paths.results.glob("*") if paths.results.exists() else []:
-        text = r.read_text(errors="ignore") if r.is_file() else ""
+        text = _result_text(r)
         if any(name in text for name in removed):
             stale += 1
             if not args.dry_run:
