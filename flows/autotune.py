@@ -48,6 +48,8 @@ def autotune(params_path: str = "params.yaml", root: str | None = None, override
                      "are used only with ice.autotune.enabled: false")
         points = sample_trials(st.params)
         task_cfg = st.device_cfg("seed", "prune", "ice")
+        for key in ("thre", "fr", "lr"):  # each trial gets its own from the grid
+            task_cfg["ice"].pop(key)
         setup = bind(autotune_setup, st.root)(str(st.root), data_ref, model_ref, task_cfg)
         progress(f"[autotune] shared freeze trial: {setup['seconds']:.1f}s, {setup['work']:.0f} GMACs")
         trial = bind(autotune_trial, st.root)

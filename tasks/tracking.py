@@ -18,6 +18,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -218,7 +219,9 @@ class Tracker:
         with torch.no_grad():
             out = model.eval()(torch.from_numpy(example)).numpy()
         signature = infer_signature(example, out)
-        with mlflow.start_run(run_id=run_id, experiment_id=self.experiment_id):
+        with mlflow.start_run(run_id=run_id, experiment_id=self.experiment_id), warnings.catch_warnings():
+            # MLflow suggests type hints on predict; the logged signature already describes the input
+            warnings.filterwarnings("ignore", message=".*type hint.*", category=UserWarning)
             info = mlflow.pyfunc.log_model(
                 name="model",
                 python_model=str(Path(__file__).with_name("pyfunc_model.py")),

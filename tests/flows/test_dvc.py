@@ -29,7 +29,7 @@ def _ran(out: str) -> list[str]:
 @pytest.fixture(scope="module")
 def repo(prefect_server, tmp_path_factory):
     repo = tmp_path_factory.mktemp("repo")
-    for d in ("ice", "tasks", "flows", "infra/plots"):
+    for d in ("ice", "tasks", "flows", "infra/plots", "weights"):
         shutil.copytree(ROOT / d, repo / d, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
     shutil.copy(ROOT / ".dvcignore", repo / ".dvcignore")
@@ -57,7 +57,8 @@ def repo(prefect_server, tmp_path_factory):
 
 def test_repro_runs_every_stage(repo):
     root, _, out = repo
-    assert _ran(out) == ["prepare", "pretrain", "autotune", "prune@ice", "prune@iterative", "evaluate"]
+    assert _ran(out) == ["prepare", "pretrain", "autotune", "method-config@ice", "prune@ice", "method-config@iterative",
+                         "prune@iterative", "evaluate"]
     metrics = json.loads((root / "reports" / "metrics.json").read_text())
     assert set(metrics["methods"]) == {"ice", "iterative"}
     assert (root / "dvc.lock").exists()
@@ -110,6 +111,22 @@ def test_exp_run_with_a_param_change(repo):
     _run(["git", "add", "-A"], root, env)
     _run(["git", "commit", "-qm", "lock"], root, env)
     out = _run(["dvc", "exp", "run", "-S", "prune.ratio=0.7"], root, env)
-    assert set(_ran(out)) == {"autotune", "prune@ice", "prune@iterative", "evaluate"}
+    assert set(_ran(out)) == {"autotune", "method-config@ice", "method-config@iterative", "prune@ice", "prune@iterative",
+                              "evaluate"}
     table = _run(["dvc", "exp", "show", "--csv", "--only-changed"], root, env)
     assert "0.7" in table
+
+
+def test_an_ice_setting_reruns_ice_but_not_the_baseline(repo):
+    """prune@<method> reruns only when what that method reads changes (models/config/<method>.json)."""
+    root, env, _ = repo
+    _run(["git", "add", "-A"], root, env)
+    _run(["git", "commit", "-qm", "before"], root, env)
+    out = _run(["dvc", "exp", "run", "-S", "ice.freeze_bn_stats=true"], root, env)
+    ran = set(_ran(out))
+    assert {"prune@ice", "evaluate"} <= ran and "prune@iterative" not in ran and "pretrain" not in ran, ran
+    # with the search on, ice.thre is the search's to choose: the search reruns (its trials come
+    # from the cache) and, choosing the same point, nothing downstream does
+    out = _run(["dvc", "exp", "run", "-S", "ice.thre=2.0"], root, env)
+    ran = set(_ran(out))
+    assert "prune@iterative" not in ran and "prune@ice" not in ran, ran

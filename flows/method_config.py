@@ -1,0 +1,63 @@
+"""What one pruning method reads, as a small JSON file: DVC's change detector for prune@<method>.
+
+    python -m flows.method_config --method iterative --params params.yaml   ->  models/config/iterative.json
+
+DVC cannot give each ``prune@<method>`` stage of a ``foreach`` its own params list, so each
+method's settings are written here first: the shared pruning settings, plus ICE's
+hyperparameters and the search's cost (as the autotune stage chose and measured them) for ``ice``, or the schedule for a
+training-time method. The file only changes when something the method reads changes,
+so ``dvc exp run -S ice.thre=2`` reruns this cheap stage for every method but
+``prune@iterative`` sees the same bytes and stays as it is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from ice.config import Params, ParamsError, load_params
+
+TRAINING_KEYS = ("device", "channels_last")
+
+
+def method_config(params: Params, method: str, autotune: dict[str, Any] | None) -> dict[str, Any]:
+    """The settings ``method`` reads, and nothing else."""
+    dump = params.model_dump(mode="json")
+    prune = {k: v for k, v in dump["prune"].items() if k != "methods"}
+    out: dict[str, Any] = {"method": method, "seed": params.seed, "train": {k: dump["train"][k] for k in TRAINING_KEYS},
+                           "prune": prune}
+    if method == "ice":
+        ice = {k: v for k, v in dump["ice"].items() if k not in ("autotune", "thre", "fr", "lr")}
+        tuned = autotune or {}
+        out["ice"] = ice | {"hp": tuned.get("hp"), "search": {k: tuned.get(k) for k in ("enabled", "search_seconds", "search_work")}}
+    elif method != "iterative":
+        out["schedule"] = dump["schedule"]
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(prog="python -m flows.method_config", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--method", required=True)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--root", default=".")
+    args = ap.parse_args()
+    root = Path(args.root).resolve()
+    try:
+        params = load_params(root / args.params)
+    except ParamsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    tuned = root / "models" / "autotune.json"
+    autotune = json.loads(tuned.read_text()) if args.method == "ice" and tuned.exists() else None
+    out = root / "models" / "config" / f"{args.method}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    from ice.checkpoint import atomic_write_bytes
+
+    atomic_write_bytes(out, (json.dumps(method_config(params, args.method, autotune), indent=2, sort_keys=True) + "\n").encode())
+
+
+if __name__ == "__main__":
+    main()
