@@ -111,6 +111,7 @@ def evaluate(params_path: str = "params.yaml", root: str | None = None, override
         pre = ev(str(st.root), data_ref, pre_ref, cfg)
         rows: list[dict[str, Any]] = []
         steps: list[dict[str, Any]] = []
+        last_step: dict[str, int] = {}
         for method in st.params.prune.methods:
             ref = require(st.paths, st.paths.pruned(method), f"prune --method {method}")
             report = read_json(st.paths.prune_report(method))
@@ -119,6 +120,7 @@ def evaluate(params_path: str = "params.yaml", root: str | None = None, override
                          "search_seconds": report.get("search_seconds", 0.0), "finetunes": report["finetunes"]})
             with open(st.paths.steps_csv(method)) as f:
                 for r in csv.DictReader(f):
+                    last_step[method] = max(last_step.get(method, 0), int(r["step"]))
                     if r.get("acc_finetuned") in (None, ""):  # not measured at this step
                         continue
                     steps.append({"method": method, "step": int(r["step"]), "acc": float(r["acc_finetuned"]),
@@ -155,10 +157,11 @@ def evaluate(params_path: str = "params.yaml", root: str | None = None, override
         assert st.tracker is not None and st.run_id is not None
         # each prune run carries its method's final figures under the same names, so the MLflow
         # UI's "compare runs" is the comparison; this run keeps the table as an artifact
+        # (at the method's last step, so a name the steps also log, e.g. macs, keeps one value per step)
         for r in rows:
             run_id = read_json(st.paths.prune_report(r["method"])).get("mlflow_run_id")
             if run_id:
-                st.tracker.log_metrics(run_id, final_metrics(r))
+                st.tracker.log_metrics(run_id, final_metrics(r), step=last_step.get(r["method"], 0))
         st.tracker.log_artifacts(st.run_id, [st.paths.metrics, st.paths.compare])
         st.tracker.log_artifacts(st.run_id, figs, "figures")  # where compare.md's image links point
         publish_artifact("markdown", "comparison", "\n".join(md[:7]) + f"\n\nMLflow: [the runs, side by side]({st.tracker.runs_url()})",

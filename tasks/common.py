@@ -248,6 +248,16 @@ def verify_refs(paths: Paths, value: Any) -> list[str]:
     return bad
 
 
+def warn(msg: str) -> None:
+    """One ``warning:`` line on stderr, printed even when progress is silenced (``--quiet``)."""
+    line = msg if msg.startswith("warning:") else f"warning: {msg}"
+    print(line, file=sys.stderr, flush=True)
+    logger = logging.getLogger("ice.progress")
+    ctx = sys.modules.get("prefect.context")
+    if logger.handlers and ctx is not None and (ctx.FlowRunContext.get() or ctx.TaskRunContext.get()):
+        logger.warning(line)
+
+
 def progress(msg: str) -> None:
     """One progress line (epochs, steps, trials) on stderr; ``ICE_QUIET=1`` silences it.
 

@@ -30,6 +30,7 @@ from tasks.common import (
     resolve,
     store_path,
     verify_refs,
+    warn,
 )
 
 __all__ = [
@@ -81,7 +82,7 @@ class Verified:
         out = self.task(*args, **kwargs)
         bad = verify_refs(self.paths, out)
         if bad:
-            progress(f"warning: {self.name}: the cached result's {bad[0]} fails its sha256 check; recomputing")
+            warn(f"{self.name}: the cached result's {bad[0]} fails its sha256 check; recomputing")
             for rel in bad:
                 (self.paths.root / rel).unlink(missing_ok=True)
             out = self.task.with_options(refresh_cache=True)(*args, **kwargs)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from helpers import sub_env, write_params
 
@@ -19,20 +19,15 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 STEPS = 4
 
 
-def _project(root: Path) -> None:
-    """Prepared digits and a briefly trained ResNet-20, written the way the stages write them."""
-    from ice.checkpoint import save_checkpoint
-    from ice.data import load_dataset, save_prepared
-    from ice.models import build_model
-    from ice.train import fit
-
-    write_params(root, prune={"methods": ["iterative"], "max_units": STEPS})
-    data = load_dataset(source="digits", cache_dir=str(root / "data" / "cache"))
-    save_prepared(data, root / "data" / "prepared" / "dataset.pt")
-    torch.manual_seed(0)
-    model = build_model("cifar_resnet20", data.num_classes, data.in_channels)
-    fit(model, data, epochs=1, lr=0.1, batch_size=64, augment=False, device=torch.device("cpu"))
-    save_checkpoint(root / "models" / "pretrained.pt", model, {"stage": "pretrain"})
+def _project(root: Path, env: dict[str, str]) -> None:
+    """Prepared digits and a ResNet-20 trained one epoch, made by the real prepare and pretrain stages
+    (so the prune flow finds the sha256 records it verifies its inputs against)."""
+    write_params(root, train={"epochs": 1}, prune={"methods": ["iterative"], "max_units": STEPS},
+                 tracking={"register_models": False})
+    for stage in ("prepare", "pretrain"):
+        r = subprocess.run([sys.executable, "-m", f"flows.{stage}", "--root", str(root), "--quiet"], env=env, cwd=root,
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
 
 
 def _cmd(root: Path) -> list[str]:
@@ -48,10 +43,9 @@ def test_killed_prune_resumes_from_cache_with_identical_checkpoint(prefect_serve
 
     env = sub_env(PREFECT_API_URL=prefect_server.url, PREFECT_HOME=str(prefect_server.home), PREFECT_LOGGING_LEVEL="INFO")
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    for root in (whole, killed):
-        root.mkdir()
-        _project(root)
-    (killed / "models" / "pretrained.pt").write_bytes((whole / "models" / "pretrained.pt").read_bytes())
+    whole.mkdir()
+    _project(whole, env)
+    shutil.copytree(whole, killed)  # the same inputs, before anything is pruned
 
     done = subprocess.run(_cmd(whole), env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -61,7 +61,7 @@ def test_teacher_runs_without_grad_and_changes_the_loss(digits):
 def test_frozen_layers_stay_fixed_and_skip_their_gradient(digits):
     torch.manual_seed(0)
     m = build_model("cifar_resnet20", 10, in_channels=1)
-    names = freeze(m, ["conv1", "layer1.0.conv1"])
+    names = freeze(m, ["conv1", "layer1.0.conv1"], bn_stats=True)
     assert names == ["conv1", "bn1", "layer1.0.conv1", "layer1.0.bn1"]
     assert frozen_names(m) == names
     opt = make_optimizer(m, 0.05)
@@ -73,8 +73,18 @@ def test_frozen_layers_stay_fixed_and_skip_their_gradient(digits):
     train_epoch(m, digits, opt, batch_size=64, fraction=0.3, augment=False)
     assert torch.equal(m.layer1[0].conv1.weight, w)
     assert m.layer1[0].conv1.weight.grad is None  # the weight gradient was never computed
-    assert torch.equal(m.bn1.running_mean, rm)  # frozen BN keeps its statistics
+    assert torch.equal(m.bn1.running_mean, rm)  # bn_stats=True: frozen BN keeps its statistics
     assert not torch.equal(m.layer1[0].conv2.weight, w2)
+
+
+def test_frozen_bn_updates_its_statistics_by_default_as_the_reference(digits):
+    torch.manual_seed(0)
+    m = build_model("cifar_resnet20", 10, in_channels=1)
+    freeze(m, ["conv1"])
+    rm, w = m.bn1.running_mean.clone(), m.bn1.weight.clone()
+    train_epoch(m, digits, make_optimizer(m, 0.05), batch_size=64, fraction=0.3, augment=False)
+    assert torch.equal(m.bn1.weight, w)  # affine parameters stay frozen
+    assert not torch.equal(m.bn1.running_mean, rm)  # running statistics follow the data, as in the reference code
 
 
 def test_same_seed_same_weights(digits):
