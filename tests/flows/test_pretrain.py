@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,16 +31,16 @@ def _epoch_states(log: str) -> list[tuple[int, str]]:
 @pytest.mark.integration
 def test_killed_pretraining_resumes_from_its_last_epoch_with_identical_bytes(prefect_server, tmp_path):
     from ice.checkpoint import sha256_file
-    from ice.data import load_dataset, save_prepared
 
     env = sub_env(PREFECT_API_URL=prefect_server.url, PREFECT_HOME=str(prefect_server.home), PREFECT_LOGGING_LEVEL="INFO")
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    data = load_dataset(source="digits", cache_dir=str(tmp_path / "cache"))
-    for root in (whole, killed):
-        root.mkdir()
-        write_params(root, train={"epochs": EPOCHS, "batch_size": 16, "lr_schedule": "one_cycle"},
-                     tracking={"register_models": False})
-        save_prepared(data, root / "data" / "prepared" / "dataset.pt")
+    whole.mkdir()
+    write_params(whole, train={"epochs": EPOCHS, "batch_size": 16, "lr_schedule": "one_cycle"},
+                 tracking={"register_models": False})
+    prep = subprocess.run([sys.executable, "-m", "flows.prepare", "--root", str(whole), "--quiet"], env=env, cwd=whole,
+                          capture_output=True, text=True, timeout=600)
+    assert prep.returncode == 0, prep.stderr[-3000:]
+    shutil.copytree(whole, killed)  # the same prepared data (and its sha256 record) in both
 
     done = subprocess.run(_cmd(whole), env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
