@@ -14,7 +14,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import torch
 
 from helpers import ROOT, sub_env, write_params
 
@@ -28,21 +27,16 @@ def _prefect(args: list[str], cwd: Path, env: dict[str, str]) -> str:
 
 
 def test_deployment_runs_on_a_process_worker(prefect_server, tmp_path):
-    from ice.checkpoint import save_checkpoint
-    from ice.data import load_dataset, save_prepared
-    from ice.models import build_model
-
     project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
     elsewhere.mkdir()
     for d in ("ice", "tasks", "flows", "infra"):
         shutil.copytree(ROOT / d, project / d, ignore=shutil.ignore_patterns("__pycache__", "plots"))
-    write_params(project, prune={"methods": ["iterative"], "max_units": 2})
-    data = load_dataset(source="digits", cache_dir=str(tmp_path / "cache"))
-    save_prepared(data, project / "data" / "prepared" / "dataset.pt")
-    torch.manual_seed(0)
-    save_checkpoint(project / "models" / "pretrained.pt", build_model("cifar_resnet20", 10, 1), {})
-
+    write_params(project, train={"epochs": 1}, prune={"methods": ["iterative"], "max_units": 2})
     env = sub_env(PREFECT_API_URL=prefect_server.url, PREFECT_HOME=str(prefect_server.home), ICE_PROJECT_DIR=str(project))
+    for stage in ("prepare", "pretrain"):  # the inputs, with the sha256 records the prune flow verifies
+        r = subprocess.run([sys.executable, "-m", f"flows.{stage}", "--quiet"], cwd=project, env=env, capture_output=True,
+                           text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
     _prefect(["work-pool", "create", "ice-pool", "--type", "process"], project, env)
     out = _prefect(["--no-prompt", "deploy", "--all", "--prefect-file", "infra/prefect.yaml"], project, env)
     assert "prune/prune" in out and "pipeline/pipeline" in out
