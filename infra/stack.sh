@@ -70,7 +70,9 @@ case ${1:-help} in
     echo "export PREFECT_API_URL=$PREFECT_API_URL MLFLOW_TRACKING_URI=http://127.0.0.1:$MLFLOW_PORT" ;;
   pool)
     "$BIN/prefect" work-pool inspect ice-pool >/dev/null 2>&1 || "$BIN/prefect" work-pool create ice-pool --type process
-    echo "GPU tasks carry the tag 'gpu'; bound them with: prefect concurrency-limit create gpu 1" ;;
+    # compute tasks carry the tag `gpu`: at most GPU_SLOTS of them run at once across the pool
+    "$BIN/prefect" concurrency-limit inspect gpu >/dev/null 2>&1 || "$BIN/prefect" concurrency-limit create gpu "${GPU_SLOTS:-1}"
+    echo "work pool ice-pool; tasks tagged gpu limited to ${GPU_SLOTS:-1} at a time (GPU_SLOTS=N make pool to change)" ;;
   deploy)
     "$BIN/prefect" --no-prompt deploy --all --prefect-file infra/prefect.yaml ;;
   worker)

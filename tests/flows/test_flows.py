@@ -128,6 +128,16 @@ def test_registered_versions_load_back(project):
     assert not [p for p in local.rglob("*") if p.suffix in (".pkl", ".pickle")]
 
 
+def test_cached_task_results_are_json_not_pickle(project):
+    root, _ = project
+    records = list((root / ".ice-cache" / "results").iterdir())
+    assert len(records) > 10
+    for rec in records:
+        meta = json.loads(rec.read_text())  # a pickle would not parse
+        assert meta["metadata"]["serializer"]["type"] == "json", rec.name
+        json.loads(meta["result"])  # the task's value itself is JSON text
+
+
 def test_rerun_reuses_every_task(project):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
