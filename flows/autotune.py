@@ -18,6 +18,7 @@ from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows._runtime import cli, open_stage, publish_artifact, require
+from ice.config import SEARCHED_ICE_KEYS
 from tasks.common import progress, write_csv, write_json
 from tasks.steps import autotune_setup, autotune_trial, bind
 
@@ -48,7 +49,7 @@ def autotune(params_path: str = "params.yaml", root: str | None = None, override
                      "are used only with ice.autotune.enabled: false")
         points = sample_trials(st.params)
         task_cfg = st.device_cfg("seed", "prune", "ice")
-        for key in ("thre", "fr", "lr"):  # each trial gets its own from the grid
+        for key in SEARCHED_ICE_KEYS:  # each trial gets its own from the grid
             task_cfg["ice"].pop(key)
         setup = bind(autotune_setup, st.root)(str(st.root), data_ref, model_ref, task_cfg)
         progress(f"[autotune] shared freeze trial: {setup['seconds']:.1f}s, {setup['work']:.0f} GMACs")

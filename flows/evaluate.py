@@ -34,8 +34,8 @@ def _round(obj: Any, places: int = 4) -> Any:
     return obj
 
 
-def _fmt(v: Any, spec: str, none: str = "-") -> str:
-    return none if v is None else format(v, spec)
+def _fmt(v: Any, spec: str, suffix: str = "", none: str = "-") -> str:
+    return none if v is None else format(v, spec) + suffix
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
@@ -47,9 +47,9 @@ def _table(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {r['method']} | {r['total_seconds']:.1f} | {_fmt(r.get('work_gmacs'), ',.0f')} | {_fmt(share, '.1%')} "
             f"| {r['finetunes']} | {r['val_acc']:.2f} | {r['test_acc']:.2f} | {r['params_nonzero']:,} | {r['macs']:,} "
-            f"| {_fmt(r.get('speedup_vs_iterative'), '.2f')}x | {_fmt(r.get('work_speedup_vs_iterative'), '.2f')}x |"
+            f"| {_fmt(r.get('speedup_vs_iterative'), '.2f', 'x')} | {_fmt(r.get('work_speedup_vs_iterative'), '.2f', 'x')} |"
         )
-    return "\n".join(lines).replace("| -x |", "| - |").replace("| -x |", "| - |")  # twice: adjacent cells share a bar
+    return "\n".join(lines)
 
 
 FINAL_METRICS = ("test_acc", "val_acc", "params_nonzero", "macs", "sparsity", "seconds", "work_gmacs", "finetunes",

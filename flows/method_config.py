@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ice.config import Params, ParamsError, load_params
+from ice.config import SEARCHED_ICE_KEYS, Params, ParamsError, load_params
 
 TRAINING_KEYS = ("device", "channels_last")
 
@@ -30,7 +30,7 @@ def method_config(params: Params, method: str, autotune: dict[str, Any] | None) 
     out: dict[str, Any] = {"method": method, "seed": params.seed, "train": {k: dump["train"][k] for k in TRAINING_KEYS},
                            "prune": prune}
     if method == "ice":
-        ice = {k: v for k, v in dump["ice"].items() if k not in ("autotune", "thre", "fr", "lr")}
+        ice = {k: v for k, v in dump["ice"].items() if k not in ("autotune", *SEARCHED_ICE_KEYS)}
         tuned = autotune or {}
         out["ice"] = ice | {"hp": tuned.get("hp"), "search": {k: tuned.get(k) for k in ("enabled", "search_seconds", "search_work")}}
     elif method != "iterative":

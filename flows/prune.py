@@ -22,6 +22,7 @@ from typing import Any
 from prefect import flow
 
 from flows._runtime import Stage, cli, open_stage, publish_artifact, require, update_progress
+from ice.config import SEARCHED_ICE_KEYS
 from tasks.common import progress, publish, read_json, resolve, write_csv, write_json
 from tasks.steps import (
     bind,
@@ -61,7 +62,7 @@ def _stepwise(st: Stage, method: str, data_ref: dict[str, str], pre_ref: dict[st
         hp, search = tuned["hp"], {"seconds": float(tuned["search_seconds"]), "work": float(tuned.get("search_work", 0.0))}
         cfg["ice"].pop("autotune")  # its result comes in as hp
         if tuned.get("enabled"):  # the search chose these; params' own values would only spoil the cache keys
-            for key in ("thre", "fr", "lr"):
+            for key in SEARCHED_ICE_KEYS:
                 cfg["ice"].pop(key, None)
     state = bind(start_pruning, st.root)(root, data_ref, pre_ref, method, hp, cfg)
     run = run_view(state)

@@ -175,6 +175,10 @@ class AutotuneConfig(_Section):
         return self
 
 
+# the ice keys the search sets for each trial (and, when it is on, for the real run)
+SEARCHED_ICE_KEYS = ("thre", "fr", "lr")
+
+
 class IceConfig(_Section):
     thre: float = Field(1.5, ge=0)  # accuracy drop (percentage points) that triggers a fine-tune
     reference: Literal["original", "previous"] = "original"

@@ -252,10 +252,16 @@ def warn(msg: str) -> None:
     """One ``warning:`` line on stderr, printed even when progress is silenced (``--quiet``)."""
     line = msg if msg.startswith("warning:") else f"warning: {msg}"
     print(line, file=sys.stderr, flush=True)
+    _to_run_log(line, logging.WARNING)
+
+
+def _to_run_log(msg: str, level: int) -> None:
+    """Inside a Prefect run, ``msg`` also goes to the run's log in the UI, through the
+    ``ice.progress`` logger (an extra logger of Prefect's, with no console handler)."""
     logger = logging.getLogger("ice.progress")
     ctx = sys.modules.get("prefect.context")
     if logger.handlers and ctx is not None and (ctx.FlowRunContext.get() or ctx.TaskRunContext.get()):
-        logger.warning(line)
+        logger.log(level, msg)
 
 
 def progress(msg: str) -> None:
@@ -266,7 +272,4 @@ def progress(msg: str) -> None:
     """
     if os.environ.get("ICE_QUIET") not in ("1", "true", "yes"):
         print(msg, file=sys.stderr, flush=True)
-    logger = logging.getLogger("ice.progress")
-    ctx = sys.modules.get("prefect.context")
-    if logger.handlers and ctx is not None and (ctx.FlowRunContext.get() or ctx.TaskRunContext.get()):
-        logger.info(msg)
+    _to_run_log(msg, logging.INFO)

@@ -36,6 +36,14 @@ def write_params(root: Path, **sections) -> Path:
     return p
 
 
+def run_stages(root: Path, env: dict[str, str], *stages: str) -> None:
+    """Run the real stages (``python -m flows.<stage>``) in ``root``, as a user would; each must succeed."""
+    for stage in stages:
+        r = subprocess.run([sys.executable, "-m", f"flows.{stage}", "--root", str(root), "--quiet"], env=env, cwd=root,
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, f"{stage}:\n{r.stderr[-3000:]}"
+
+
 def sub_env(**extra: str) -> dict[str, str]:
     """Environment for a flow subprocess: this venv first, project code importable, quiet telemetry."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}

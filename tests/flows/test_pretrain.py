@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import sub_env, write_params
+from helpers import run_stages, sub_env, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -37,9 +37,7 @@ def test_killed_pretraining_resumes_from_its_last_epoch_with_identical_bytes(pre
     whole.mkdir()
     write_params(whole, train={"epochs": EPOCHS, "batch_size": 16, "lr_schedule": "one_cycle"},
                  tracking={"register_models": False})
-    prep = subprocess.run([sys.executable, "-m", "flows.prepare", "--root", str(whole), "--quiet"], env=env, cwd=whole,
-                          capture_output=True, text=True, timeout=600)
-    assert prep.returncode == 0, prep.stderr[-3000:]
+    run_stages(whole, env, "prepare")
     shutil.copytree(whole, killed)  # the same prepared data (and its sha256 record) in both
 
     done = subprocess.run(_cmd(whole), env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import sub_env, write_params
+from helpers import run_stages, sub_env, write_params
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -24,10 +24,7 @@ def _project(root: Path, env: dict[str, str]) -> None:
     (so the prune flow finds the sha256 records it verifies its inputs against)."""
     write_params(root, train={"epochs": 1}, prune={"methods": ["iterative"], "max_units": STEPS},
                  tracking={"register_models": False})
-    for stage in ("prepare", "pretrain"):
-        r = subprocess.run([sys.executable, "-m", f"flows.{stage}", "--root", str(root), "--quiet"], env=env, cwd=root,
-                           capture_output=True, text=True, timeout=600)
-        assert r.returncode == 0, r.stderr[-3000:]
+    run_stages(root, env, "prepare", "pretrain")
 
 
 def _cmd(root: Path) -> list[str]:

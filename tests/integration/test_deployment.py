@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ROOT, sub_env, write_params
+from helpers import ROOT, run_stages, sub_env, write_params
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -33,10 +33,7 @@ def test_deployment_runs_on_a_process_worker(prefect_server, tmp_path):
         shutil.copytree(ROOT / d, project / d, ignore=shutil.ignore_patterns("__pycache__", "plots"))
     write_params(project, train={"epochs": 1}, prune={"methods": ["iterative"], "max_units": 2})
     env = sub_env(PREFECT_API_URL=prefect_server.url, PREFECT_HOME=str(prefect_server.home), ICE_PROJECT_DIR=str(project))
-    for stage in ("prepare", "pretrain"):  # the inputs, with the sha256 records the prune flow verifies
-        r = subprocess.run([sys.executable, "-m", f"flows.{stage}", "--quiet"], cwd=project, env=env, capture_output=True,
-                           text=True, timeout=600)
-        assert r.returncode == 0, r.stderr[-3000:]
+    run_stages(project, env, "prepare", "pretrain")  # the inputs, with the sha256 records the prune flow verifies
     _prefect(["work-pool", "create", "ice-pool", "--type", "process"], project, env)
     out = _prefect(["--no-prompt", "deploy", "--all", "--prefect-file", "infra/prefect.yaml"], project, env)
     assert "prune/prune" in out and "pipeline/pipeline" in out
