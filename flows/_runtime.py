@@ -46,6 +46,13 @@ class Stage:
     tracker: Tracker | None = None
     run_id: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    inputs: dict[str, str] = field(default_factory=dict)  # upstream file -> the sha256 it was verified against
+
+    def require(self, path: Path, stage: str) -> dict[str, str]:
+        """:func:`require`, remembered: the run logs what it read (``config/inputs.json``)."""
+        ref = require(self.paths, path, stage)
+        self.inputs[self.paths.rel(path)] = ref["sha256"]
+        return ref
 
     def cfg(self, *sections: str) -> dict[str, Any]:
         """The named sections of params, as plain data: a task's own config."""
@@ -55,6 +62,8 @@ class Stage:
         """The named sections plus only the device keys of ``train``: the config of a task that
         computes on a given model but does not pre-train (so pre-training keys stay out of its cache key)."""
         out = section(self.params, *sections)
+        if "prune" in out:  # which methods a project runs is no method's input
+            out["prune"].pop("methods", None)
         train = self.params.train.model_dump(mode="json")
         out["train"] = {k: train[k] for k in ("device", "channels_last")}
         return out
@@ -184,7 +193,11 @@ def open_stage(
     finally:
         if stage.tracker is not None and stage.run_id is not None:
             with contextlib.suppress(Exception):  # the server went away: still try to close the run
-                stage.tracker.log_artifacts(stage.run_id, [pfile, r / "dvc.lock"], "config")
+                # what this run read, by hash (not dvc.lock: DVC rewrites it only after the stage ends)
+                stage.tracker.log_dict(stage.run_id, {"stage": name, "dvc_stage": os.environ.get("DVC_STAGE", ""),
+                                                      "git_commit": git_commit(r), "params_file": pfile.name,
+                                                      "inputs": stage.inputs}, "config/inputs.json")
+                stage.tracker.log_artifacts(stage.run_id, [pfile], "config")
             try:
                 stage.tracker.end_run(stage.run_id, status)
             except Exception:
@@ -254,8 +267,11 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
-def _on_sigterm(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt("terminated")
+def _on_stop_signal(signum: int, frame: Any) -> None:
+    from tasks.common import STOP
+
+    STOP.set()  # worker threads stop after their current step
+    raise KeyboardInterrupt("terminated" if signum == signal.SIGTERM else "interrupted")
 
 
 STAGE_INPUTS: dict[str, list[str]] = {
@@ -324,8 +340,10 @@ def cli(name: str, description: str, run: Callable[[argparse.Namespace, dict[str
     except (ParamsError, TrackingUnavailable, IntegrityError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2 if isinstance(err, ParamsError) else 1)
-    # SIGTERM (a worker stopping, `kill`) unwinds like Ctrl-C, so the MLflow run ends as KILLED
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    # SIGTERM (a worker stopping, `kill`) unwinds like Ctrl-C, so the MLflow run ends as KILLED;
+    # both also tell worker threads to stop after their current step
+    signal.signal(signal.SIGTERM, _on_stop_signal)
+    signal.signal(signal.SIGINT, _on_stop_signal)
     try:
         # prefect read its settings at import, so setting the environment variable here
         # would be too late: refresh through a settings context instead

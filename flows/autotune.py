@@ -17,7 +17,7 @@ from typing import Any
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows._runtime import cli, open_stage, publish_artifact, require
+from flows._runtime import cli, open_stage, publish_artifact
 from ice.config import SEARCHED_ICE_KEYS
 from tasks.common import progress, write_csv, write_json
 from tasks.steps import autotune_setup, autotune_trial, bind
@@ -42,8 +42,8 @@ def autotune(params_path: str = "params.yaml", root: str | None = None, override
             write_json(st.paths.autotune, out)
             progress("[autotune] off (disabled, or ice is not among prune.methods): hyperparameters from params")
             return out
-        data_ref = require(st.paths, st.paths.prepared, "prepare")
-        model_ref = require(st.paths, st.paths.pretrained, "pretrain")
+        data_ref = st.require(st.paths.prepared, "prepare")
+        model_ref = st.require(st.paths.pretrained, "pretrain")
         if ice_hparams(st.params) != ice_hparams(parse_params({})):
             progress("[autotune] note: the search chooses thre, fr and lr; ice.thre, ice.fr and ice.lr.* in params "
                      "are used only with ice.autotune.enabled: false")

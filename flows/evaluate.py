@@ -17,7 +17,7 @@ from typing import Any
 
 from prefect import flow
 
-from flows._runtime import Stage, cli, open_stage, publish_artifact, require
+from flows._runtime import Stage, cli, open_stage, publish_artifact
 from ice.checkpoint import atomic_write_bytes as _write
 from tasks.common import progress, read_json, write_csv, write_json
 from tasks.steps import bind, evaluate_model
@@ -104,8 +104,8 @@ def _figures(st: Stage, steps: list[dict[str, Any]], pre: dict[str, Any]) -> lis
 @flow(name="evaluate", flow_run_name="evaluate-{params_path}")
 def evaluate(params_path: str = "params.yaml", root: str | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     with open_stage("evaluate", params_path, root, overrides) as st:
-        data_ref = require(st.paths, st.paths.prepared, "prepare")
-        pre_ref = require(st.paths, st.paths.pretrained, "pretrain")
+        data_ref = st.require(st.paths.prepared, "prepare")
+        pre_ref = st.require(st.paths.pretrained, "pretrain")
         cfg = st.device_cfg("seed", "evaluate")
         ev = bind(evaluate_model, st.root)
         pre = ev(str(st.root), data_ref, pre_ref, cfg)
@@ -113,7 +113,7 @@ def evaluate(params_path: str = "params.yaml", root: str | None = None, override
         steps: list[dict[str, Any]] = []
         last_step: dict[str, int] = {}
         for method in st.params.prune.methods:
-            ref = require(st.paths, st.paths.pruned(method), f"prune --method {method}")
+            ref = st.require(st.paths.pruned(method), f"prune --method {method}")
             report = read_json(st.paths.prune_report(method))
             m = ev(str(st.root), data_ref, ref, cfg)
             rows.append({"method": method, **m, "total_seconds": report["seconds"], "work_gmacs": report.get("work_gmacs"),

@@ -20,7 +20,7 @@ from typing import Any
 
 from prefect import flow
 
-from flows._runtime import Stage, cli, open_stage, require
+from flows._runtime import Stage, cli, open_stage
 from tasks.common import progress, publish, resolve, write_json
 from tasks.steps import bind, finish_pretrain, pretrain_epoch
 from tasks.tracking import registered_name
@@ -50,7 +50,7 @@ def _train(st: Stage, data_ref: dict[str, str]) -> dict[str, Any]:
 @flow(name="pretrain", flow_run_name="pretrain-{params_path}")
 def pretrain(params_path: str = "params.yaml", root: str | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     with open_stage("pretrain", params_path, root, overrides) as st:
-        data_ref = require(st.paths, st.paths.prepared, "prepare")
+        data_ref = st.require(st.paths.prepared, "prepare")
         if st.params.model.weights:
             from tasks.weights import import_weights
 

@@ -21,8 +21,9 @@ from typing import Any
 
 from prefect import flow
 
-from flows._runtime import Stage, cli, open_stage, publish_artifact, require, update_progress
+from flows._runtime import Stage, cli, open_stage, publish_artifact, update_progress
 from ice.config import SEARCHED_ICE_KEYS
+from ice.methods import Method
 from tasks.common import progress, publish, read_json, resolve, write_csv, write_json
 from tasks.steps import (
     bind,
@@ -36,71 +37,85 @@ from tasks.steps import (
 )
 from tasks.tracking import registered_name
 
-STEP_METRICS = ("acc_pruned", "acc_finetuned", "params", "macs", "lr", "frozen", "finetuned", "t_prune", "t_eval", "t_finetune",
+STEP_METRICS = ("acc_pruned", "acc_finetuned", "params", "macs", "frozen", "finetuned", "t_prune", "t_eval", "t_finetune",
                 "work_eval", "work_finetune")
 
 
-def _stepwise(st: Stage, method: str, data_ref: dict[str, str], pre_ref: dict[str, str]) -> dict[str, Any]:
-    from ice.methods.core import (
-        add_search,
-        eval_after_finetune,
-        needs_decision_eval,
-        record_step,
-        run_cost,
-        step_line,
-    )
+def step_metrics(rec: dict[str, Any]) -> dict[str, float]:
+    """A step's MLflow metrics. The lr is logged as ``lr_x1000`` and only where a fine-tune used
+    it: MLflow plots a constant series on a +-1 axis, where 0.001 reads as 0, and a step that
+    did not fine-tune has no lr to show."""
+    out = {m: rec[m] for m in STEP_METRICS}
+    if rec["finetuned"]:
+        out["lr_x1000"] = rec["lr"] * 1000
+    return out
 
-    root = str(st.root)
+
+class _TaskSteps:
+    """:class:`ice.methods.core.StepOps` as cached Prefect tasks over checkpoints: the
+    current model is a store reference that each task reads and the next one gets."""
+
+    def __init__(self, st: Stage, data_ref: dict[str, str], pre_ref: dict[str, str], state: dict[str, Any], cfg: dict[str, Any]):
+        self.root, self.data_ref, self.pre_ref, self.state, self.cfg = str(st.root), data_ref, pre_ref, state, cfg
+        self.run = run_view(state)
+        self.ref = pre_ref
+        self._prune, self._eval, self._decide, self._finetune = (
+            bind(t, st.root) for t in (prune_one_step, evaluate_checkpoint, decide_finetune, finetune_checkpoint))
+
+    def prune(self, k: int) -> dict[str, Any]:
+        out = self._prune(self.root, self.data_ref, self.ref, self.run, k, self.cfg)
+        self.ref = out["ref"]
+        return out
+
+    def evaluate(self) -> dict[str, float]:
+        return self._eval(self.root, self.data_ref, self.ref, self.cfg)
+
+    def decide(self, acc_now: float | None) -> bool:
+        return self._decide(self.run, self.state["acc_original"], self.state["acc_previous"], acc_now, self.cfg)
+
+    def finetune(self, k: int, lr: float) -> dict[str, Any]:
+        out = self._finetune(self.root, self.data_ref, self.ref, self.pre_ref, self.run, k, lr, self.cfg)
+        self.ref = out["ref"]
+        return out
+
+
+def _stepwise(st: Stage, method: str, data_ref: dict[str, str], pre_ref: dict[str, str]) -> dict[str, Any]:
+    from ice.methods.core import add_search, run_cost, run_steps, step_line
+
     # the baseline reads no ICE key: leaving the section out of its tasks' config keeps its
     # cache valid when only ICE's settings change
     cfg = st.device_cfg("seed", "prune", *(["ice"] if method == "ice" else []))
     hp = None
     search = {"seconds": 0.0, "work": 0.0}
     if method == "ice":
-        require(st.paths, st.paths.autotune, "autotune")
+        st.require(st.paths.autotune, "autotune")
         tuned = read_json(st.paths.autotune)
         hp, search = tuned["hp"], {"seconds": float(tuned["search_seconds"]), "work": float(tuned.get("search_work", 0.0))}
         cfg["ice"].pop("autotune")  # its result comes in as hp
         if tuned.get("enabled"):  # the search chose these; params' own values would only spoil the cache keys
             for key in SEARCHED_ICE_KEYS:
                 cfg["ice"].pop(key, None)
-    state = bind(start_pruning, st.root)(root, data_ref, pre_ref, method, hp, cfg)
-    run = run_view(state)
-    prune_t, eval_t, decide_t, ft_t = (bind(t, st.root) for t in (prune_one_step, evaluate_checkpoint, decide_finetune, finetune_checkpoint))
+    state = bind(start_pruning, st.root)(str(st.root), data_ref, pre_ref, method, hp, cfg)
     n = len(state["plan"])
     if state["frozen"]:
         progress(f"[{method}] freeze trial: {len(state['frozen'])} convs frozen")
     ref_acc = f", reference accuracy {state['acc_original']:.2f}%" if state["acc_original"] is not None else ""
     progress(f"[{method}] {n} steps at ratio {st.params.prune.ratio}{ref_acc}")
-    ref = pre_ref
-    steps: list[dict[str, Any]] = []
     bar = publish_artifact("progress", f"prune-{method.replace('_', '-')}-progress", 0.0, f"{method}: steps done")
     t0 = time.perf_counter()
-    for k in range(n):
-        pruned = prune_t(root, data_ref, ref, run, k, cfg)
-        ref = pruned["ref"]
-        pruned.update(acc_pruned=None, t_eval=0.0, work_eval=0.0)
-        if needs_decision_eval(state):
-            ev = eval_t(root, data_ref, ref, cfg)
-            pruned.update(acc_pruned=ev["acc"], t_eval=ev["seconds"], work_eval=ev["work"])
-        ft = None
-        if decide_t(run, state["acc_original"], state["acc_previous"], pruned["acc_pruned"], cfg):
-            tuned_ckpt = ft_t(root, data_ref, ref, pre_ref, run, k, pruned["lr"], cfg)
-            ref = tuned_ckpt["ref"]
-            ft = {"acc": None, "seconds": tuned_ckpt["seconds"], "work": tuned_ckpt["work"], "t_eval": 0.0, "work_eval": 0.0}
-            if eval_after_finetune(state, st.params):
-                ev2 = eval_t(root, data_ref, ref, cfg)
-                ft.update(acc=ev2["acc"], t_eval=ev2["seconds"], work_eval=ev2["work"])
-        rec = record_step(state, pruned, ft, pruned["lr"], pruned["frozen"])
-        steps.append(rec)
+
+    def on_step(k: int, n: int, rec: dict[str, Any]) -> None:
         if st.tracker is not None and st.run_id is not None:
-            st.tracker.log_metrics(st.run_id, {m: rec[m] for m in STEP_METRICS}, step=k)
+            st.tracker.log_metrics(st.run_id, step_metrics(rec), step=k)
         elapsed = time.perf_counter() - t0
         eta = f", about {elapsed / (k + 1) * (n - k - 1) / 60:.0f} min left" if k + 1 < n and elapsed > 60 else ""
         progress(step_line(method, k, n, rec) + f"  [{elapsed / 60:.1f} min{eta}]")
         update_progress(bar, 100.0 * (k + 1) / n)
+
+    ops = _TaskSteps(st, data_ref, pre_ref, state, cfg)
+    steps, _ = run_steps(ops, state, st.params, on_step=on_step)
     cost = add_search(run_cost(state, steps), search["seconds"], search["work"])
-    return {"ref": ref, "steps": steps, "seconds": cost["seconds"], "work_gmacs": cost["work_gmacs"], "cost": cost,
+    return {"ref": ops.ref, "steps": steps, "seconds": cost["seconds"], "work_gmacs": cost["work_gmacs"], "cost": cost,
             "search_seconds": search["seconds"], "finetunes": sum(1 for r in steps if r["finetuned"]), "hp": state["hp"],
             "frozen": state["frozen"], "acc_original": state["acc_original"]}
 
@@ -125,14 +140,22 @@ def _run_name() -> str:
 
 
 @flow(name="prune", flow_run_name=_run_name)
-def prune(method: str, params_path: str = "params.yaml", root: str | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+def prune(method: Method, params_path: str = "params.yaml", root: str | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Prune the pretrained model with one method.
+
+    Args:
+        method: the pruning method: ice, the iterative baseline, or a training-time schedule
+        params_path: the params file, relative to the project root
+        root: the project root (default: $ICE_PROJECT_DIR, else the working directory)
+        overrides: params overrides as dotted keys, e.g. {"prune.ratio": 0.7, "ice.thre": 2.0}
+    """
     from ice.methods import METHODS
 
     if method not in METHODS:
         raise ValueError(f"method = {method!r} is not allowed; allowed: {', '.join(METHODS)}")
     with open_stage("prune", params_path, root, overrides, method=method) as st:
-        data_ref = require(st.paths, st.paths.prepared, "prepare")
-        pre_ref = require(st.paths, st.paths.pretrained, "pretrain")
+        data_ref = st.require(st.paths.prepared, "prepare")
+        pre_ref = st.require(st.paths.pretrained, "pretrain")
         out = _stepwise(st, method, data_ref, pre_ref) if method in ("ice", "iterative") else _training(st, method, data_ref, pre_ref)
         final = resolve(st.paths, out["ref"])
         publish(final, st.paths.pruned(method), out["ref"]["sha256"])
@@ -141,14 +164,16 @@ def prune(method: str, params_path: str = "params.yaml", root: str | None = None
                                                                                 "mlflow_run_id": st.run_id}
         write_json(st.paths.prune_report(method), report)
         assert st.tracker is not None and st.run_id is not None
+        last = max((int(r["step"]) for r in out["steps"]), default=0)  # the totals sit at the end of the curves
         st.tracker.log_metrics(st.run_id, {"total_seconds": out["seconds"], "work_gmacs": out.get("work_gmacs"),
-                                           "finetunes": out["finetunes"], "search_seconds": out["search_seconds"]})
+                                           "finetunes": out["finetunes"], "search_seconds": out["search_seconds"]}, step=last)
         st.tracker.log_artifacts(st.run_id, [st.paths.steps_csv(method), st.paths.prune_report(method)])
         if st.params.tracking.register_models:
             name = registered_name(st.params.model.arch, st.params.data.source)
             version = st.tracker.log_model(st.run_id, st.paths.pruned(method), name, method, f"pruned with {method}",
                                            {"method": method})
             report["registered"] = f"{name} v{version} (alias {method})"
+            st.tracker.set_tags(st.run_id, {"ice.registered": report["registered"]})  # also when a cached rerun reuses it
         work = f", {out['work_gmacs']:,.0f} GMACs" if out.get("work_gmacs") is not None else ""
         link = st.tracker.run_url(st.run_id)
         publish_artifact("table", f"prune-{method.replace('_', '-')}-steps", _rounded(out["steps"]),

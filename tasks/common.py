@@ -27,6 +27,7 @@ import logging
 import os
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -246,6 +247,17 @@ def verify_refs(paths: Paths, value: Any) -> list[str]:
         for v in value:
             bad += verify_refs(paths, v)
     return bad
+
+
+# Set when the process is asked to stop (SIGTERM, Ctrl-C). The signal interrupts the main
+# thread only; work in worker threads (auto-tune trials) checks this between steps, so a
+# stop takes one step, not the rest of a trial.
+STOP = threading.Event()
+
+
+def check_stop() -> None:
+    if STOP.is_set():
+        raise RuntimeError("stopped: the process was asked to stop")
 
 
 def warn(msg: str) -> None:

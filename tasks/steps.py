@@ -24,6 +24,7 @@ from prefect import task
 from tasks.common import (
     IntegrityError,
     Paths,
+    check_stop,
     ice_code_hash,
     make_ref,
     progress,
@@ -290,16 +291,13 @@ def prune_one_step(
     root: str, data_ref: dict[str, str], model_ref: dict[str, str], run: dict[str, Any], k: int, cfg: dict[str, Any]
 ) -> dict[str, Any]:
     """Apply planned step ``k`` to the checkpoint; return the new reference, sizes and the step's lr."""
-    from ice.methods.core import apply_frozen, prune_only, step_lr
-    from ice.train import frozen_names
+    from ice.methods.core import apply_frozen, prune_and_lr
 
     paths = Paths(Path(root))
     params = _params(cfg)
     model = load_model(paths, model_ref, _device(cfg))
     apply_frozen(model, run, params)
-    info = prune_only(model, load_data(paths, data_ref), run, k, params)
-    info["lr"] = step_lr(model, run, params)
-    info["frozen"] = len(frozen_names(model))
+    info = prune_and_lr(model, load_data(paths, data_ref), run, k, params)
     info["ref"] = save_model(paths, model, f"{run['method']}-step{k:03d}-pruned", {"method": run["method"], "step": k})
     return info
 
@@ -336,7 +334,7 @@ def finetune_checkpoint(
     cfg: dict[str, Any],
 ) -> dict[str, Any]:
     """Fine-tune after step ``k`` (fresh SGD, CE + KD, frozen layers left out)."""
-    from ice.methods.core import apply_frozen, finetune
+    from ice.methods.core import apply_frozen, finetune_after
 
     paths = Paths(Path(root))
     params = _params(cfg)
@@ -344,9 +342,9 @@ def finetune_checkpoint(
     model = load_model(paths, model_ref, device)
     apply_frozen(model, run, params)
     teacher = _teacher(paths, teacher_ref, device) if params.prune.kd else None
-    stats = finetune(model, load_data(paths, data_ref), params, lr=lr, teacher=teacher, seed=params.seed * 1000 + k)
+    stats = finetune_after(model, teacher, load_data(paths, data_ref), k, lr, params)
     ref = save_model(paths, model, f"{run['method']}-step{k:03d}-finetuned", {"method": run["method"], "step": k})
-    return {"ref": ref, "seconds": stats["seconds"], "work": stats["work"], "train_loss": stats.get("loss", 0.0)}
+    return {"ref": ref, **stats}
 
 
 @task(name="train-with-pruning", tags=["gpu"])
@@ -391,6 +389,7 @@ def autotune_trial(
     so a kill loses at most one step's fine-tune; the rerun continues from there.
     """
     from ice.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+    from ice.methods import Callbacks
     from ice.methods.autotune import run_trial, trial_row
 
     paths = Paths(Path(root))
@@ -411,9 +410,14 @@ def autotune_trial(
 
     def checkpoint(m: Any, state: dict[str, Any], steps: list[dict[str, Any]]) -> None:
         save_checkpoint(partial, m, {"state": state, "steps": steps})
+        check_stop()  # asked to stop: end here, with this step saved
+
+    def step_line(line: str) -> None:  # a trial takes minutes on real data: one line per step, as the real run
+        if line.startswith("[ice] step "):
+            progress(f"[autotune] trial {number + 1}, " + line.removeprefix("[ice] "))
 
     r = run_trial(model, load_data(paths, data_ref), params, hp, number=number, freeze_scores=freeze_scores, bound=bound,
-                  resume=resume, checkpoint=checkpoint)
+                  resume=resume, checkpoint=checkpoint, callbacks=Callbacks(on_log=step_line))
     partial.unlink(missing_ok=True)
     tune = params.ice.autotune
     return trial_row(r, tune.objective, tune.acc_tolerance, tune.cost)

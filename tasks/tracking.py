@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Tracker", "TrackingUnavailable", "tracking_uri", "flatten", "git_commit", "registered_name"]
+__all__ = ["Tracker", "TrackingUnavailable", "tracking_uri", "flatten", "readable", "git_commit", "registered_name"]
 
 PIP_REQUIREMENTS = ["torch==2.13.0", "numpy"]  # ice itself travels with the model as code
 
@@ -50,6 +50,14 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
             f"MLflow server at {uri} cannot be reached ({reason}); start it (make up) or unset "
             "MLFLOW_TRACKING_URI to use the local sqlite store"
         ) from None
+
+
+def readable(v: float) -> float:
+    """A metric as the UI should show it: 6 significant digits (97.2222, not 97.22222222222223);
+    integers (params, MACs) stay exact."""
+    if isinstance(v, bool | int):
+        return float(v)
+    return float(f"{v:.6g}")
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -125,7 +133,8 @@ class Tracker:
         return f"{self.ui_url()}/#/experiments/{self.experiment_id}/runs?workflowType=machine_learning"
 
     def run_url(self, run_id: str) -> str:
-        return f"{self.ui_url()}/#/experiments/{self.experiment_id}/runs/{run_id}"
+        """A run's page, in the UI's "Model training" view (without the query MLflow 3 shows its GenAI sidebar)."""
+        return f"{self.ui_url()}/#/experiments/{self.experiment_id}/runs/{run_id}?workflowType=machine_learning"
 
     # ------------------------------------------------------------------ runs
     def start_run(self, name: str, tags: Mapping[str, str], params: Mapping[str, Any] | None = None, parent: str | None = None) -> str:
@@ -167,7 +176,7 @@ class Tracker:
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
-        items = [Metric(k, float(v), ts, step or 0) for k, v in metrics.items() if isinstance(v, int | float | bool)]
+        items = [Metric(k, readable(v), ts, step or 0) for k, v in metrics.items() if isinstance(v, int | float | bool)]
         if items:
             self.client.log_batch(run_id, metrics=items)
 
@@ -175,6 +184,9 @@ class Tracker:
         for f in files:
             if Path(f).exists():
                 self.client.log_artifact(run_id, str(f), subdir)
+
+    def log_dict(self, run_id: str, content: Mapping[str, Any], artifact_file: str) -> None:
+        self.client.log_dict(run_id, dict(content), artifact_file)
 
     def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
         for k, v in tags.items():

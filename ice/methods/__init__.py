@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 from torch import nn
 
 from ice.config import Params
@@ -15,9 +17,12 @@ from ice.data import Dataset
 from ice.methods.core import Callbacks, PruningResult, iterate
 from ice.methods.training import TRAINING_METHODS, train_with_pruning
 
-__all__ = ["METHODS", "Callbacks", "PruningResult", "run_pruning"]
+__all__ = ["METHODS", "Method", "Callbacks", "PruningResult", "run_pruning"]
 
-METHODS = ("ice", "iterative", *TRAINING_METHODS)
+# a method's name, as a type (the Prefect run form shows it as a drop-down)
+Method = Literal["ice", "iterative", "one_shot", "agp", "one_cycle", "prune_while_training"]
+METHODS: tuple[str, ...] = get_args(Method)
+assert METHODS[2:] == TRAINING_METHODS
 
 
 def run_pruning(

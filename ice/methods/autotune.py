@@ -142,6 +142,7 @@ def run_trial(
     bound: float | None = None,
     resume: dict[str, Any] | None = None,
     checkpoint: Any = None,
+    callbacks: Any = None,
 ) -> TrialResult:
     """One full ICE run on ``subset`` fractions of train and validation.
 
@@ -151,6 +152,7 @@ def run_trial(
     ``freeze_scores`` (from :func:`search_setup`) skip the trial's own freeze trial.
     ``bound`` is the best objective so far: with the balanced objective and
     ``early_stop`` on, the trial stops once its cost reaches it, since it can no longer win.
+    ``callbacks`` get the trial's step lines.
     """
     from ice.methods.core import iterate
 
@@ -163,7 +165,7 @@ def run_trial(
             return (cost["work_gmacs"] if unit == "work" else cost["seconds"]) >= bound
 
     res = iterate(model, sub, "ice", params, hp=hp, freeze_scores=freeze_scores, stop=stop, resume=resume,
-                  checkpoint=checkpoint)
+                  checkpoint=checkpoint, callbacks=callbacks)
     cost = res.info["cost"]
     # the paper's objective times the steps only, as the reference code (no freeze trial)
     seconds = cost["seconds"] - (res.info["seconds_freeze_trial"] if cfg.objective == "paper" else 0.0)

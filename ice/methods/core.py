@@ -1,11 +1,17 @@
-"""The pruning loop shared by ICE and the iterative baseline, drivable one step at a time.
+"""The pruning loop shared by ICE and the iterative baseline, written once.
 
 A run is: :func:`start_run` (plan, and for ICE the reference accuracy, the freeze trial
-and its hyperparameters), then for each planned step :func:`prune_only`, for ICE
-:func:`evaluate_step` and :func:`decide`, and when a fine-tune is due
-:func:`finetune_step` at :func:`step_lr`, then :func:`record_step`. Inputs and outputs
-are plain data plus the model, so an orchestrator can checkpoint between calls and
-make each call its own cached task. :func:`iterate` chains them in memory.
+and its hyperparameters), then :func:`run_steps`, the one loop: for each planned step
+it prunes, evaluates the pruned model when the method decides on it, asks
+:func:`decide`, fine-tunes at :func:`step_lr` when a fine-tune is due (evaluating after
+it for the curve), and records the step with :func:`record_step`.
+
+The loop does not touch a model itself: it calls a :class:`StepOps`, which does the
+work. :class:`ModelSteps` works on a model in memory (:func:`iterate`, the auto-tuner's
+trials); the Prefect flow (``flows/prune.py``) passes one whose operations are cached
+tasks over checkpoints. Both run the same loop and the same building blocks
+(:func:`prune_and_lr`, :func:`evaluate_step`, :func:`decide`, :func:`finetune_after`),
+so their steps and figures are the same.
 
 The baseline pays only for what it needs: it fine-tunes after every step, so it never
 evaluates a freshly pruned model (only ICE's decision needs that). Both methods
@@ -17,7 +23,7 @@ billions of MACs (GMACs) by :mod:`ice.metrics`' accounting: an evaluation is a f
 pass per image, a fine-tune :func:`ice.metrics.train_macs` per image plus the teacher's
 forward pass, and frozen layers skip their weight gradients. :func:`run_cost` adds a
 run's parts up: the search (for ICE), the setup (reference accuracy and freeze trial)
-and every step. The in-memory loop and the Prefect flow report the same figures.
+and every step. A run's seconds are this sum of compute seconds, never a wall clock.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import copy
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -52,8 +58,11 @@ __all__ = [
     "PruningResult",
     "finetune",
     "start_run",
-    "prune_step",
+    "StepOps",
+    "ModelSteps",
+    "run_steps",
     "prune_only",
+    "prune_and_lr",
     "evaluate_step",
     "needs_decision_eval",
     "decision_split",
@@ -66,7 +75,7 @@ __all__ = [
     "iterate",
     "unit_by_name",
     "apply_frozen",
-    "finetune_step",
+    "finetune_after",
 ]
 
 G = 1e9
@@ -236,13 +245,11 @@ def prune_only(model: nn.Module, data: Dataset, state: dict[str, Any], k: int, p
     }
 
 
-def prune_step(model: nn.Module, data: Dataset, state: dict[str, Any], k: int, params: Params) -> dict[str, Any]:
-    """Apply planned step ``k`` in place, and evaluate the pruned model when the method decides on it."""
+def prune_and_lr(model: nn.Module, data: Dataset, state: dict[str, Any], k: int, params: Params) -> dict[str, Any]:
+    """:func:`prune_only`, plus the lr a fine-tune after this step would use and the number of frozen convs."""
     out = prune_only(model, data, state, k, params)
-    out["acc_pruned"], out["t_eval"], out["work_eval"] = None, 0.0, 0.0
-    if needs_decision_eval(state):
-        ev = evaluate_step(model, data, params)
-        out.update(acc_pruned=ev["acc"], t_eval=ev["seconds"], work_eval=ev["work"])
+    out["lr"] = step_lr(model, state, params)
+    out["frozen"] = len(frozen_names(model))
     return out
 
 
@@ -268,17 +275,10 @@ def eval_after_finetune(state: dict[str, Any], params: Params) -> bool:
     return params.prune.eval_after_finetune or (state["method"] == "ice" and params.ice.reference == "previous")
 
 
-def finetune_step(
-    model: nn.Module, teacher: nn.Module | None, data: Dataset, state: dict[str, Any], k: int, lr: float, params: Params
-) -> dict[str, Any]:
-    """Fine-tune after step ``k``, then measure the accuracy it reaches when that is wanted."""
+def finetune_after(model: nn.Module, teacher: nn.Module | None, data: Dataset, k: int, lr: float, params: Params) -> dict[str, Any]:
+    """The fine-tune after step ``k`` (fresh SGD at ``lr``, CE + KD, frozen layers left out), seeded by the step."""
     stats = finetune(model, data, params, lr=lr, teacher=teacher, seed=params.seed * 1000 + k)
-    out = {"acc": None, "seconds": stats["seconds"], "t_eval": 0.0, "work": stats["work"], "work_eval": 0.0,
-           "train_loss": stats.get("loss", 0.0)}
-    if eval_after_finetune(state, params):
-        ev = evaluate_step(model, data, params)
-        out.update(acc=ev["acc"], t_eval=ev["seconds"], work_eval=ev["work"])
-    return out
+    return {"seconds": stats["seconds"], "work": stats["work"], "train_loss": stats.get("loss", 0.0)}
 
 
 def record_step(state: dict[str, Any], pruned: dict[str, Any], ft: dict[str, Any] | None, lr: float, frozen: int) -> dict[str, Any]:
@@ -325,6 +325,87 @@ def add_search(cost: dict[str, float], seconds: float, work: float) -> dict[str,
     return out
 
 
+# ----------------------------------------------------------------------------- the loop
+class StepOps(Protocol):
+    """The work one step needs, on whatever holds the model (memory, checkpoints, tasks)."""
+
+    def prune(self, k: int) -> dict[str, Any]:
+        """Apply planned step ``k``; :func:`prune_and_lr`'s record."""
+        ...
+
+    def evaluate(self) -> dict[str, float]:
+        """The current model on the decision split: ``acc``, ``seconds``, ``work``."""
+        ...
+
+    def decide(self, acc_now: float | None) -> bool:
+        """Whether the step calls for a fine-tune (:func:`decide`)."""
+        ...
+
+    def finetune(self, k: int, lr: float) -> dict[str, Any]:
+        """Fine-tune the current model after step ``k``; ``seconds`` and ``work``."""
+        ...
+
+
+class ModelSteps:
+    """:class:`StepOps` on a model in memory, changed in place."""
+
+    def __init__(self, model: nn.Module, teacher: nn.Module | None, data: Dataset, state: dict[str, Any], params: Params):
+        self.model, self.teacher, self.data, self.state, self.params = model, teacher, data, state, params
+
+    def prune(self, k: int) -> dict[str, Any]:
+        return prune_and_lr(self.model, self.data, self.state, k, self.params)
+
+    def evaluate(self) -> dict[str, float]:
+        return evaluate_step(self.model, self.data, self.params)
+
+    def decide(self, acc_now: float | None) -> bool:
+        return decide(self.state, acc_now, self.params)
+
+    def finetune(self, k: int, lr: float) -> dict[str, Any]:
+        return finetune_after(self.model, self.teacher, self.data, k, lr, self.params)
+
+
+def run_steps(
+    ops: StepOps,
+    state: dict[str, Any],
+    params: Params,
+    *,
+    done: list[dict[str, Any]] | None = None,
+    on_step: Callable[[int, int, dict[str, Any]], None] | None = None,
+    stop: Callable[[int, dict[str, float], dict[str, Any]], bool] | None = None,
+    checkpoint: Callable[[list[dict[str, Any]]], None] | None = None,
+) -> tuple[list[dict[str, Any]], int | None]:
+    """The loop: every planned step after the ``done`` ones; returns the step records and
+    the step after which ``stop`` ended the run (None: it ran to the end).
+
+    ``on_step(k, n, record)`` follows every step; ``stop(k, cost, record)`` is asked after
+    every step but the last; ``checkpoint(steps)`` is called after every step but the last.
+    """
+    steps = list(done or [])
+    n = len(state["plan"])
+    for k in range(len(steps), n):
+        pruned = ops.prune(k)
+        pruned.update(acc_pruned=None, t_eval=0.0, work_eval=0.0)
+        if needs_decision_eval(state):
+            ev = ops.evaluate()
+            pruned.update(acc_pruned=ev["acc"], t_eval=ev["seconds"], work_eval=ev["work"])
+        ft = None
+        if ops.decide(pruned["acc_pruned"]):
+            ft = {"acc": None, "t_eval": 0.0, "work_eval": 0.0, **ops.finetune(k, pruned["lr"])}
+            if eval_after_finetune(state, params):
+                ev = ops.evaluate()
+                ft.update(acc=ev["acc"], t_eval=ev["seconds"], work_eval=ev["work"])
+        rec = record_step(state, pruned, ft, pruned["lr"], pruned["frozen"])
+        steps.append(rec)
+        if on_step is not None:
+            on_step(k, n, rec)
+        if stop is not None and k + 1 < n and stop(k, run_cost(state, steps), rec):
+            return steps, k
+        if checkpoint is not None and k + 1 < n:
+            checkpoint(steps)
+    return steps, None
+
+
 def iterate(
     model: nn.Module,
     data: Dataset,
@@ -362,23 +443,17 @@ def iterate(
     result = PruningResult(model=model, method=method, steps=done,
                            info={"acc_original": state["acc_original"], "hp": state["hp"], "frozen": state["frozen"],
                                  "freeze_scores": state.get("freeze_scores")})
-    n = len(state["plan"])
-    for k in range(len(done), n):
-        pruned = prune_step(model, data, state, k, params)
-        ft = None
-        lr = step_lr(model, state, params)
-        if decide(state, pruned["acc_pruned"], params):
-            ft = finetune_step(model, teacher, data, state, k, lr, params)
-        rec = record_step(state, pruned, ft, lr, len(frozen_names(model)))
-        result.steps.append(rec)
+
+    def on_step(k: int, n: int, rec: dict[str, Any]) -> None:
         if cb.on_step is not None:
             cb.on_step(rec)
         cb.log(step_line(method, k, n, rec))
-        if stop is not None and k + 1 < n and stop(k, run_cost(state, result.steps), rec):
-            result.info["stopped_at"] = k
-            break
-        if checkpoint is not None and k + 1 < n:
-            checkpoint(model, state, result.steps)
+
+    ops = ModelSteps(model, teacher, data, state, params)
+    result.steps, stopped = run_steps(ops, state, params, done=done, on_step=on_step, stop=stop,
+                                      checkpoint=None if checkpoint is None else lambda steps: checkpoint(model, state, steps))
+    if stopped is not None:
+        result.info["stopped_at"] = stopped
     result.finetunes = sum(1 for r in result.steps if r["finetuned"])
     cost = run_cost(state, result.steps)
     result.seconds = cost["seconds"]

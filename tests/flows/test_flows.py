@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import time
 from pathlib import Path
@@ -87,9 +88,15 @@ def test_mlflow_runs_metrics_and_tags(project):
         assert r.info.status == "FINISHED"
         assert r.data.params["prune.ratio"] == "0.5"
     ice = prune_runs["ice"]
-    for key in ("acc_pruned", "acc_finetuned", "params", "macs", "lr", "frozen", "finetuned", "t_finetune"):
+    for key in ("acc_pruned", "acc_finetuned", "params", "macs", "frozen", "finetuned", "t_finetune"):
         hist = c.get_metric_history(ice.info.run_id, key)
         assert sorted({m.step for m in hist}) == [0, 1, 2], key  # evaluate's final figure lands on the last step
+    for key in ("finetunes", "total_seconds", "work_gmacs", "test_acc"):  # totals: one point, at the end of the curves
+        assert {m.step for m in c.get_metric_history(ice.info.run_id, key)} == {2}, key
+    # the lr only where a fine-tune used it, in units that a +-1 axis shows (0.001 -> 1)
+    rows = list(csv.DictReader((root / "reports/steps/ice.csv").open()))
+    lr = {m.step: m.value for m in c.get_metric_history(ice.info.run_id, "lr_x1000")}
+    assert lr == {int(r["step"]): pytest.approx(float(r["lr"]) * 1000, rel=1e-5) for r in rows if r["finetuned"] == "True"}
     assert ice.data.metrics["macs"] == saved_macs(root, "ice")
     params_hist = sorted(c.get_metric_history(ice.info.run_id, "params"), key=lambda m: m.step)
     assert params_hist[0].value > params_hist[-1].value  # every step removes parameters
@@ -98,7 +105,34 @@ def test_mlflow_runs_metrics_and_tags(project):
     assert len(children) == 2 and all(r.data.tags["mlflow.parentRunId"] == parent for r in children)
     assert {"thre", "fr", "base", "p", "beta", "delta"} <= set(children[0].data.params)
     arts = {a.path for a in c.list_artifacts(ice.info.run_id, "config")}
-    assert "config/params.yaml" in arts
+    assert {"config/params.yaml", "config/inputs.json"} <= arts and "config/dvc.lock" not in arts
+    # what the run read, by the hashes it verified (not a dvc.lock that DVC rewrites after the stage)
+    inputs = c.download_artifacts(ice.info.run_id, "config/inputs.json", str(root / "dl-inputs"))
+    read = json.loads(Path(inputs).read_text())["inputs"]
+    assert set(read) == {"data/prepared/dataset.pt", "models/pretrained.pt", "models/autotune.json"}
+    assert read["models/pretrained.pt"] == json.loads((root / "reports/pretrain.json").read_text())["sha256"]
+
+
+def test_the_flow_runs_the_same_loop_as_the_library(project):
+    """The flow's steps (cached tasks over checkpoints) equal ice.methods.core.iterate's in memory."""
+    from ice.checkpoint import load_checkpoint
+    from ice.config import load_params
+    from ice.data import load_prepared
+    from ice.methods.core import iterate
+
+    root, _ = project
+    params = load_params(root / "params.yaml")
+    data = load_prepared(root / "data/prepared/dataset.pt")
+    model, _ = load_checkpoint(root / "models/pretrained.pt")
+    hp = json.loads((root / "models/autotune.json").read_text())["hp"]
+    steps = iterate(model, data, "ice", params, hp=hp).steps
+    rows = list(csv.DictReader((root / "reports/steps/ice.csv").open()))
+    assert len(rows) == len(steps) == 3
+    for row, rec in zip(rows, steps, strict=True):
+        assert row["unit"] == rec["unit"] and int(row["params"]) == rec["params"] and int(row["macs"]) == rec["macs"]
+        assert (row["finetuned"] == "True") == rec["finetuned"]
+        for key in ("acc_pruned", "acc_finetuned", "lr"):
+            assert (row[key] == "" and rec[key] is None) or float(row[key]) == pytest.approx(rec[key], abs=1e-9), key
 
 
 def test_registered_versions_load_back(project):
@@ -218,3 +252,14 @@ def test_refresh_cache_flag_recomputes_the_tasks(project, monkeypatch):
     assert all(a["seconds"] != b["seconds"] for a, b in zip(fresh, before, strict=True))  # measured again
     # work and accuracy do not depend on timing: the same trial wins again
     assert [(t["work_gmacs"], t["acc_final"], t["best"]) for t in fresh] == [(t["work_gmacs"], t["acc_final"], t["best"]) for t in before]
+
+
+def test_the_run_form_offers_the_methods_and_describes_the_parameters():
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.prune import prune
+    from ice.methods import METHODS
+
+    props = parameter_schema(prune.fn).model_dump()["properties"]
+    assert tuple(props["method"]["enum"]) == METHODS  # a drop-down in the Prefect UI's run form
+    assert all(props[k].get("description") for k in ("method", "params_path", "root", "overrides"))

@@ -179,21 +179,20 @@ def test_unknown_method():
 
 
 def test_driving_the_loop_one_step_at_a_time_through_checkpoints_matches(digits, pretrained, tmp_path):
-    """What an orchestrator does: plain-data state, a checkpoint between every call."""
+    """What an orchestrator does: plain-data state, the model only in checkpoint files, the same loop."""
     import json
 
     from ice.checkpoint import load_checkpoint, save_checkpoint
     from ice.methods.core import (
         apply_frozen,
         decide,
-        finetune_step,
+        evaluate_step,
+        finetune_after,
         iterate,
-        prune_step,
-        record_step,
+        prune_and_lr,
+        run_steps,
         start_run,
-        step_lr,
     )
-    from ice.train import frozen_names
 
     p = params(prune={"max_units": 3, "ratio": 0.3})
     reference = iterate(pretrained, digits, "ice", p)
@@ -201,29 +200,43 @@ def test_driving_the_loop_one_step_at_a_time_through_checkpoints_matches(digits,
     pre = tmp_path / "pretrained.pt"
     save_checkpoint(pre, pretrained)
     model, _ = load_checkpoint(pre)
-    state = start_run(model, digits, "ice", p)
-    state = json.loads(json.dumps(state))  # the state really is plain data
-    ckpt = pre
-    steps = []
-    for k in range(len(state["plan"])):
-        model, _ = load_checkpoint(ckpt)
-        apply_frozen(model, state, p)
-        pruned = prune_step(model, digits, state, k, p)
-        ckpt = tmp_path / f"pruned-{k}.pt"
-        save_checkpoint(ckpt, model)
-        ft = None
-        lr = step_lr(model, state, p)
-        if decide(state, pruned["acc_pruned"], p):
-            model, _ = load_checkpoint(ckpt)
-            apply_frozen(model, state, p)
-            teacher, _ = load_checkpoint(pre)
-            ft = finetune_step(model, teacher, digits, state, k, lr, p)
-            ckpt = tmp_path / f"finetuned-{k}.pt"
-            save_checkpoint(ckpt, model)
-        steps.append(record_step(state, pruned, ft, lr, len(frozen_names(model))))
+    state = json.loads(json.dumps(start_run(model, digits, "ice", p)))  # the state really is plain data
+
+    class FileSteps:  # every call loads its input checkpoint and writes a new one, as the flow's tasks do
+        ckpt = pre
+
+        def _load(self):
+            m, _ = load_checkpoint(self.ckpt)
+            apply_frozen(m, state, p)
+            return m
+
+        def prune(self, k):
+            m = self._load()
+            out = prune_and_lr(m, digits, state, k, p)
+            self.ckpt = tmp_path / f"pruned-{k}.pt"
+            save_checkpoint(self.ckpt, m)
+            return out
+
+        def evaluate(self):
+            return evaluate_step(self._load(), digits, p)
+
+        def decide(self, acc_now):
+            return decide(json.loads(json.dumps(state)), acc_now, p)
+
+        def finetune(self, k, lr):
+            m = self._load()
+            out = finetune_after(m, load_checkpoint(pre)[0], digits, k, lr, p)
+            self.ckpt = tmp_path / f"finetuned-{k}.pt"
+            save_checkpoint(self.ckpt, m)
+            return out
+
+    ops = FileSteps()
+    steps, stopped = run_steps(ops, state, p)
+    assert stopped is None and len(steps) == 3
     strip = lambda rs: [{k: v for k, v in r.items() if not k.startswith("t_")} for r in rs]  # noqa: E731
     assert strip(steps) == strip(reference.steps)
-    final, _ = load_checkpoint(ckpt)
+    assert any(r["finetuned"] for r in steps) and not all(r["finetuned"] for r in steps)  # both branches ran
+    final, _ = load_checkpoint(ops.ckpt)
     ref_state = reference.model.state_dict()
     assert all(torch.equal(v, ref_state[k]) for k, v in final.state_dict().items())
 
