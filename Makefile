@@ -18,8 +18,9 @@ test:  ## run the test suite
 test-fast:  ## the tests without the slow ones
 	$(PY) -m pytest -m "not slow"
 
-lint:  ## ruff and mypy
+lint:  ## ruff (lint and format) and mypy
 	$(VENV)/bin/ruff check ice tasks flows tests benchmarks scripts
+	$(VENV)/bin/ruff format --check ice tasks flows tests benchmarks scripts
 	$(VENV)/bin/mypy
 
 bench:  ## data-path throughput benchmark

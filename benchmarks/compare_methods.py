@@ -47,16 +47,26 @@ def main() -> None:
     ap.add_argument("--pretrain-epochs", type=float, help="override train.epochs")
     ap.add_argument("--batch-size", type=int, help="override prune.batch_size and train.batch_size")
     ap.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None)
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="any params override, dotted, YAML value (e.g. --set ice.autotune.subset=0.02)")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any params override, dotted, YAML value (e.g. --set ice.autotune.subset=0.02)",
+    )
     ap.add_argument("--workdir", default="data/bench")
     ap.add_argument("--out", help="write the table as Markdown here")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args()
 
     over: dict[str, object] = {}
-    for flag, key in (("source", "data.source"), ("root", "data.root"), ("arch", "model.arch"), ("ratio", "prune.ratio"),
-                      ("pretrain_epochs", "train.epochs")):
+    for flag, key in (
+        ("source", "data.source"),
+        ("root", "data.root"),
+        ("arch", "model.arch"),
+        ("ratio", "prune.ratio"),
+        ("pretrain_epochs", "train.epochs"),
+    ):
         if getattr(args, flag) is not None:
             over[key] = getattr(args, flag)
     if args.batch_size:
@@ -84,7 +94,18 @@ def main() -> None:
     device = pick_device(params.train.device)
     shape = data.input_shape()
 
-    key = hashlib.sha256(json.dumps([params.data.model_dump(), params.model.model_dump(), params.train.model_dump(), args.train_subset, args.val_subset, params.seed]).encode()).hexdigest()[:12]
+    key = hashlib.sha256(
+        json.dumps(
+            [
+                params.data.model_dump(),
+                params.model.model_dump(),
+                params.train.model_dump(),
+                args.train_subset,
+                args.val_subset,
+                params.seed,
+            ]
+        ).encode()
+    ).hexdigest()[:12]
     ckpt = Path(args.workdir) / f"pretrained-{params.model.arch}-{key}.pt"
     if ckpt.exists():
         model, meta = load_checkpoint(ckpt, map_location=device)
@@ -93,40 +114,69 @@ def main() -> None:
         torch.manual_seed(params.seed)
         model = build_model(params.model.arch, data.num_classes, data.in_channels).to(device)
         t = time.perf_counter()
-        fit(model, data, epochs=params.train.epochs, lr=params.train.lr, momentum=params.train.momentum,
-            weight_decay=params.train.weight_decay, batch_size=params.train.batch_size, augment=params.train.augment,
-            seed=params.seed, device=device, on_epoch=lambda e, r: log(f"pretrain epoch {e}: val {r['val_acc']:.2f}%"))
+        fit(
+            model,
+            data,
+            epochs=params.train.epochs,
+            lr=params.train.lr,
+            momentum=params.train.momentum,
+            weight_decay=params.train.weight_decay,
+            batch_size=params.train.batch_size,
+            augment=params.train.augment,
+            seed=params.seed,
+            device=device,
+            on_epoch=lambda e, r: log(f"pretrain epoch {e}: val {r['val_acc']:.2f}%"),
+        )
         val = evaluate(model, data, "val")["acc"]
         save_checkpoint(ckpt, model, {"val_acc": val, "seconds": time.perf_counter() - t})
         log(f"pretrained in {time.perf_counter() - t:.0f}s: val {val:.2f}%")
 
-    rows = [{
-        "method": "pretrained", "seconds": 0.0, "finetunes": 0, "val": evaluate(model, data, "val")["acc"],
-        "test": evaluate(model, data, "test")["acc"], "params": count_params(model), "macs": count_macs(model, shape),
-    }]
+    rows = [
+        {
+            "method": "pretrained",
+            "seconds": 0.0,
+            "finetunes": 0,
+            "val": evaluate(model, data, "val")["acc"],
+            "test": evaluate(model, data, "test")["acc"],
+            "params": count_params(model),
+            "macs": count_macs(model, shape),
+        }
+    ]
     notes = []
     for method in methods:
         log(f"--- {method}")
         res = run_pruning(model, data, method, params, Callbacks(on_log=log))
         if method == "ice":
             fine = sum(r["t_finetune"] for r in res.steps)
-            notes.append(f"ice: {res.seconds:.1f}s = search {res.info.get('search_seconds', 0.0):.1f}s + freeze trial and steps "
-                         f"(fine-tunes {fine:.1f}s); hyperparameters {res.info['hp']}; {len(res.info['frozen'])} convs frozen")
+            notes.append(
+                f"ice: {res.seconds:.1f}s = search {res.info.get('search_seconds', 0.0):.1f}s + freeze trial and steps "
+                f"(fine-tunes {fine:.1f}s); hyperparameters {res.info['hp']}; {len(res.info['frozen'])} convs frozen"
+            )
         elif method == "iterative":
             notes.append(f"iterative: {res.seconds:.1f}s, fine-tunes {sum(r['t_finetune'] for r in res.steps):.1f}s")
-        rows.append({
-            "method": method, "seconds": res.seconds, "finetunes": res.finetunes,
-            "val": evaluate(res.model, data, "val")["acc"], "test": evaluate(res.model, data, "test")["acc"],
-            "params": count_params(res.model, nonzero=True), "macs": count_macs(res.model, shape),
-        })
+        rows.append(
+            {
+                "method": method,
+                "seconds": res.seconds,
+                "finetunes": res.finetunes,
+                "val": evaluate(res.model, data, "val")["acc"],
+                "test": evaluate(res.model, data, "test")["acc"],
+                "params": count_params(res.model, nonzero=True),
+                "macs": count_macs(res.model, shape),
+            }
+        )
     base = next((r["seconds"] for r in rows if r["method"] == "iterative"), None)
     header = "| method | seconds | fine-tunes | val acc | test acc | params (non-zero) | MACs | speedup vs iterative |"
     lines = [header, "|" + "---|" * 8]
     for r in rows:
         speed = f"{base / r['seconds']:.2f}x" if base and r["seconds"] > 0 else "-"
-        lines.append(f"| {r['method']} | {r['seconds']:.1f} | {r['finetunes']} | {r['val']:.2f} | {r['test']:.2f} | {r['params']:,} | {r['macs']:,} | {speed} |")
-    info = (f"data={params.data.source} arch={params.model.arch} ratio={params.prune.ratio} device={device} "
-            f"threads={torch.get_num_threads()} train={len(data.train)} val={len(data.val)} test={len(data.test)}")
+        lines.append(
+            f"| {r['method']} | {r['seconds']:.1f} | {r['finetunes']} | {r['val']:.2f} | {r['test']:.2f} | {r['params']:,} | {r['macs']:,} | {speed} |"
+        )
+    info = (
+        f"data={params.data.source} arch={params.model.arch} ratio={params.prune.ratio} device={device} "
+        f"threads={torch.get_num_threads()} train={len(data.train)} val={len(data.val)} test={len(data.test)}"
+    )
     print(info)
     print("\n".join(lines))
     print("\n".join(notes))

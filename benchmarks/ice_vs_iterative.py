@@ -59,8 +59,9 @@ def main() -> None:
 
     env = {**os.environ, "DO_NOT_TRACK": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     t0 = time.perf_counter()
-    run = subprocess.run([sys.executable, "-m", "flows.pipeline", "--params", "params.yaml", "--root", str(out)],
-                         cwd=ROOT, env=env)
+    run = subprocess.run(
+        [sys.executable, "-m", "flows.pipeline", "--params", "params.yaml", "--root", str(out)], cwd=ROOT, env=env
+    )
     wall = time.perf_counter() - t0
     if run.returncode != 0:
         sys.exit(run.returncode)
@@ -70,23 +71,42 @@ def main() -> None:
     cost = {m: json.loads((out / "reports" / "prune" / f"{m}.json").read_text())["cost"] for m in ("ice", "iterative")}
     print((out / "reports" / "compare.md").read_text())
     for m, c in cost.items():
-        print(f"{m}: {c['seconds']:.0f}s = search {c['search_seconds']:.0f}s + setup {c['setup_seconds']:.0f}s "
-              f"+ fine-tunes {c['finetune_seconds']:.0f}s + evaluations {c['eval_seconds']:.0f}s + pruning {c['prune_seconds']:.0f}s; "
-              f"{c['work_gmacs']:,.0f} GMACs = search {c['search_work']:,.0f} + setup {c['setup_work']:,.0f} "
-              f"+ fine-tunes {c['finetune_work']:,.0f} + evaluations {c['eval_work']:,.0f}")
+        print(
+            f"{m}: {c['seconds']:.0f}s = search {c['search_seconds']:.0f}s + setup {c['setup_seconds']:.0f}s "
+            f"+ fine-tunes {c['finetune_seconds']:.0f}s + evaluations {c['eval_seconds']:.0f}s + pruning {c['prune_seconds']:.0f}s; "
+            f"{c['work_gmacs']:,.0f} GMACs = search {c['search_work']:,.0f} + setup {c['setup_work']:,.0f} "
+            f"+ fine-tunes {c['finetune_work']:,.0f} + evaluations {c['eval_work']:,.0f}"
+        )
     share = cost["ice"]["search_seconds"] / cost["ice"]["seconds"]
     checks = [
-        ("ICE at least 4x faster in seconds", f"{it['total_seconds'] / ice['total_seconds']:.2f}x", it["total_seconds"] >= 4 * ice["total_seconds"]),
-        ("ICE at least 4x cheaper in work", f"{it['work_gmacs'] / ice['work_gmacs']:.2f}x", it["work_gmacs"] >= 4 * ice["work_gmacs"]),
-        ("test accuracy at least iterative's - 1", f"{ice['test_acc'] - it['test_acc']:+.2f} pts", ice["test_acc"] >= it["test_acc"] - 1.0),
+        (
+            "ICE at least 4x faster in seconds",
+            f"{it['total_seconds'] / ice['total_seconds']:.2f}x",
+            it["total_seconds"] >= 4 * ice["total_seconds"],
+        ),
+        (
+            "ICE at least 4x cheaper in work",
+            f"{it['work_gmacs'] / ice['work_gmacs']:.2f}x",
+            it["work_gmacs"] >= 4 * ice["work_gmacs"],
+        ),
+        (
+            "test accuracy at least iterative's - 1",
+            f"{ice['test_acc'] - it['test_acc']:+.2f} pts",
+            ice["test_acc"] >= it["test_acc"] - 1.0,
+        ),
         ("search at most 15% of ICE's total", f"{share:.1%}", share <= 0.15),
-        ("same final params and MACs", f"{ice['params_nonzero']:,} / {ice['macs']:,}",
-         (ice["params_nonzero"], ice["macs"]) == (it["params_nonzero"], it["macs"])),
+        (
+            "same final params and MACs",
+            f"{ice['params_nonzero']:,} / {ice['macs']:,}",
+            (ice["params_nonzero"], ice["macs"]) == (it["params_nonzero"], it["macs"]),
+        ),
     ]
     print()
     for name, value, ok in checks:
         print(f"{'met   ' if ok else 'MISSED'}  {name}: {value}")
-    print(f"wall time of the whole pipeline (imports, orchestration, evaluation included): {wall / 60:.1f} min; outputs in {out}")
+    print(
+        f"wall time of the whole pipeline (imports, orchestration, evaluation included): {wall / 60:.1f} min; outputs in {out}"
+    )
 
 
 if __name__ == "__main__":

@@ -71,8 +71,22 @@ def _server(home: Path) -> tuple[subprocess.Popen, str]:
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}/api"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-services"],
-        env=_env(PREFECT_HOME=str(home)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "prefect",
+            "server",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-services",
+        ],
+        env=_env(PREFECT_HOME=str(home)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     for _ in range(240):
         try:
@@ -87,7 +101,11 @@ def _server(home: Path) -> tuple[subprocess.Popen, str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--params", default=str(REPO / "params.yaml"))
-    ap.add_argument("--method", default="iterative", choices=["ice", "iterative", "one_shot", "agp", "one_cycle", "prune_while_training"])
+    ap.add_argument(
+        "--method",
+        default="iterative",
+        choices=["ice", "iterative", "one_shot", "agp", "one_cycle", "prune_while_training"],
+    )
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--server", action="store_true", help="also run the flow against a Prefect server on loopback")
     ap.add_argument("--dvc", action="store_true", help="also time a no-op `dvc repro` in this repository")
@@ -111,8 +129,11 @@ def main() -> None:
     (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     env = _env(PREFECT_HOME=str(home))
     py = sys.executable
-    print(f"project {root}; data={params.data.source} subset={params.data.subset} arch={params.model.arch} "
-          f"method={args.method} max_units={params.prune.max_units}", flush=True)
+    print(
+        f"project {root}; data={params.data.source} subset={params.data.subset} arch={params.model.arch} "
+        f"method={args.method} max_units={params.prune.max_units}",
+        flush=True,
+    )
     for stage in ("prepare", "pretrain"):
         wall, _ = _timed([py, "-m", f"flows.{stage}", "--root", str(root)], env, root)
         print(f"setup: {stage} {wall:.1f}s (not compared)", flush=True)
@@ -122,17 +143,26 @@ def main() -> None:
     flow_cmd = [py, "-m", "flows.prune", "--method", args.method, "--root", str(root)]
     shutil.rmtree(root / ".ice-cache", ignore_errors=True)
     flows, _ = _timed(flow_cmd, env, root)
-    print(f"flow + tracking (ephemeral): {flows:7.1f}s  ratio {flows / direct:.3f} ({(flows / direct - 1) * 100:+.1f}%)", flush=True)
+    print(
+        f"flow + tracking (ephemeral): {flows:7.1f}s  ratio {flows / direct:.3f} ({(flows / direct - 1) * 100:+.1f}%)",
+        flush=True,
+    )
     cached, _ = _timed(flow_cmd, env, root)
     imp, _ = _timed([py, "-c", "import flows.prune"], env, root)
-    print(f"fixed cost, ephemeral API:  {cached:7.1f}s for a rerun with every task cached (imports alone {imp:.1f}s)", flush=True)
+    print(
+        f"fixed cost, ephemeral API:  {cached:7.1f}s for a rerun with every task cached (imports alone {imp:.1f}s)",
+        flush=True,
+    )
     if args.server:
         proc, url = _server(home)
         try:
             senv = _env(PREFECT_HOME=str(home), PREFECT_API_URL=url)
             shutil.rmtree(root / ".ice-cache", ignore_errors=True)
             flows_s, _ = _timed(flow_cmd, senv, root)
-            print(f"flow + tracking (server):   {flows_s:7.1f}s  ratio {flows_s / direct:.3f} ({(flows_s / direct - 1) * 100:+.1f}%)", flush=True)
+            print(
+                f"flow + tracking (server):   {flows_s:7.1f}s  ratio {flows_s / direct:.3f} ({(flows_s / direct - 1) * 100:+.1f}%)",
+                flush=True,
+            )
             cached_s, _ = _timed(flow_cmd, senv, root)
             print(f"fixed cost, running server: {cached_s:7.1f}s for a rerun with every task cached", flush=True)
         finally:
@@ -141,9 +171,17 @@ def main() -> None:
     if args.dvc:
         dvc = str(Path(py).parent / "dvc")
         t = time.perf_counter()
-        r = subprocess.run([dvc, "repro"], cwd=REPO, env=_env(PATH=f"{Path(py).parent}:{os.environ['PATH']}"), capture_output=True, text=True)
+        r = subprocess.run(
+            [dvc, "repro"],
+            cwd=REPO,
+            env=_env(PATH=f"{Path(py).parent}:{os.environ['PATH']}"),
+            capture_output=True,
+            text=True,
+        )
         ran = "Running stage" in r.stdout
-        print(f"dvc repro (no-op):          {time.perf_counter() - t:7.1f}s  ({'ran stages!' if ran else 'nothing to do'})")
+        print(
+            f"dvc repro (no-op):          {time.perf_counter() - t:7.1f}s  ({'ran stages!' if ran else 'nothing to do'})"
+        )
     if not args.keep:
         shutil.rmtree(root, ignore_errors=True)
 

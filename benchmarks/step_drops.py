@@ -40,8 +40,13 @@ def main() -> None:
     if args.ratio is not None:
         over["prune.ratio"] = args.ratio
     params = load_params(ROOT / args.params, over)
-    cfg = params.data.model_copy(update={k: str(ROOT / v) for k, v in (("root", params.data.root), ("cache_dir", params.data.cache_dir))
-                                          if v and not Path(v).is_absolute()})
+    cfg = params.data.model_copy(
+        update={
+            k: str(ROOT / v)
+            for k, v in (("root", params.data.root), ("cache_dir", params.data.cache_dir))
+            if v and not Path(v).is_absolute()
+        }
+    )
     data = load_dataset(cfg)
     ckpt = args.checkpoint or params.model.weights
     model, _ = load_checkpoint(ROOT / ckpt if not Path(ckpt).is_absolute() else ckpt)
@@ -58,8 +63,14 @@ def main() -> None:
             alone = copy.deepcopy(model)
             prune_unit(alone, unit, ratio, params.prune.criterion, input_shape=shape, rounding=rounding)
             a = val_accuracy(alone, data, params)
-            prune_unit(chain, next(u for u in prunable_units(chain) if u.name == unit.name), ratio, params.prune.criterion,
-                       input_shape=shape, rounding=rounding)
+            prune_unit(
+                chain,
+                next(u for u in prunable_units(chain) if u.name == unit.name),
+                ratio,
+                params.prune.criterion,
+                input_shape=shape,
+                rounding=rounding,
+            )
             c = val_accuracy(chain, data, params)
             print(f"{k + 1:>4}  {unit.name:<18} {a:7.2f} {ref - a:6.2f}  {c:10.2f} {ref - c:6.2f}", flush=True)
 

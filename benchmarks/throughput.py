@@ -38,7 +38,9 @@ def library_rate(arch: str, ds: Dataset, batch: int, device: torch.device) -> fl
     if device.type == "cuda":
         torch.cuda.synchronize()
     t = time.perf_counter()
-    stats = train_epoch(m, ds, opt, batch_size=batch, augment=True, device=device, generator=torch.Generator().manual_seed(1))
+    stats = train_epoch(
+        m, ds, opt, batch_size=batch, augment=True, device=device, generator=torch.Generator().manual_seed(1)
+    )
     if device.type == "cuda":
         torch.cuda.synchronize()
     return stats["images"] / (time.perf_counter() - t)

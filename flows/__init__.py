@@ -27,9 +27,18 @@ for _k, _v in {
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     "GIT_PYTHON_REFRESH": "quiet",
     "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
-    **{f"PREFECT_SERVER_SERVICES_{svc}_ENABLED": "false" for svc in (
-        "SCHEDULER", "LATE_RUNS", "FOREMAN", "PAUSE_EXPIRATIONS", "REPOSSESSOR",
-        "CANCELLATION_CLEANUP", "CLEANUP_RECONCILER", "TRIGGERS",
-    )},
+    **{
+        f"PREFECT_SERVER_SERVICES_{svc}_ENABLED": "false"
+        for svc in (
+            "SCHEDULER",
+            "LATE_RUNS",
+            "FOREMAN",
+            "PAUSE_EXPIRATIONS",
+            "REPOSSESSOR",
+            "CANCELLATION_CLEANUP",
+            "CLEANUP_RECONCILER",
+            "TRIGGERS",
+        )
+    },
 }.items():
     _os.environ.setdefault(_k, _v)

@@ -105,8 +105,11 @@ def publish_artifact(kind: str, key: str, content: Any, description: str = "") -
     try:
         from prefect import artifacts
 
-        make = {"markdown": artifacts.create_markdown_artifact, "table": artifacts.create_table_artifact,
-                "progress": artifacts.create_progress_artifact}[kind]
+        make = {
+            "markdown": artifacts.create_markdown_artifact,
+            "table": artifacts.create_table_artifact,
+            "progress": artifacts.create_progress_artifact,
+        }[kind]
         return make(content, key=key, description=description or None)
     except Exception as err:  # no API reachable, or the run context is gone
         logging.getLogger("ice.progress").debug("artifact %s not written: %s", key, err)
@@ -194,9 +197,17 @@ def open_stage(
         if stage.tracker is not None and stage.run_id is not None:
             with contextlib.suppress(Exception):  # the server went away: still try to close the run
                 # what this run read, by hash (not dvc.lock: DVC rewrites it only after the stage ends)
-                stage.tracker.log_dict(stage.run_id, {"stage": name, "dvc_stage": os.environ.get("DVC_STAGE", ""),
-                                                      "git_commit": git_commit(r), "params_file": pfile.name,
-                                                      "inputs": stage.inputs}, "config/inputs.json")
+                stage.tracker.log_dict(
+                    stage.run_id,
+                    {
+                        "stage": name,
+                        "dvc_stage": os.environ.get("DVC_STAGE", ""),
+                        "git_commit": git_commit(r),
+                        "params_file": pfile.name,
+                        "inputs": stage.inputs,
+                    },
+                    "config/inputs.json",
+                )
                 stage.tracker.log_artifacts(stage.run_id, [pfile], "config")
             try:
                 stage.tracker.end_run(stage.run_id, status)
@@ -256,8 +267,10 @@ def _check_prefect_api(timeout: float = 5.0) -> None:
                 return
     except (urllib.error.URLError, OSError) as err:
         reason = getattr(err, "reason", err)
-        raise TrackingUnavailable(f"Prefect API at {url} cannot be reached ({reason}); start it (make up) or unset "
-                                  "PREFECT_API_URL to run without a server") from None
+        raise TrackingUnavailable(
+            f"Prefect API at {url} cannot be reached ({reason}); start it (make up) or unset "
+            "PREFECT_API_URL to run without a server"
+        ) from None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -289,9 +302,14 @@ def _preflight_inputs(name: str, paths: Paths, params: Params) -> None:
     where = {"prepare": paths.prepared, "pretrain": paths.pretrained}
     if "prepare" in STAGE_INPUTS.get(name, []) and paths.prepared_record.exists():
         sizes = json.loads(paths.prepared_record.read_text())
-        for key, value in (("train.batch_size", params.train.batch_size), ("prune.batch_size", params.prune.batch_size)):
+        for key, value in (
+            ("train.batch_size", params.train.batch_size),
+            ("prune.batch_size", params.prune.batch_size),
+        ):
             if value > sizes.get("train", value):
-                raise ParamsError(f"{key} = {value} is not allowed: the prepared training split has {sizes['train']} images")
+                raise ParamsError(
+                    f"{key} = {value} is not allowed: the prepared training split has {sizes['train']} images"
+                )
     for stage in STAGE_INPUTS.get(name, []):
         if where[stage].exists():
             verify_input(paths, where[stage], stage)
@@ -301,7 +319,12 @@ def _preflight_inputs(name: str, paths: Paths, params: Params) -> None:
                 verify_input(paths, paths.pruned(method), f"prune --method {method}")
 
 
-def cli(name: str, description: str, run: Callable[[argparse.Namespace, dict[str, Any]], Any], extra: Callable[[argparse.ArgumentParser], None] | None = None) -> None:
+def cli(
+    name: str,
+    description: str,
+    run: Callable[[argparse.Namespace, dict[str, Any]], Any],
+    extra: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> None:
     """``python -m flows.<name>``: parse, validate before Prefect starts, run, report.
 
     Every failure ends with one ``error:`` line and a non-zero exit (2 for bad params or
@@ -311,11 +334,19 @@ def cli(name: str, description: str, run: Callable[[argparse.Namespace, dict[str
     ap = _Parser(prog=f"python -m flows.{name}", description=description)
     ap.add_argument("--params", default="params.yaml", help="params file, relative to the project root")
     ap.add_argument("--root", default=None, help="project root (default: $ICE_PROJECT_DIR or the working directory)")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a param, dotted (YAML value)")
-    ap.add_argument("--refresh-cache", action="store_true", help="recompute every task instead of reusing cached results")
+    ap.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a param, dotted (YAML value)"
+    )
+    ap.add_argument(
+        "--refresh-cache", action="store_true", help="recompute every task instead of reusing cached results"
+    )
     ap.add_argument("--quiet", action="store_true", help="no progress lines")
-    ap.add_argument("--debug", action="store_true", default=os.environ.get("ICE_DEBUG") in ("1", "true", "yes"),
-                    help="full tracebacks on failure (also ICE_DEBUG=1)")
+    ap.add_argument(
+        "--debug",
+        action="store_true",
+        default=os.environ.get("ICE_DEBUG") in ("1", "true", "yes"),
+        help="full tracebacks on failure (also ICE_DEBUG=1)",
+    )
     if extra is not None:
         extra(ap)
     args = ap.parse_args()

@@ -24,7 +24,9 @@ from tasks.steps import autotune_setup, autotune_trial, bind
 
 
 @flow(name="autotune", flow_run_name="autotune-{params_path}", task_runner=ThreadPoolTaskRunner(max_workers=8))  # type: ignore[arg-type]
-def autotune(params_path: str = "params.yaml", root: str | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+def autotune(
+    params_path: str = "params.yaml", root: str | None = None, overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
     from ice.config import parse_params
     from ice.methods.autotune import (
         TrialResult,
@@ -38,15 +40,23 @@ def autotune(params_path: str = "params.yaml", root: str | None = None, override
     with open_stage("autotune", params_path, root, overrides) as st:
         cfg = st.params.ice.autotune
         if not cfg.enabled or "ice" not in st.params.prune.methods:
-            out = {"enabled": False, "hp": ice_hparams(st.params), "search_seconds": 0.0, "search_work": 0.0, "trials": []}
+            out = {
+                "enabled": False,
+                "hp": ice_hparams(st.params),
+                "search_seconds": 0.0,
+                "search_work": 0.0,
+                "trials": [],
+            }
             write_json(st.paths.autotune, out)
             progress("[autotune] off (disabled, or ice is not among prune.methods): hyperparameters from params")
             return out
         data_ref = st.require(st.paths.prepared, "prepare")
         model_ref = st.require(st.paths.pretrained, "pretrain")
         if ice_hparams(st.params) != ice_hparams(parse_params({})):
-            progress("[autotune] note: the search chooses thre, fr and lr; ice.thre, ice.fr and ice.lr.* in params "
-                     "are used only with ice.autotune.enabled: false")
+            progress(
+                "[autotune] note: the search chooses thre, fr and lr; ice.thre, ice.fr and ice.lr.* in params "
+                "are used only with ice.autotune.enabled: false"
+            )
         points = sample_trials(st.params)
         task_cfg = st.device_cfg("seed", "prune", "ice")
         for key in SEARCHED_ICE_KEYS:  # each trial gets its own from the grid
@@ -64,15 +74,29 @@ def autotune(params_path: str = "params.yaml", root: str | None = None, override
             batch = list(enumerate(points[start : start + cfg.workers], start))
             for i, hp in batch:  # a trial's child run opens when the trial starts, so its duration is real
                 children[i] = st.tracker.start_run(f"trial-{i}", {"ice.stage": "autotune-trial"}, hp, parent=st.run_id)
-            futures = [trial.submit(str(st.root), data_ref, model_ref, hp, i, task_cfg, setup["freeze_scores"], bound)
-                       for i, hp in batch]
+            futures = [
+                trial.submit(str(st.root), data_ref, model_ref, hp, i, task_cfg, setup["freeze_scores"], bound)
+                for i, hp in batch
+            ]
             for f in futures:
                 row = f.result()
                 rows.append(row)
-                st.tracker.log_metrics(children[row["trial"]], {k: v for k, v in row.items() if k not in points[0] and k != "trial"})
+                st.tracker.log_metrics(
+                    children[row["trial"]], {k: v for k, v in row.items() if k not in points[0] and k != "trial"}
+                )
                 st.tracker.end_run(children[row["trial"]])
-                results.append(TrialResult(row["trial"], {k: row[k] for k in points[0]}, row["seconds"], row["acc_original"],
-                                           row["acc_final"], row["finetunes"], row["work_gmacs"], row["stopped_at"]))
+                results.append(
+                    TrialResult(
+                        row["trial"],
+                        {k: row[k] for k in points[0]},
+                        row["seconds"],
+                        row["acc_original"],
+                        row["acc_final"],
+                        row["finetunes"],
+                        row["work_gmacs"],
+                        row["stopped_at"],
+                    )
+                )
                 progress(trial_line(row, len(points)))
         best = select_best([r for r in results if r.stopped_at is None], cfg.objective, cfg.acc_tolerance, cfg.cost)
         for r in rows:
@@ -80,15 +104,28 @@ def autotune(params_path: str = "params.yaml", root: str | None = None, override
         st.tracker.set_tags(children[best.number], {"best": "true"})
         search_seconds = setup["seconds"] + sum(r["seconds"] for r in rows)
         search_work = setup["work"] + sum(r["work_gmacs"] for r in rows)
-        out = {"enabled": True, "hp": ice_hparams(st.params, best.hp), "search_seconds": search_seconds, "search_work": search_work,
-               "objective": cfg.objective, "best_trial": best.number, "trials": rows}
+        out = {
+            "enabled": True,
+            "hp": ice_hparams(st.params, best.hp),
+            "search_seconds": search_seconds,
+            "search_work": search_work,
+            "objective": cfg.objective,
+            "best_trial": best.number,
+            "trials": rows,
+        }
         write_json(st.paths.autotune, out)
         table = st.paths.root / ".ice-cache" / "autotune-trials.csv"
         write_csv(table, rows)
         st.tracker.log_artifacts(st.run_id, [table])
-        st.tracker.log_metrics(st.run_id, {"search_seconds": search_seconds, "search_work_gmacs": search_work, "best_trial": best.number})
-        publish_artifact("table", "autotune-trials", [{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in rows],
-                         f"ICE's search: one row per trial, the best marked; MLflow run: {st.tracker.run_url(st.run_id)}")
+        st.tracker.log_metrics(
+            st.run_id, {"search_seconds": search_seconds, "search_work_gmacs": search_work, "best_trial": best.number}
+        )
+        publish_artifact(
+            "table",
+            "autotune-trials",
+            [{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in rows],
+            f"ICE's search: one row per trial, the best marked; MLflow run: {st.tracker.run_url(st.run_id)}",
+        )
         progress(f"[autotune] best trial {best.number}: {best.hp} (search {search_seconds:.1f}s)")
         return out
 

@@ -39,8 +39,10 @@ def _fmt(v: Any, spec: str, suffix: str = "", none: str = "-") -> str:
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
-    head = ("| method | seconds | work (GMACs) | search share | fine-tunes | val acc | test acc | params | MACs "
-            "| speedup (seconds) | speedup (work) |")
+    head = (
+        "| method | seconds | work (GMACs) | search share | fine-tunes | val acc | test acc | params | MACs "
+        "| speedup (seconds) | speedup (work) |"
+    )
     lines = [head, "|" + "---|" * 11]
     for r in rows:
         share = r["search_seconds"] / r["total_seconds"] if r.get("search_seconds") and r["total_seconds"] else None
@@ -52,8 +54,18 @@ def _table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-FINAL_METRICS = ("test_acc", "val_acc", "params_nonzero", "macs", "sparsity", "seconds", "work_gmacs", "finetunes",
-                 "speedup_vs_iterative", "work_speedup_vs_iterative")
+FINAL_METRICS = (
+    "test_acc",
+    "val_acc",
+    "params_nonzero",
+    "macs",
+    "sparsity",
+    "seconds",
+    "work_gmacs",
+    "finetunes",
+    "speedup_vs_iterative",
+    "work_speedup_vs_iterative",
+)
 
 
 def final_metrics(row: dict[str, Any]) -> dict[str, float]:
@@ -66,11 +78,17 @@ def _budget(st: Stage) -> str:
     """The budget both step-wise methods share, in one line."""
     pr = st.params.prune
     tune = st.params.ice.autotune
-    search = (f"{tune.n_trials} trials on {tune.subset:.0%} of the data" if tune.enabled else "off (hyperparameters from params)")
+    search = (
+        f"{tune.n_trials} trials on {tune.subset:.0%} of the data"
+        if tune.enabled
+        else "off (hyperparameters from params)"
+    )
     evals = f"{pr.eval_images} validation images" if pr.eval_images else "the whole validation split"
-    return (f"Budget: each fine-tune {pr.finetune_epochs:g} epoch(s) of the training split at batch {pr.batch_size}"
-            f"{', with KD (T=' + format(pr.kd_temperature, 'g') + ')' if pr.kd else ''}; per-step evaluations on {evals}; "
-            f"ICE's search {search}.")
+    return (
+        f"Budget: each fine-tune {pr.finetune_epochs:g} epoch(s) of the training split at batch {pr.batch_size}"
+        f"{', with KD (T=' + format(pr.kd_temperature, 'g') + ')' if pr.kd else ''}; per-step evaluations on {evals}; "
+        f"ICE's search {search}."
+    )
 
 
 def _figures(st: Stage, steps: list[dict[str, Any]], pre: dict[str, Any]) -> list[Path]:
@@ -81,7 +99,10 @@ def _figures(st: Stage, steps: list[dict[str, Any]], pre: dict[str, Any]) -> lis
 
     st.paths.figures.mkdir(parents=True, exist_ok=True)
     out = []
-    for key, label, fname in (("acc", "validation accuracy (%)", "accuracy.png"), ("params", "parameters", "params.png")):
+    for key, label, fname in (
+        ("acc", "validation accuracy (%)", "accuracy.png"),
+        ("params", "parameters", "params.png"),
+    ):
         fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
         for method in dict.fromkeys(r["method"] for r in steps):
             pts = [(r["step"], r[key]) for r in steps if r["method"] == method]
@@ -102,7 +123,9 @@ def _figures(st: Stage, steps: list[dict[str, Any]], pre: dict[str, Any]) -> lis
 
 
 @flow(name="evaluate", flow_run_name="evaluate-{params_path}")
-def evaluate(params_path: str = "params.yaml", root: str | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+def evaluate(
+    params_path: str = "params.yaml", root: str | None = None, overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
     with open_stage("evaluate", params_path, root, overrides) as st:
         data_ref = st.require(st.paths.prepared, "prepare")
         pre_ref = st.require(st.paths.pretrained, "pretrain")
@@ -116,16 +139,32 @@ def evaluate(params_path: str = "params.yaml", root: str | None = None, override
             ref = st.require(st.paths.pruned(method), f"prune --method {method}")
             report = read_json(st.paths.prune_report(method))
             m = ev(str(st.root), data_ref, ref, cfg)
-            rows.append({"method": method, **m, "total_seconds": report["seconds"], "work_gmacs": report.get("work_gmacs"),
-                         "search_seconds": report.get("search_seconds", 0.0), "finetunes": report["finetunes"]})
+            rows.append(
+                {
+                    "method": method,
+                    **m,
+                    "total_seconds": report["seconds"],
+                    "work_gmacs": report.get("work_gmacs"),
+                    "search_seconds": report.get("search_seconds", 0.0),
+                    "finetunes": report["finetunes"],
+                }
+            )
             with open(st.paths.steps_csv(method)) as f:
                 for r in csv.DictReader(f):
                     last_step[method] = max(last_step.get(method, 0), int(r["step"]))
                     if r.get("acc_finetuned") in (None, ""):  # not measured at this step
                         continue
-                    steps.append({"method": method, "step": int(r["step"]), "acc": float(r["acc_finetuned"]),
-                                  "params": int(float(r["params"]))})
-            progress(f"[evaluate] {method}: test {m['test_acc']:.2f}%, {m['params_nonzero']:,} params, {report['seconds']:.1f}s")
+                    steps.append(
+                        {
+                            "method": method,
+                            "step": int(r["step"]),
+                            "acc": float(r["acc_finetuned"]),
+                            "params": int(float(r["params"])),
+                        }
+                    )
+            progress(
+                f"[evaluate] {method}: test {m['test_acc']:.2f}%, {m['params_nonzero']:,} params, {report['seconds']:.1f}s"
+            )
         base = next((r for r in rows if r["method"] == "iterative"), None)
         for r in rows:
             r["speedup_vs_iterative"] = r["work_speedup_vs_iterative"] = None
@@ -133,7 +172,9 @@ def evaluate(params_path: str = "params.yaml", root: str | None = None, override
                 r["speedup_vs_iterative"] = base["total_seconds"] / r["total_seconds"]
             if base is not None and base.get("work_gmacs") and r.get("work_gmacs"):
                 r["work_speedup_vs_iterative"] = base["work_gmacs"] / r["work_gmacs"]
-        metrics = _round({"pretrained": pre, "methods": {r["method"]: {k: v for k, v in r.items() if k != "method"} for r in rows}})
+        metrics = _round(
+            {"pretrained": pre, "methods": {r["method"]: {k: v for k, v in r.items() if k != "method"} for r in rows}}
+        )
         write_json(st.paths.metrics, metrics)
         write_csv(st.paths.root / "reports" / "plots" / "steps.csv", steps)
         figs = _figures(st, steps, pre)
@@ -164,8 +205,12 @@ def evaluate(params_path: str = "params.yaml", root: str | None = None, override
                 st.tracker.log_metrics(run_id, final_metrics(r), step=last_step.get(r["method"], 0))
         st.tracker.log_artifacts(st.run_id, [st.paths.metrics, st.paths.compare])
         st.tracker.log_artifacts(st.run_id, figs, "figures")  # where compare.md's image links point
-        publish_artifact("markdown", "comparison", "\n".join(md[:7]) + f"\n\nMLflow: [the runs, side by side]({st.tracker.runs_url()})",
-                         "every method against the pretrained model")
+        publish_artifact(
+            "markdown",
+            "comparison",
+            "\n".join(md[:7]) + f"\n\nMLflow: [the runs, side by side]({st.tracker.runs_url()})",
+            "every method against the pretrained model",
+        )
         progress(f"[evaluate] {st.paths.rel(st.paths.compare)}:\n" + _table([pre_row, *rows]))
         return metrics
 

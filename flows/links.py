@@ -49,8 +49,13 @@ def main() -> None:
         sys.exit(2)
     runs = found.get("mlflow_runs")
     local = not found["mlflow_store"].startswith("http")
-    print(f"MLflow runs table: {runs or '(no runs yet)'}" + ("   (start the UI with `make mlflow-ui`)" if local and runs else ""))
-    print(f"Prefect UI:        {found['prefect_ui'] or '`make up`, then http://127.0.0.1:4200 (flows report there once PREFECT_API_URL is exported)'}")
+    print(
+        f"MLflow runs table: {runs or '(no runs yet)'}"
+        + ("   (start the UI with `make mlflow-ui`)" if local and runs else "")
+    )
+    print(
+        f"Prefect UI:        {found['prefect_ui'] or '`make up`, then http://127.0.0.1:4200 (flows report there once PREFECT_API_URL is exported)'}"
+    )
 
 
 if __name__ == "__main__":

@@ -27,12 +27,19 @@ def method_config(params: Params, method: str, autotune: dict[str, Any] | None) 
     """The settings ``method`` reads, and nothing else."""
     dump = params.model_dump(mode="json")
     prune = {k: v for k, v in dump["prune"].items() if k != "methods"}
-    out: dict[str, Any] = {"method": method, "seed": params.seed, "train": {k: dump["train"][k] for k in TRAINING_KEYS},
-                           "prune": prune}
+    out: dict[str, Any] = {
+        "method": method,
+        "seed": params.seed,
+        "train": {k: dump["train"][k] for k in TRAINING_KEYS},
+        "prune": prune,
+    }
     if method == "ice":
         ice = {k: v for k, v in dump["ice"].items() if k not in ("autotune", *SEARCHED_ICE_KEYS)}
         tuned = autotune or {}
-        out["ice"] = ice | {"hp": tuned.get("hp"), "search": {k: tuned.get(k) for k in ("enabled", "search_seconds", "search_work")}}
+        out["ice"] = ice | {
+            "hp": tuned.get("hp"),
+            "search": {k: tuned.get(k) for k in ("enabled", "search_seconds", "search_work")},
+        }
     elif method != "iterative":
         out["schedule"] = dump["schedule"]
     return out
@@ -56,7 +63,9 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     from ice.checkpoint import atomic_write_bytes
 
-    atomic_write_bytes(out, (json.dumps(method_config(params, args.method, autotune), indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(
+        out, (json.dumps(method_config(params, args.method, autotune), indent=2, sort_keys=True) + "\n").encode()
+    )
 
 
 if __name__ == "__main__":

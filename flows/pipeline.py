@@ -23,7 +23,9 @@ from tasks.common import progress
 
 
 @flow(name="pipeline", flow_run_name="pipeline-{params_path}")
-def pipeline(params_path: str = "params.yaml", root: str | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+def pipeline(
+    params_path: str = "params.yaml", root: str | None = None, overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
     with open_stage("pipeline", params_path, root, overrides, track=False) as st:  # validates before any compute
         methods = list(st.params.prune.methods)
         r = str(st.root)

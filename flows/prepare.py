@@ -1,6 +1,6 @@
 """prepare: decode the data source once into uint8 tensors with fixed splits.
 
-    python -m flows.prepare --params params.yaml      ->  data/prepared/dataset.pt
+python -m flows.prepare --params params.yaml      ->  data/prepared/dataset.pt
 """
 
 from __future__ import annotations
@@ -15,15 +15,25 @@ from tasks.steps import bind, prepare_data
 
 
 @flow(name="prepare", flow_run_name="prepare-{params_path}", log_prints=False)
-def prepare(params_path: str = "params.yaml", root: str | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+def prepare(
+    params_path: str = "params.yaml", root: str | None = None, overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
     with open_stage("prepare", params_path, root, overrides, track=False) as st:
         out = bind(prepare_data, st.root)(str(st.root), st.cfg("data")["data"])
         publish(resolve(st.paths, out["ref"]), st.paths.prepared, out["ref"]["sha256"])
         # the record every later stage verifies the prepared data against
-        write_json(st.paths.prepared_record, {"sha256": out["ref"]["sha256"], "source": st.params.data.source,
-                                              **{k: out[k] for k in ("train", "val", "test", "classes", "shape")}})
-        progress(f"[prepare] {st.params.data.source}: train {out['train']}, val {out['val']}, test {out['test']}, "
-                 f"{out['classes']} classes, images {'x'.join(map(str, out['shape']))} -> {st.paths.rel(st.paths.prepared)}")
+        write_json(
+            st.paths.prepared_record,
+            {
+                "sha256": out["ref"]["sha256"],
+                "source": st.params.data.source,
+                **{k: out[k] for k in ("train", "val", "test", "classes", "shape")},
+            },
+        )
+        progress(
+            f"[prepare] {st.params.data.source}: train {out['train']}, val {out['val']}, test {out['test']}, "
+            f"{out['classes']} classes, images {'x'.join(map(str, out['shape']))} -> {st.paths.rel(st.paths.prepared)}"
+        )
         return out
 
 

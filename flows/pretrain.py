@@ -38,8 +38,10 @@ def _train(st: Stage, data_ref: dict[str, str]) -> dict[str, Any]:
         if st.tracker is not None and st.run_id is not None:  # live: one point per epoch as it ends
             st.tracker.log_metrics(st.run_id, {k: v for k, v in rec.items() if k != "epoch"}, step=epoch)
         left = (time.perf_counter() - t0) / epoch * (n - epoch)
-        progress(f"[pretrain] epoch {epoch}/{n}: loss {rec['train_loss']:.3f}, val acc {rec['val_acc']:.2f}%, "
-                 f"{rec['seconds']:.0f}s" + (f", about {left / 60:.0f} min left" if epoch < n else ""))
+        progress(
+            f"[pretrain] epoch {epoch}/{n}: loss {rec['train_loss']:.3f}, val acc {rec['val_acc']:.2f}%, "
+            f"{rec['seconds']:.0f}s" + (f", about {left / 60:.0f} min left" if epoch < n else "")
+        )
     assert state_ref is not None
     out = bind(finish_pretrain, st.root)(str(st.root), data_ref, state_ref, cfg)
     out["seconds"] = sum(r["seconds"] for r in out["history"])
@@ -48,7 +50,9 @@ def _train(st: Stage, data_ref: dict[str, str]) -> dict[str, Any]:
 
 
 @flow(name="pretrain", flow_run_name="pretrain-{params_path}")
-def pretrain(params_path: str = "params.yaml", root: str | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+def pretrain(
+    params_path: str = "params.yaml", root: str | None = None, overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
     with open_stage("pretrain", params_path, root, overrides) as st:
         data_ref = st.require(st.paths.prepared, "prepare")
         if st.params.model.weights:
@@ -58,22 +62,41 @@ def pretrain(params_path: str = "params.yaml", root: str | None = None, override
         else:
             out = _train(st, data_ref)
         publish(resolve(st.paths, out["ref"]), st.paths.pretrained, out["ref"]["sha256"])
-        report = {"val_acc": out["val_acc"], "test_acc": out["test_acc"], "seconds": out["seconds"],
-                  "epochs": len(out["history"]), "sha256": out["ref"]["sha256"], "source": out["source"]}
+        report = {
+            "val_acc": out["val_acc"],
+            "test_acc": out["test_acc"],
+            "seconds": out["seconds"],
+            "epochs": len(out["history"]),
+            "sha256": out["ref"]["sha256"],
+            "source": out["source"],
+        }
         write_json(st.paths.pretrain_report, report)
         assert st.tracker is not None and st.run_id is not None
-        st.tracker.log_metrics(st.run_id, {"final_val_acc": out["val_acc"], "test_acc": out["test_acc"],
-                                           "pretrain_seconds": out["seconds"]})
+        st.tracker.log_metrics(
+            st.run_id,
+            {"final_val_acc": out["val_acc"], "test_acc": out["test_acc"], "pretrain_seconds": out["seconds"]},
+        )
         if st.params.tracking.register_models:
             name = registered_name(st.params.model.arch, st.params.data.source)
-            version = st.tracker.log_model(st.run_id, st.paths.pretrained, name, "pretrained",
-                                           f"pretrained ({out['source']}), val {out['val_acc']:.2f}%, test {out['test_acc']:.2f}%",
-                                           {"stage": "pretrain", "val_acc": round(out["val_acc"], 2), "test_acc": round(out["test_acc"], 2)})
+            version = st.tracker.log_model(
+                st.run_id,
+                st.paths.pretrained,
+                name,
+                "pretrained",
+                f"pretrained ({out['source']}), val {out['val_acc']:.2f}%, test {out['test_acc']:.2f}%",
+                {"stage": "pretrain", "val_acc": round(out["val_acc"], 2), "test_acc": round(out["test_acc"], 2)},
+            )
             report["registered"] = f"{name} v{version} (alias pretrained)"
-        progress(f"[pretrain] {out['source']}: val acc {out['val_acc']:.2f}%, test acc {out['test_acc']:.2f}% "
-                 f"in {out['seconds']:.1f}s -> {st.paths.rel(st.paths.pretrained)}")
+        progress(
+            f"[pretrain] {out['source']}: val acc {out['val_acc']:.2f}%, test acc {out['test_acc']:.2f}% "
+            f"in {out['seconds']:.1f}s -> {st.paths.rel(st.paths.pretrained)}"
+        )
         return report
 
 
 if __name__ == "__main__":
-    cli("pretrain", "Pre-train the model on the prepared data (or import model.weights).", lambda a, o: pretrain(a.params, a.root, o))
+    cli(
+        "pretrain",
+        "Pre-train the model on the prepared data (or import model.weights).",
+        lambda a, o: pretrain(a.params, a.root, o),
+    )

@@ -37,8 +37,19 @@ from tasks.steps import (
 )
 from tasks.tracking import registered_name
 
-STEP_METRICS = ("acc_pruned", "acc_finetuned", "params", "macs", "frozen", "finetuned", "t_prune", "t_eval", "t_finetune",
-                "work_eval", "work_finetune")
+STEP_METRICS = (
+    "acc_pruned",
+    "acc_finetuned",
+    "params",
+    "macs",
+    "frozen",
+    "finetuned",
+    "t_prune",
+    "t_eval",
+    "t_finetune",
+    "work_eval",
+    "work_finetune",
+)
 
 
 def step_metrics(rec: dict[str, Any]) -> dict[str, float]:
@@ -55,12 +66,15 @@ class _TaskSteps:
     """:class:`ice.methods.core.StepOps` as cached Prefect tasks over checkpoints: the
     current model is a store reference that each task reads and the next one gets."""
 
-    def __init__(self, st: Stage, data_ref: dict[str, str], pre_ref: dict[str, str], state: dict[str, Any], cfg: dict[str, Any]):
+    def __init__(
+        self, st: Stage, data_ref: dict[str, str], pre_ref: dict[str, str], state: dict[str, Any], cfg: dict[str, Any]
+    ):
         self.root, self.data_ref, self.pre_ref, self.state, self.cfg = str(st.root), data_ref, pre_ref, state, cfg
         self.run = run_view(state)
         self.ref = pre_ref
         self._prune, self._eval, self._decide, self._finetune = (
-            bind(t, st.root) for t in (prune_one_step, evaluate_checkpoint, decide_finetune, finetune_checkpoint))
+            bind(t, st.root) for t in (prune_one_step, evaluate_checkpoint, decide_finetune, finetune_checkpoint)
+        )
 
     def prune(self, k: int) -> dict[str, Any]:
         out = self._prune(self.root, self.data_ref, self.ref, self.run, k, self.cfg)
@@ -90,7 +104,10 @@ def _stepwise(st: Stage, method: str, data_ref: dict[str, str], pre_ref: dict[st
     if method == "ice":
         st.require(st.paths.autotune, "autotune")
         tuned = read_json(st.paths.autotune)
-        hp, search = tuned["hp"], {"seconds": float(tuned["search_seconds"]), "work": float(tuned.get("search_work", 0.0))}
+        hp, search = (
+            tuned["hp"],
+            {"seconds": float(tuned["search_seconds"]), "work": float(tuned.get("search_work", 0.0))},
+        )
         cfg["ice"].pop("autotune")  # its result comes in as hp
         if tuned.get("enabled"):  # the search chose these; params' own values would only spoil the cache keys
             for key in SEARCHED_ICE_KEYS:
@@ -115,18 +132,36 @@ def _stepwise(st: Stage, method: str, data_ref: dict[str, str], pre_ref: dict[st
     ops = _TaskSteps(st, data_ref, pre_ref, state, cfg)
     steps, _ = run_steps(ops, state, st.params, on_step=on_step)
     cost = add_search(run_cost(state, steps), search["seconds"], search["work"])
-    return {"ref": ops.ref, "steps": steps, "seconds": cost["seconds"], "work_gmacs": cost["work_gmacs"], "cost": cost,
-            "search_seconds": search["seconds"], "finetunes": sum(1 for r in steps if r["finetuned"]), "hp": state["hp"],
-            "frozen": state["frozen"], "acc_original": state["acc_original"]}
+    return {
+        "ref": ops.ref,
+        "steps": steps,
+        "seconds": cost["seconds"],
+        "work_gmacs": cost["work_gmacs"],
+        "cost": cost,
+        "search_seconds": search["seconds"],
+        "finetunes": sum(1 for r in steps if r["finetuned"]),
+        "hp": state["hp"],
+        "frozen": state["frozen"],
+        "acc_original": state["acc_original"],
+    }
 
 
 def _training(st: Stage, method: str, data_ref: dict[str, str], pre_ref: dict[str, str]) -> dict[str, Any]:
-    out = bind(train_with_schedule, st.root)(str(st.root), data_ref, pre_ref, method, st.device_cfg("seed", "prune", "schedule"))
+    out = bind(train_with_schedule, st.root)(
+        str(st.root), data_ref, pre_ref, method, st.device_cfg("seed", "prune", "schedule")
+    )
     if st.tracker is not None and st.run_id is not None:
         for rec in out["steps"]:
             st.tracker.log_metrics(st.run_id, {k: v for k, v in rec.items() if k != "step"}, step=rec["step"])
-    return {"ref": out["ref"], "steps": out["steps"], "seconds": out["seconds"], "work_gmacs": out["info"].get("work_gmacs"),
-            "search_seconds": 0.0, "finetunes": 0, "info": out["info"]}
+    return {
+        "ref": out["ref"],
+        "steps": out["steps"],
+        "seconds": out["seconds"],
+        "work_gmacs": out["info"].get("work_gmacs"),
+        "search_seconds": 0.0,
+        "finetunes": 0,
+        "info": out["info"],
+    }
 
 
 def _rounded(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -140,7 +175,9 @@ def _run_name() -> str:
 
 
 @flow(name="prune", flow_run_name=_run_name)
-def prune(method: Method, params_path: str = "params.yaml", root: str | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+def prune(
+    method: Method, params_path: str = "params.yaml", root: str | None = None, overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Prune the pretrained model with one method.
 
     Args:
@@ -156,36 +193,66 @@ def prune(method: Method, params_path: str = "params.yaml", root: str | None = N
     with open_stage("prune", params_path, root, overrides, method=method) as st:
         data_ref = st.require(st.paths.prepared, "prepare")
         pre_ref = st.require(st.paths.pretrained, "pretrain")
-        out = _stepwise(st, method, data_ref, pre_ref) if method in ("ice", "iterative") else _training(st, method, data_ref, pre_ref)
+        out = (
+            _stepwise(st, method, data_ref, pre_ref)
+            if method in ("ice", "iterative")
+            else _training(st, method, data_ref, pre_ref)
+        )
         final = resolve(st.paths, out["ref"])
         publish(final, st.paths.pruned(method), out["ref"]["sha256"])
         write_csv(st.paths.steps_csv(method), [{"method": method, **r} for r in out["steps"]])
-        report = {k: v for k, v in out.items() if k not in ("ref", "steps")} | {"method": method, "sha256": out["ref"]["sha256"],
-                                                                                "mlflow_run_id": st.run_id}
+        report = {k: v for k, v in out.items() if k not in ("ref", "steps")} | {
+            "method": method,
+            "sha256": out["ref"]["sha256"],
+            "mlflow_run_id": st.run_id,
+        }
         write_json(st.paths.prune_report(method), report)
         assert st.tracker is not None and st.run_id is not None
         last = max((int(r["step"]) for r in out["steps"]), default=0)  # the totals sit at the end of the curves
-        st.tracker.log_metrics(st.run_id, {"total_seconds": out["seconds"], "work_gmacs": out.get("work_gmacs"),
-                                           "finetunes": out["finetunes"], "search_seconds": out["search_seconds"]}, step=last)
+        st.tracker.log_metrics(
+            st.run_id,
+            {
+                "total_seconds": out["seconds"],
+                "work_gmacs": out.get("work_gmacs"),
+                "finetunes": out["finetunes"],
+                "search_seconds": out["search_seconds"],
+            },
+            step=last,
+        )
         st.tracker.log_artifacts(st.run_id, [st.paths.steps_csv(method), st.paths.prune_report(method)])
         if st.params.tracking.register_models:
             name = registered_name(st.params.model.arch, st.params.data.source)
-            version = st.tracker.log_model(st.run_id, st.paths.pruned(method), name, method, f"pruned with {method}",
-                                           {"method": method})
+            version = st.tracker.log_model(
+                st.run_id, st.paths.pruned(method), name, method, f"pruned with {method}", {"method": method}
+            )
             report["registered"] = f"{name} v{version} (alias {method})"
-            st.tracker.set_tags(st.run_id, {"ice.registered": report["registered"]})  # also when a cached rerun reuses it
+            st.tracker.set_tags(
+                st.run_id, {"ice.registered": report["registered"]}
+            )  # also when a cached rerun reuses it
         work = f", {out['work_gmacs']:,.0f} GMACs" if out.get("work_gmacs") is not None else ""
         link = st.tracker.run_url(st.run_id)
-        publish_artifact("table", f"prune-{method.replace('_', '-')}-steps", _rounded(out["steps"]),
-                         f"{method}: one row per step; MLflow run: {link}")
-        progress(f"[{method}] done: {out['finetunes']} fine-tunes, {out['seconds']:.1f}s{work} -> {st.paths.rel(st.paths.pruned(method))}")
+        publish_artifact(
+            "table",
+            f"prune-{method.replace('_', '-')}-steps",
+            _rounded(out["steps"]),
+            f"{method}: one row per step; MLflow run: {link}",
+        )
+        progress(
+            f"[{method}] done: {out['finetunes']} fine-tunes, {out['seconds']:.1f}s{work} -> {st.paths.rel(st.paths.pruned(method))}"
+        )
         return report
 
 
 if __name__ == "__main__":
+
     def _extra(ap: Any) -> None:
         from ice.methods import METHODS
 
         ap.add_argument("--method", required=True, choices=METHODS, help="the pruning method")
 
-    cli("prune", "Prune the pretrained model with one method.", lambda a, o: prune(a.method, a.params, a.root, o), _extra)
+    cli(
+        "prune",
+        "Prune the pretrained model with one method.",
+        lambda a, o: prune(a.method, a.params, a.root, o),
+        _extra,
+    )

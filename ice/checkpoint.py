@@ -77,7 +77,9 @@ def _check_plain(value: Any, where: str = "meta") -> None:
         for i, v in enumerate(value):
             _check_plain(v, f"{where}[{i}]")
         return
-    raise CheckpointError(f"{where}: {type(value).__name__} is not plain data (str, number, bool, None, tensor, list, dict)")
+    raise CheckpointError(
+        f"{where}: {type(value).__name__} is not plain data (str, number, bool, None, tensor, list, dict)"
+    )
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any] | None = None) -> str:
@@ -119,7 +121,9 @@ def load_checkpoint(
     except Exception as err:  # truncated zip, garbage bytes, foreign pickle
         raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({type(err).__name__})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not an ice checkpoint (format {payload.get('format') if isinstance(payload, dict) else None!r})")
+        raise CheckpointError(
+            f"{path}: not an ice checkpoint (format {payload.get('format') if isinstance(payload, dict) else None!r})"
+        )
     model = rebuild(payload["spec"], payload["widths"])
     model.ice_spec = payload["spec"]  # type: ignore[assignment]
     try:

@@ -129,7 +129,9 @@ class LrConfig(_Section):
     @model_validator(mode="after")
     def _positive(self) -> LrConfig:
         if self.delta >= self.base:
-            raise ValueError(f"delta: {self.delta} is not allowed; it must be below base ({self.base}) so lr stays positive")
+            raise ValueError(
+                f"delta: {self.delta} is not allowed; it must be below base ({self.base}) so lr stays positive"
+            )
         return self
 
 
@@ -152,7 +154,9 @@ class AutotuneConfig(_Section):
     # a trial's cost: work (MACs, the same on every machine), seconds (measured, as the
     # reference), or auto (seconds for the paper objective, work otherwise)
     cost: Literal["auto", "work", "seconds"] = "auto"
-    min_val_images: int = Field(100, ge=0)  # floor on the trials' validation subset (0: the plain fraction, as the paper)
+    min_val_images: int = Field(
+        100, ge=0
+    )  # floor on the trials' validation subset (0: the plain fraction, as the paper)
     seed: int = 0
     workers: int = Field(1, ge=1)  # trials run at once by the autotune flow's task runner
     # stop a trial once its cost alone reaches the best finished trial's objective (balanced

@@ -25,7 +25,20 @@ import torch
 
 from ice.config import DataConfig
 
-__all__ = ["Split", "Dataset", "load_dataset", "holdout", "save_prepared", "load_prepared", "batches", "probe_batch", "n_steps", "augment_batch", "normalize", "IMAGE_EXTS"]
+__all__ = [
+    "Split",
+    "Dataset",
+    "load_dataset",
+    "holdout",
+    "save_prepared",
+    "load_prepared",
+    "batches",
+    "probe_batch",
+    "n_steps",
+    "augment_batch",
+    "normalize",
+    "IMAGE_EXTS",
+]
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 _CACHE_FORMAT = 2
@@ -200,7 +213,9 @@ def _load_folder(spec: DataConfig) -> dict[str, Any]:
         try:
             files = _tar_members(root)
         except (tarfile.TarError, EOFError, OSError) as err:
-            raise ValueError(f"data.root {str(root)!r}: not a readable tar archive ({type(err).__name__}: {err})") from None
+            raise ValueError(
+                f"data.root {str(root)!r}: not a readable tar archive ({type(err).__name__}: {err})"
+            ) from None
     else:
         files = _dir_members(root)
     return _decode_members(files, str(root))
@@ -264,8 +279,9 @@ def _decode_members(files: dict[str, list[tuple[str, Any]]], where: str) -> dict
                         img = img.resize(size, Image.Resampling.BILINEAR)
                     xs.append(torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8))
             except (OSError, ValueError, SyntaxError) as err:  # PIL: unidentified, truncated or broken image
-                raise ValueError(f"{where}: {split}/{key} is not a readable image ({type(err).__name__}: {err}); "
-                                 "fix or remove it") from None
+                raise ValueError(
+                    f"{where}: {split}/{key} is not a readable image ({type(err).__name__}: {err}); fix or remove it"
+                ) from None
         c = 1 if mode == "L" else 3
         assert size is not None
         x = torch.stack(xs).view(len(xs), size[1], size[0], c).permute(0, 3, 1, 2).contiguous()
@@ -315,12 +331,21 @@ def save_prepared(ds: Dataset, path: str | Path) -> str:
     """
     from ice.checkpoint import atomic_write_bytes
 
-    payload: dict[str, Any] = {"format": PREPARED_FORMAT, "name": ds.name, "classes": list(ds.classes),
-                               "mean": list(ds.mean), "std": list(ds.std), "meta": dict(ds.meta)}
+    payload: dict[str, Any] = {
+        "format": PREPARED_FORMAT,
+        "name": ds.name,
+        "classes": list(ds.classes),
+        "mean": list(ds.mean),
+        "std": list(ds.std),
+        "meta": dict(ds.meta),
+    }
     for split in ("train", "val", "test"):
         s: Split = getattr(ds, split)
-        payload[split] = {"x": s.x.contiguous(), "y": s.y.contiguous(),
-                          "index": s.index.contiguous() if s.index is not None else torch.arange(len(s))}
+        payload[split] = {
+            "x": s.x.contiguous(),
+            "y": s.y.contiguous(),
+            "index": s.index.contiguous() if s.index is not None else torch.arange(len(s)),
+        }
     buf = io.BytesIO()
     torch.save(payload, buf)
     data = buf.getvalue()
@@ -335,16 +360,28 @@ def load_prepared(path: str | Path, sha256: str | None = None) -> Dataset:
     except OSError as err:
         raise ValueError(f"{path}: cannot be read ({err.strerror or err})") from None
     if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
-        raise ValueError(f"{path}: sha256 mismatch; the prepared data changed since it was recorded (rerun the prepare stage)")
+        raise ValueError(
+            f"{path}: sha256 mismatch; the prepared data changed since it was recorded (rerun the prepare stage)"
+        )
     try:
         p = torch.load(io.BytesIO(data), weights_only=True)
     except Exception as err:  # truncated zip, garbage bytes
-        raise ValueError(f"{path}: truncated or corrupt prepared data ({type(err).__name__}); rerun the prepare stage") from None
+        raise ValueError(
+            f"{path}: truncated or corrupt prepared data ({type(err).__name__}); rerun the prepare stage"
+        ) from None
     if not isinstance(p, dict) or p.get("format") != PREPARED_FORMAT:
         raise ValueError(f"{path}: not prepared data (run the prepare stage)")
     splits = {k: Split(p[k]["x"], p[k]["y"], p[k]["index"]) for k in ("train", "val", "test")}
-    return Dataset(p["name"], splits["train"], splits["val"], splits["test"], list(p["classes"]),
-                   tuple(p["mean"]), tuple(p["std"]), dict(p["meta"]))
+    return Dataset(
+        p["name"],
+        splits["train"],
+        splits["val"],
+        splits["test"],
+        list(p["classes"]),
+        tuple(p["mean"]),
+        tuple(p["std"]),
+        dict(p["meta"]),
+    )
 
 
 # ----------------------------------------------------------------------------- batches
@@ -371,7 +408,9 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator, padding: int = 4,
     padded = torch.nn.functional.pad(x, (padding, padding, padding, padding))
     rows = (offs[0].view(b, 1) + torch.arange(h, device=x.device)).view(b, 1, h, 1)
     cols = (offs[1].view(b, 1) + torch.arange(w, device=x.device)).view(b, 1, 1, w)
-    out = padded[torch.arange(b, device=x.device).view(b, 1, 1, 1), torch.arange(c, device=x.device).view(1, c, 1, 1), rows, cols]
+    out = padded[
+        torch.arange(b, device=x.device).view(b, 1, 1, 1), torch.arange(c, device=x.device).view(1, c, 1, 1), rows, cols
+    ]
     if flips is not None:
         out = torch.where(flips.to(x.device).view(b, 1, 1, 1), out.flip(3), out)
     return out

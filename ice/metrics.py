@@ -9,7 +9,16 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["count_params", "count_macs", "module_macs", "train_macs", "sparsity", "conv_param_fraction", "prunable_conv_params", "measure_latency"]
+__all__ = [
+    "count_params",
+    "count_macs",
+    "module_macs",
+    "train_macs",
+    "sparsity",
+    "conv_param_fraction",
+    "prunable_conv_params",
+    "measure_latency",
+]
 
 
 def count_params(model: nn.Module, nonzero: bool = False) -> int:
@@ -38,9 +47,12 @@ def module_macs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int
                 assert isinstance(m, nn.Linear)
                 n = m.in_features * m.out_features * (out[0].numel() // m.out_features)
             macs[name] = macs.get(name, 0) + int(n)
+
         return record
 
-    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    handles = [
+        m.register_forward_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)
+    ]
     was_training = model.training
     model.eval()
     try:
@@ -88,7 +100,12 @@ def conv_param_fraction(model: nn.Module, original: int) -> float:
 
 @torch.no_grad()
 def measure_latency(
-    model: nn.Module, input_shape: tuple[int, ...], *, iters: int = 20, warmup: int = 5, device: torch.device | None = None
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    *,
+    iters: int = 20,
+    warmup: int = 5,
+    device: torch.device | None = None,
 ) -> dict[str, float]:
     """Median and p90 forward latency in milliseconds for a batch of ``input_shape``."""
     device = device or next(model.parameters()).device
@@ -108,4 +125,8 @@ def measure_latency(
         times.append((time.perf_counter() - t) * 1000)
     model.train(was_training)
     times.sort()
-    return {"median_ms": statistics.median(times), "p90_ms": times[int(0.9 * (len(times) - 1))], "batch": float(input_shape[0])}
+    return {
+        "median_ms": statistics.median(times),
+        "p90_ms": times[int(0.9 * (len(times) - 1))],
+        "batch": float(input_shape[0]),
+    }

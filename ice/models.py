@@ -46,9 +46,7 @@ class BasicBlock(nn.Module):
         if stride != 1 or in_planes != planes:
             # option B (1x1 conv projection): keeps every tensor a parameter, so
             # checkpoints rebuild from widths alone
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)
-            )
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.bn1(self.conv1(x)))
@@ -231,7 +229,12 @@ def build_model(
         raise ValueError(
             f"unknown arch {arch!r}; choose one of {', '.join(available_archs())} or tv:<torchvision classifier>"
         )
-    spec: dict[str, Any] = {"arch": arch, "num_classes": num_classes, "in_channels": in_channels, "kwargs": dict(kwargs)}
+    spec: dict[str, Any] = {
+        "arch": arch,
+        "num_classes": num_classes,
+        "in_channels": in_channels,
+        "kwargs": dict(kwargs),
+    }
     if image_size is not None:
         spec["image_size"] = [int(v) for v in image_size]
     model.ice_spec = spec  # type: ignore[assignment]
@@ -289,8 +292,13 @@ def apply_widths(model: nn.Module, widths: dict[str, list[int]]) -> nn.Module:
 def rebuild(spec: dict[str, Any], widths: dict[str, list[int]] | None = None) -> nn.Module:
     """Rebuild a (possibly pruned) model from its ``ice_spec`` and per-layer widths."""
     size = spec.get("image_size")
-    model = build_model(spec["arch"], spec["num_classes"], spec.get("in_channels", 3),
-                        image_size=tuple(size) if isinstance(size, list | tuple) else None, **spec.get("kwargs", {}))
+    model = build_model(
+        spec["arch"],
+        spec["num_classes"],
+        spec.get("in_channels", 3),
+        image_size=tuple(size) if isinstance(size, list | tuple) else None,
+        **spec.get("kwargs", {}),
+    )
     if widths:
         apply_widths(model, widths)
     return model

@@ -130,7 +130,9 @@ def make_optimizer(model: nn.Module, lr: float, momentum: float = 0.9, weight_de
     return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
-def remap_optimizer(opt: torch.optim.Optimizer, changes: Iterable[tuple[torch.Tensor, nn.Parameter, int, torch.Tensor]]) -> None:
+def remap_optimizer(
+    opt: torch.optim.Optimizer, changes: Iterable[tuple[torch.Tensor, nn.Parameter, int, torch.Tensor]]
+) -> None:
     """Carry optimizer state across a structural change (from ``prune_channels``).
 
     Each replaced parameter takes its old one's place in the param groups, and its
@@ -143,7 +145,9 @@ def remap_optimizer(opt: torch.optim.Optimizer, changes: Iterable[tuple[torch.Te
         state = opt.state.pop(old, None)
         if state:
             opt.state[new] = {
-                k: v.index_select(dim, keep.to(v.device)).clone() if isinstance(v, torch.Tensor) and v.shape == old.shape else v
+                k: v.index_select(dim, keep.to(v.device)).clone()
+                if isinstance(v, torch.Tensor) and v.shape == old.shape
+                else v
                 for k, v in state.items()
             }
 
@@ -186,7 +190,18 @@ def train_epoch(
     t0 = time.perf_counter()
     total_loss, correct, seen = 0.0, 0, 0
     for step, (x, y) in enumerate(
-        batches(split, batch_size, data.mean, data.std, shuffle=True, augment=augment, generator=generator, device=device, fraction=fraction, channels_last=cl)
+        batches(
+            split,
+            batch_size,
+            data.mean,
+            data.std,
+            shuffle=True,
+            augment=augment,
+            generator=generator,
+            device=device,
+            fraction=fraction,
+            channels_last=cl,
+        )
     ):
         # set lr
         if lr_at is not None:
@@ -255,7 +270,9 @@ def cosine_lr(peak: float, offset: int, total: int) -> Callable[[int, int], floa
     return lr_at
 
 
-def one_cycle_lr(peak: float, offset: int, total: int, warmup: float = 0.15, div: float = 10.0, final_div: float = 1e3) -> Callable[[int, int], float]:
+def one_cycle_lr(
+    peak: float, offset: int, total: int, warmup: float = 0.15, div: float = 10.0, final_div: float = 1e3
+) -> Callable[[int, int], float]:
     """An ``lr_at`` hook: one cycle (Smith), as ``torch.optim.lr_scheduler.OneCycleLR`` with cosine annealing.
 
     Linear warm-up from ``peak/div`` to ``peak`` over the first ``warmup`` share of the
@@ -317,14 +334,33 @@ def fit_epoch(
     steps = [n_steps(len(data.train), batch_size, f) for f in fractions]
     lr_at = LR_SCHEDULES[schedule](lr, sum(steps[:epoch]), sum(steps))
     stats = train_epoch(
-        model, data, opt, batch_size=batch_size, fraction=fractions[epoch], augment=augment, generator=g, device=device,
+        model,
+        data,
+        opt,
+        batch_size=batch_size,
+        fraction=fractions[epoch],
+        augment=augment,
+        generator=g,
+        device=device,
         lr_at=lr_at,
     )
     val = evaluate(model, data, "val", device=device)
-    rec = {"epoch": epoch + 1, "train_loss": stats["loss"], "train_acc": stats["acc"], "val_acc": val["acc"],
-           "lr": float(opt.param_groups[0]["lr"]), "seconds": stats["seconds"]}
-    new_state = {"epoch": epoch + 1, "epochs": len(fractions), "optimizer": opt.state_dict(), "generator": g.get_state(),
-                 "torch_rng": torch.get_rng_state(), "history": [*history, rec]}
+    rec = {
+        "epoch": epoch + 1,
+        "train_loss": stats["loss"],
+        "train_acc": stats["acc"],
+        "val_acc": val["acc"],
+        "lr": float(opt.param_groups[0]["lr"]),
+        "seconds": stats["seconds"],
+    }
+    new_state = {
+        "epoch": epoch + 1,
+        "epochs": len(fractions),
+        "optimizer": opt.state_dict(),
+        "generator": g.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "history": [*history, rec],
+    }
     return new_state, rec
 
 
@@ -348,8 +384,18 @@ def fit(
     state: dict[str, Any] | None = None
     for _ in epoch_fractions(epochs):
         state, rec = fit_epoch(
-            model, data, state, epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay, batch_size=batch_size,
-            augment=augment, seed=seed, schedule=schedule, device=device,
+            model,
+            data,
+            state,
+            epochs=epochs,
+            lr=lr,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            batch_size=batch_size,
+            augment=augment,
+            seed=seed,
+            schedule=schedule,
+            device=device,
         )
         if on_epoch is not None:
             on_epoch(rec["epoch"], rec)

@@ -53,7 +53,7 @@ def main() -> None:
                 assert f is not None, f"{member} not in {tgz.name}"
                 js = f.read().decode("utf-8")
             js = js.replace("</script", "<\\/script")  # never close the tag early
-            scripts.append(f"    <script type=\"text/javascript\">/* {spec} */\n{js}\n    </script>")
+            scripts.append(f'    <script type="text/javascript">/* {spec} */\n{js}\n    </script>')
     page = PAGE.replace("{{", "{").replace("}}", "}")  # the CSS braces, before any JS goes in
     page = page.replace("{versions}", ", ".join(PACKAGES)).replace("{inline}", "\n".join(scripts))
     OUT.parent.mkdir(parents=True, exist_ok=True)

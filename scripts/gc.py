@@ -85,7 +85,9 @@ def main() -> None:
             if not args.dry_run:
                 r.unlink()
     verb = "would free" if args.dry_run else "freed"
-    print(f"{verb} {freed / 1e6:.1f} MB: {len(removed)} stored files and {stale} cached results; kept {len(keep)} referenced outputs")
+    print(
+        f"{verb} {freed / 1e6:.1f} MB: {len(removed)} stored files and {stale} cached results; kept {len(keep)} referenced outputs"
+    )
 
 
 if __name__ == "__main__":

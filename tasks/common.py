@@ -227,8 +227,10 @@ def verify_input(paths: Paths, path: Path, stage: str) -> dict[str, str]:
     if want is None and record != path:
         raise IntegrityError(f"{paths.rel(path)}: no sha256 recorded in {paths.rel(record)}; rerun the {stage} stage")
     if want is not None and sha != want:
-        raise IntegrityError(f"{paths.rel(path)}: sha256 is {sha}, the {stage} stage recorded {want} in "
-                             f"{paths.rel(record)}; the file changed since: rerun the {stage} stage")
+        raise IntegrityError(
+            f"{paths.rel(path)}: sha256 is {sha}, the {stage} stage recorded {want} in "
+            f"{paths.rel(record)}; the file changed since: rerun the {stage} stage"
+        )
     return make_ref(paths, path, sha)
 
 

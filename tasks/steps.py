@@ -191,13 +191,18 @@ def prepare_data(root: str, data_cfg: dict[str, Any]) -> dict[str, Any]:
     ds = load_dataset(cfg)
     return {
         "ref": _store(paths, "prepared", lambda tmp: save_prepared(ds, tmp)),
-        "train": len(ds.train), "val": len(ds.val), "test": len(ds.test),
-        "classes": len(ds.classes), "shape": list(ds.input_shape()[1:]),
+        "train": len(ds.train),
+        "val": len(ds.val),
+        "test": len(ds.test),
+        "classes": len(ds.classes),
+        "shape": list(ds.input_shape()[1:]),
     }
 
 
 @task(name="pretrain-epoch", tags=["gpu"], task_run_name="pretrain-epoch-{epoch}")
-def pretrain_epoch(root: str, data_ref: dict[str, str], state_ref: dict[str, str] | None, epoch: int, cfg: dict[str, Any]) -> dict[str, Any]:
+def pretrain_epoch(
+    root: str, data_ref: dict[str, str], state_ref: dict[str, str] | None, epoch: int, cfg: dict[str, Any]
+) -> dict[str, Any]:
     """Train epoch ``epoch`` (1-based) from the previous epoch's state (None: a new, seeded model).
 
     The state (weights, optimizer, lr-schedule position, RNG states) is saved to the
@@ -216,7 +221,9 @@ def pretrain_epoch(root: str, data_ref: dict[str, str], state_ref: dict[str, str
     data = load_data(paths, data_ref)
     if state_ref is None:
         torch.manual_seed(params.seed)
-        model = build_model(params.model.arch, data.num_classes, data.in_channels, image_size=data.image_size).to(device)
+        model = build_model(params.model.arch, data.num_classes, data.in_channels, image_size=data.image_size).to(
+            device
+        )
         state = None
     else:
         model, meta = load_checkpoint(resolve(paths, state_ref), sha256=state_ref["sha256"], map_location=device)
@@ -225,15 +232,27 @@ def pretrain_epoch(root: str, data_ref: dict[str, str], state_ref: dict[str, str
             raise ValueError(f"pretrain state {state_ref['path']} ends at epoch {state['epoch']}, not {epoch - 1}")
     tr = params.train
     state, rec = fit_epoch(
-        model, data, state, epochs=tr.epochs, lr=tr.lr, momentum=tr.momentum, weight_decay=tr.weight_decay,
-        batch_size=tr.batch_size, augment=tr.augment, seed=params.seed, schedule=tr.lr_schedule, device=device,
+        model,
+        data,
+        state,
+        epochs=tr.epochs,
+        lr=tr.lr,
+        momentum=tr.momentum,
+        weight_decay=tr.weight_decay,
+        batch_size=tr.batch_size,
+        augment=tr.augment,
+        seed=params.seed,
+        schedule=tr.lr_schedule,
+        device=device,
     )
     ref = save_model(paths, model, f"pretrain-epoch{epoch:03d}", {"stage": "pretrain", "fit": state})
     return {"ref": ref, "record": rec}
 
 
 @task(name="finish-pretrain", tags=["gpu"])
-def finish_pretrain(root: str, data_ref: dict[str, str], state_ref: dict[str, str], cfg: dict[str, Any]) -> dict[str, Any]:
+def finish_pretrain(
+    root: str, data_ref: dict[str, str], state_ref: dict[str, str], cfg: dict[str, Any]
+) -> dict[str, Any]:
     """The pretrained model alone (no optimizer state), with its validation and test accuracy."""
     from ice.checkpoint import load_checkpoint
 
@@ -243,20 +262,29 @@ def finish_pretrain(root: str, data_ref: dict[str, str], state_ref: dict[str, st
     acc = _accuracies(model, load_data(paths, data_ref))
     history = meta["fit"]["history"]
     # no timings in the checkpoint: the same params and seed give the same bytes
-    ref = save_model(paths, model, "pretrained", {"stage": "pretrain", "arch": params.model.arch, **acc, "epochs": len(history)})
+    ref = save_model(
+        paths, model, "pretrained", {"stage": "pretrain", "arch": params.model.arch, **acc, "epochs": len(history)}
+    )
     return {"ref": ref, **acc, "history": history}
 
 
 def _accuracies(model: Any, data: Any, batch_size: int = 512) -> dict[str, float]:
     from ice.train import evaluate
 
-    return {"val_acc": evaluate(model, data, "val", batch_size=batch_size)["acc"],
-            "test_acc": evaluate(model, data, "test", batch_size=batch_size)["acc"]}
+    return {
+        "val_acc": evaluate(model, data, "val", batch_size=batch_size)["acc"],
+        "test_acc": evaluate(model, data, "test", batch_size=batch_size)["acc"],
+    }
 
 
 @task(name="start-pruning", tags=["gpu"])
 def start_pruning(
-    root: str, data_ref: dict[str, str], model_ref: dict[str, str], method: str, hp: dict[str, float] | None, cfg: dict[str, Any]
+    root: str,
+    data_ref: dict[str, str],
+    model_ref: dict[str, str],
+    method: str,
+    hp: dict[str, float] | None,
+    cfg: dict[str, Any],
 ) -> dict[str, Any]:
     """Plan the steps and measure the reference accuracy; ICE also runs its freeze trial."""
     from ice.methods.core import start_run
@@ -303,7 +331,9 @@ def prune_one_step(
 
 
 @task(name="evaluate-step", tags=["gpu"])
-def evaluate_checkpoint(root: str, data_ref: dict[str, str], model_ref: dict[str, str], cfg: dict[str, Any]) -> dict[str, float]:
+def evaluate_checkpoint(
+    root: str, data_ref: dict[str, str], model_ref: dict[str, str], cfg: dict[str, Any]
+) -> dict[str, float]:
     """Accuracy of a checkpoint on the decision split (validation), with its seconds and work."""
     from ice.methods.core import evaluate_step
 
@@ -313,7 +343,11 @@ def evaluate_checkpoint(root: str, data_ref: dict[str, str], model_ref: dict[str
 
 @task(name="decide-finetune")
 def decide_finetune(
-    run: dict[str, Any], acc_original: float | None, acc_previous: float | None, acc_now: float | None, cfg: dict[str, Any]
+    run: dict[str, Any],
+    acc_original: float | None,
+    acc_previous: float | None,
+    acc_now: float | None,
+    cfg: dict[str, Any],
 ) -> bool:
     """ICE's rule (or always, for the baseline): fine-tune when the drop reaches ``thre``."""
     from ice.methods.core import decide
@@ -359,11 +393,18 @@ def train_with_schedule(
     model = load_model(paths, model_ref, _device(cfg))
     res = run_pruning(model, load_data(paths, data_ref), method, params, Callbacks(on_log=progress))
     ref = save_model(paths, res.model, f"{method}-final", {"method": method})
-    return {"ref": ref, "steps": res.steps, "seconds": res.seconds, "info": {k: v for k, v in res.info.items() if isinstance(v, int | float | str)}}
+    return {
+        "ref": ref,
+        "steps": res.steps,
+        "seconds": res.seconds,
+        "info": {k: v for k, v in res.info.items() if isinstance(v, int | float | str)},
+    }
 
 
 @task(name="autotune-setup", tags=["gpu"])
-def autotune_setup(root: str, data_ref: dict[str, str], model_ref: dict[str, str], cfg: dict[str, Any]) -> dict[str, Any]:
+def autotune_setup(
+    root: str, data_ref: dict[str, str], model_ref: dict[str, str], cfg: dict[str, Any]
+) -> dict[str, Any]:
     """The freeze trial every auto-tune trial shares (its scores do not depend on the hyperparameters)."""
     from ice.methods.autotune import search_setup
 
@@ -396,8 +437,11 @@ def autotune_trial(
     params = _params(cfg)
     device = _device(cfg)
     model = load_model(paths, model_ref, device)
-    key = hashlib.sha256(json.dumps([data_ref, model_ref, hp, number, cfg, freeze_scores, bound, ice_code_hash()],
-                                    sort_keys=True, default=str).encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        json.dumps(
+            [data_ref, model_ref, hp, number, cfg, freeze_scores, bound, ice_code_hash()], sort_keys=True, default=str
+        ).encode()
+    ).hexdigest()[:16]
     partial = paths.store / f"trial-{number:02d}-{key}-partial.pt"
     resume = None
     if partial.exists():
@@ -416,15 +460,27 @@ def autotune_trial(
         if line.startswith("[ice] step "):
             progress(f"[autotune] trial {number + 1}, " + line.removeprefix("[ice] "))
 
-    r = run_trial(model, load_data(paths, data_ref), params, hp, number=number, freeze_scores=freeze_scores, bound=bound,
-                  resume=resume, checkpoint=checkpoint, callbacks=Callbacks(on_log=step_line))
+    r = run_trial(
+        model,
+        load_data(paths, data_ref),
+        params,
+        hp,
+        number=number,
+        freeze_scores=freeze_scores,
+        bound=bound,
+        resume=resume,
+        checkpoint=checkpoint,
+        callbacks=Callbacks(on_log=step_line),
+    )
     partial.unlink(missing_ok=True)
     tune = params.ice.autotune
     return trial_row(r, tune.objective, tune.acc_tolerance, tune.cost)
 
 
 @task(name="evaluate-model", tags=["gpu"])
-def evaluate_model(root: str, data_ref: dict[str, str], model_ref: dict[str, str], cfg: dict[str, Any]) -> dict[str, Any]:
+def evaluate_model(
+    root: str, data_ref: dict[str, str], model_ref: dict[str, str], cfg: dict[str, Any]
+) -> dict[str, Any]:
     """Final figures of one model: validation and test accuracy, size, MACs, latency."""
     import torch
 
@@ -439,7 +495,9 @@ def evaluate_model(root: str, data_ref: dict[str, str], model_ref: dict[str, str
     bs = params.evaluate.batch_size
     shape = data.input_shape()
     with torch.no_grad():
-        lat = measure_latency(model, data.input_shape(params.evaluate.latency_batch), iters=params.evaluate.latency_iters)
+        lat = measure_latency(
+            model, data.input_shape(params.evaluate.latency_batch), iters=params.evaluate.latency_iters
+        )
     return {
         "val_acc": evaluate(model, data, "val", batch_size=bs)["acc"],
         "test_acc": evaluate(model, data, "test", batch_size=bs)["acc"],

@@ -137,7 +137,9 @@ class Tracker:
         return f"{self.ui_url()}/#/experiments/{self.experiment_id}/runs/{run_id}?workflowType=machine_learning"
 
     # ------------------------------------------------------------------ runs
-    def start_run(self, name: str, tags: Mapping[str, str], params: Mapping[str, Any] | None = None, parent: str | None = None) -> str:
+    def start_run(
+        self, name: str, tags: Mapping[str, str], params: Mapping[str, Any] | None = None, parent: str | None = None
+    ) -> str:
         from mlflow.entities import Param
 
         all_tags = dict(tags)

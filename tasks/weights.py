@@ -60,24 +60,36 @@ def _from_registry(uri: str, tracking_uri: str, dest: Path) -> tuple[Path, str |
         client.get_registered_model(name)
     except Exception:
         names = sorted(m.name for m in client.search_registered_models(max_results=50))
-        raise WeightsError(f"model.weights: {uri}: no registered model {name!r} in {tracking_uri} "
-                           f"(registered: {', '.join(names) or 'none'})") from None
+        raise WeightsError(
+            f"model.weights: {uri}: no registered model {name!r} in {tracking_uri} "
+            f"(registered: {', '.join(names) or 'none'})"
+        ) from None
     try:
         mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
     except Exception:
         model = client.get_registered_model(name)
-        known = sorted(model.aliases) if alias else sorted(
-            v.version for v in client.search_model_versions(f"name='{name}'", max_results=100))
+        known = (
+            sorted(model.aliases)
+            if alias
+            else sorted(v.version for v in client.search_model_versions(f"name='{name}'", max_results=100))
+        )
         what = f"alias {alias!r}" if alias else f"version {version}"
-        raise WeightsError(f"model.weights: {uri}: model {name!r} has no {what} "
-                           f"({'aliases' if alias else 'versions'}: {', '.join(map(str, known)) or 'none'})") from None
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{mv.version}", dst_path=str(dest),
-                                                     tracking_uri=tracking_uri))
+        raise WeightsError(
+            f"model.weights: {uri}: model {name!r} has no {what} "
+            f"({'aliases' if alias else 'versions'}: {', '.join(map(str, known)) or 'none'})"
+        ) from None
+    local = Path(
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{name}/{mv.version}", dst_path=str(dest), tracking_uri=tracking_uri
+        )
+    )
     flavor = yaml.safe_load((local / "MLmodel").read_text()).get("flavors", {}).get("python_function", {})
     rel = (flavor.get("artifacts") or {}).get("checkpoint", {}).get("path")
     if not rel or not (local / rel).is_file():
-        raise WeightsError(f"model.weights: {uri} (version {mv.version}) holds no ice checkpoint; "
-                           "register models with this pipeline (flows.pretrain or flows.prune)")
+        raise WeightsError(
+            f"model.weights: {uri} (version {mv.version}) holds no ice checkpoint; "
+            "register models with this pipeline (flows.pretrain or flows.prune)"
+        )
     return local / rel, (mv.tags or {}).get("sha256")
 
 
@@ -87,8 +99,9 @@ def fetch_weights(uri: str, root: Path, tracking_uri: str, dest: Path) -> tuple[
     if uri.startswith("models:/"):
         return _from_registry(uri, tracking_uri, dest)
     if "://" in uri:
-        raise WeightsError(f"model.weights = {uri!r}: scheme {uri.split('://')[0]!r} is not supported; "
-                           f"allowed: {', '.join(SCHEMES)}")
+        raise WeightsError(
+            f"model.weights = {uri!r}: scheme {uri.split('://')[0]!r} is not supported; allowed: {', '.join(SCHEMES)}"
+        )
     path = Path(uri).expanduser()
     path = path if path.is_absolute() else root / path
     if not path.is_file():
@@ -97,7 +110,9 @@ def fetch_weights(uri: str, root: Path, tracking_uri: str, dest: Path) -> tuple[
 
 
 @task(name="import-pretrained", tags=["gpu"])
-def import_pretrained(root: str, data_ref: dict[str, str], weights_ref: dict[str, str], cfg: dict[str, Any]) -> dict[str, Any]:
+def import_pretrained(
+    root: str, data_ref: dict[str, str], weights_ref: dict[str, str], cfg: dict[str, Any]
+) -> dict[str, Any]:
     """Validation and test accuracy of the imported checkpoint."""
     from tasks.steps import _accuracies, _device, load_data, load_model
 
@@ -114,8 +129,11 @@ def check_weights(path: Path, source: str, arch: str, num_classes: int, in_chann
     except CheckpointError as err:
         raise WeightsError(f"model.weights: {source}: {str(err).split(': ', 1)[-1]}") from None
     spec = model.ice_spec  # type: ignore[attr-defined]
-    for key, want, where in (("arch", arch, "model.arch"), ("num_classes", num_classes, "the data's classes"),
-                             ("in_channels", in_channels, "the data's channels")):
+    for key, want, where in (
+        ("arch", arch, "model.arch"),
+        ("num_classes", num_classes, "the data's classes"),
+        ("in_channels", in_channels, "the data's channels"),
+    ):
         if spec.get(key) != want:
             raise WeightsError(f"model.weights: {source} has {key} {spec.get(key)!r}, {where}: {want!r}")
     return meta
@@ -149,5 +167,7 @@ def import_weights(st: Stage, data_ref: dict[str, str]) -> dict[str, Any]:
     ref = make_ref(st.paths, dst, sha)
     st.inputs[uri] = sha  # the run's config/inputs.json names the weights it imported
     acc = bind(import_pretrained, st.root)(str(st.root), data_ref, ref, st.device_cfg())
-    progress(f"[pretrain] imported {uri} (sha256 {sha[:12]}…): val acc {acc['val_acc']:.2f}%, test acc {acc['test_acc']:.2f}%")
+    progress(
+        f"[pretrain] imported {uri} (sha256 {sha[:12]}…): val acc {acc['val_acc']:.2f}%, test acc {acc['test_acc']:.2f}%"
+    )
     return {"ref": ref, **acc, "seconds": 0.0, "history": [], "source": f"imported from {uri}", "meta": meta}

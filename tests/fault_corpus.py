@@ -26,8 +26,11 @@ from pathlib import Path
 
 from helpers import MlflowServer, sub_env, write_params
 
-BASE = {"prune": {"methods": ["iterative"], "max_units": 3}, "ice": {"autotune": {"enabled": False}},
-        "tracking": {"register_models": False}}
+BASE = {
+    "prune": {"methods": ["iterative"], "max_units": 3},
+    "ice": {"autotune": {"enabled": False}},
+    "tracking": {"register_models": False},
+}
 
 
 @dataclass
@@ -56,8 +59,14 @@ class Case:
 
 def flow(stage: str, root: Path, args: list[str], env: dict[str, str]) -> Outcome:
     t = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", f"flows.{stage}", "--root", str(root), "--quiet", *args], env=env, cwd=root,
-                       capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-m", f"flows.{stage}", "--root", str(root), "--quiet", *args],
+        env=env,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     return Outcome(r.returncode, r.stderr, time.perf_counter() - t, root)
 
 
@@ -98,9 +107,11 @@ def _sha(path: Path) -> str:
 
 def unchanged(rel: str) -> Callable[[Outcome], None]:
     """The output is the one the base project had (nothing was published over it)."""
+
     def check(o: Outcome) -> None:
         report = json.loads((o.root / "reports" / "prune" / "iterative.json").read_text())
         assert _sha(o.root / rel) == report["sha256"], f"{rel} changed"
+
     return check
 
 
@@ -110,7 +121,9 @@ def recomputed_and_loads(o: Outcome) -> None:
     report = json.loads((o.root / "reports" / "prune" / "iterative.json").read_text())
     assert _sha(o.root / "models" / "pruned" / "iterative.pt") == report["sha256"]
     load_checkpoint(o.root / "models" / "pruned" / "iterative.pt", sha256=report["sha256"])
-    assert "fails its sha256 check; recomputing" in o.stderr, f"no warning about the damaged cache entry in: {o.stderr[-600:]!r}"
+    assert "fails its sha256 check; recomputing" in o.stderr, (
+        f"no warning about the damaged cache entry in: {o.stderr[-600:]!r}"
+    )
 
 
 def folder_data(kind: str) -> Callable[[Path], None]:
@@ -144,6 +157,7 @@ def folder_data(kind: str) -> Callable[[Path], None]:
                         tar.addfile(info, io.BytesIO(data))
         write_params(root, **BASE, data={"source": "folder", "root": str(target), "cache_dir": "data/cache-bad"})
         shutil.rmtree(root / "data" / "prepared")  # nothing valid to fall back on
+
     return prepare
 
 
@@ -181,44 +195,150 @@ def stale_run_marked(o: Outcome) -> None:
 
 
 CASES: list[Case] = [
-    Case("corrupt pretrained checkpoint", "prune", ["--method", "iterative"], lambda r: flip_middle_byte(r / "models" / "pretrained.pt"),
-         expect=r"models/pretrained\.pt: sha256 is [0-9a-f]{64}, the pretrain stage recorded [0-9a-f]{64} .*rerun the pretrain stage",
-         check=unchanged("models/pruned/iterative.pt")),
-    Case("corrupt prepared data", "prune", ["--method", "iterative"], lambda r: flip_middle_byte(r / "data" / "prepared" / "dataset.pt"),
-         expect=r"data/prepared/dataset\.pt: sha256 is .*rerun the prepare stage", check=unchanged("models/pruned/iterative.pt")),
-    Case("corrupt prepared data (evaluate)", "evaluate", [], lambda r: flip_middle_byte(r / "data" / "prepared" / "dataset.pt"),
-         expect=r"data/prepared/dataset\.pt: sha256 is .*rerun the prepare stage"),
-    Case("corrupt pruned model (evaluate)", "evaluate", [], lambda r: flip_middle_byte(r / "models" / "pruned" / "iterative.pt"),
-         expect=r"models/pruned/iterative\.pt: sha256 is .*rerun the prune --method iterative stage"),
-    Case("truncated cached checkpoint", "prune", ["--method", "iterative"], truncate_final_cached, expect_code=0,
-         check=recomputed_and_loads),
-    Case("truncated cached checkpoint, registering", "prune", ["--method", "iterative", "--set", "tracking.register_models=true"],
-         truncate_final_cached, expect_code=0, check=recomputed_and_loads),
-    Case("unknown method", "prune", ["--method", "nosuch"], expect_code=2, expect=r"argument --method: invalid choice: 'nosuch'"),
-    Case("empty params file", "prune", ["--method", "iterative"], lambda r: (r / "params.yaml").write_text(""), expect_code=2,
-         expect=r"params\.yaml: is empty"),
-    Case("batch size above the split", "pretrain", ["--set", "train.batch_size=100000"], expect_code=2,
-         expect=r"train\.batch_size = 100000 is not allowed: the prepared training split has \d+ images"),
-    Case("more trials than grid points", "autotune", ["--set", "ice.autotune.n_trials=1000"], expect_code=2,
-         expect=r"n_trials: 1000 is not allowed; the grid has 216 distinct points"),
-    Case("folder data: empty directory", "prepare", [], folder_data("empty-dir"), expect=r"expected an ImageFolder layout",
-         check=no_new_files),
-    Case("folder data: random bytes", "prepare", [], folder_data("random-bytes"), expect=r"bad-data\.tar.*not a readable tar archive",
-         check=no_new_files),
-    Case("folder data: tar without images", "prepare", [], folder_data("non-image-tar"),
-         expect=r"bad-data\.tar: expected an ImageFolder layout", check=no_new_files),
-    Case("folder data: truncated JPEG", "prepare", [], folder_data("truncated-jpeg"),
-         expect=r"bad-data\.tar: train/b/0001\.jpg is not a readable image", check=no_new_files),
-    Case("Prefect API unreachable", "prune", ["--method", "iterative"], lambda r: {"PREFECT_API_URL": "http://127.0.0.1:9/api"},
-         expect=r"Prefect API at http://127\.0\.0\.1:9/api cannot be reached"),
-    Case("MLflow server unreachable", "prune", ["--method", "iterative"], lambda r: {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"},
-         expect=r"MLflow server at http://127\.0\.0\.1:9 cannot be reached"),
-    Case("MLflow server dies mid-flow", "prune", ["--method", "iterative", "--refresh-cache"], None,
-         expect=r".", during=kill_server_after_first_step),
-    Case("root does not exist", "prune", ["--method", "iterative", "--root", "/nonexistent/ice-root", "--params", "PARAMS_ABS"],
-         expect_code=2, expect=r"project root /nonexistent/ice-root is not a directory"),
-    Case("stale RUNNING run from a SIGKILLed flow", "prune", ["--method", "iterative", "--refresh-cache"], None, expect_code=0,
-         check=stale_run_marked),
+    Case(
+        "corrupt pretrained checkpoint",
+        "prune",
+        ["--method", "iterative"],
+        lambda r: flip_middle_byte(r / "models" / "pretrained.pt"),
+        expect=r"models/pretrained\.pt: sha256 is [0-9a-f]{64}, the pretrain stage recorded [0-9a-f]{64} .*rerun the pretrain stage",
+        check=unchanged("models/pruned/iterative.pt"),
+    ),
+    Case(
+        "corrupt prepared data",
+        "prune",
+        ["--method", "iterative"],
+        lambda r: flip_middle_byte(r / "data" / "prepared" / "dataset.pt"),
+        expect=r"data/prepared/dataset\.pt: sha256 is .*rerun the prepare stage",
+        check=unchanged("models/pruned/iterative.pt"),
+    ),
+    Case(
+        "corrupt prepared data (evaluate)",
+        "evaluate",
+        [],
+        lambda r: flip_middle_byte(r / "data" / "prepared" / "dataset.pt"),
+        expect=r"data/prepared/dataset\.pt: sha256 is .*rerun the prepare stage",
+    ),
+    Case(
+        "corrupt pruned model (evaluate)",
+        "evaluate",
+        [],
+        lambda r: flip_middle_byte(r / "models" / "pruned" / "iterative.pt"),
+        expect=r"models/pruned/iterative\.pt: sha256 is .*rerun the prune --method iterative stage",
+    ),
+    Case(
+        "truncated cached checkpoint",
+        "prune",
+        ["--method", "iterative"],
+        truncate_final_cached,
+        expect_code=0,
+        check=recomputed_and_loads,
+    ),
+    Case(
+        "truncated cached checkpoint, registering",
+        "prune",
+        ["--method", "iterative", "--set", "tracking.register_models=true"],
+        truncate_final_cached,
+        expect_code=0,
+        check=recomputed_and_loads,
+    ),
+    Case(
+        "unknown method",
+        "prune",
+        ["--method", "nosuch"],
+        expect_code=2,
+        expect=r"argument --method: invalid choice: 'nosuch'",
+    ),
+    Case(
+        "empty params file",
+        "prune",
+        ["--method", "iterative"],
+        lambda r: (r / "params.yaml").write_text(""),
+        expect_code=2,
+        expect=r"params\.yaml: is empty",
+    ),
+    Case(
+        "batch size above the split",
+        "pretrain",
+        ["--set", "train.batch_size=100000"],
+        expect_code=2,
+        expect=r"train\.batch_size = 100000 is not allowed: the prepared training split has \d+ images",
+    ),
+    Case(
+        "more trials than grid points",
+        "autotune",
+        ["--set", "ice.autotune.n_trials=1000"],
+        expect_code=2,
+        expect=r"n_trials: 1000 is not allowed; the grid has 216 distinct points",
+    ),
+    Case(
+        "folder data: empty directory",
+        "prepare",
+        [],
+        folder_data("empty-dir"),
+        expect=r"expected an ImageFolder layout",
+        check=no_new_files,
+    ),
+    Case(
+        "folder data: random bytes",
+        "prepare",
+        [],
+        folder_data("random-bytes"),
+        expect=r"bad-data\.tar.*not a readable tar archive",
+        check=no_new_files,
+    ),
+    Case(
+        "folder data: tar without images",
+        "prepare",
+        [],
+        folder_data("non-image-tar"),
+        expect=r"bad-data\.tar: expected an ImageFolder layout",
+        check=no_new_files,
+    ),
+    Case(
+        "folder data: truncated JPEG",
+        "prepare",
+        [],
+        folder_data("truncated-jpeg"),
+        expect=r"bad-data\.tar: train/b/0001\.jpg is not a readable image",
+        check=no_new_files,
+    ),
+    Case(
+        "Prefect API unreachable",
+        "prune",
+        ["--method", "iterative"],
+        lambda r: {"PREFECT_API_URL": "http://127.0.0.1:9/api"},
+        expect=r"Prefect API at http://127\.0\.0\.1:9/api cannot be reached",
+    ),
+    Case(
+        "MLflow server unreachable",
+        "prune",
+        ["--method", "iterative"],
+        lambda r: {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"},
+        expect=r"MLflow server at http://127\.0\.0\.1:9 cannot be reached",
+    ),
+    Case(
+        "MLflow server dies mid-flow",
+        "prune",
+        ["--method", "iterative", "--refresh-cache"],
+        None,
+        expect=r".",
+        during=kill_server_after_first_step,
+    ),
+    Case(
+        "root does not exist",
+        "prune",
+        ["--method", "iterative", "--root", "/nonexistent/ice-root", "--params", "PARAMS_ABS"],
+        expect_code=2,
+        expect=r"project root /nonexistent/ice-root is not a directory",
+    ),
+    Case(
+        "stale RUNNING run from a SIGKILLed flow",
+        "prune",
+        ["--method", "iterative", "--refresh-cache"],
+        None,
+        expect_code=0,
+        check=stale_run_marked,
+    ),
 ]
 
 
@@ -236,8 +356,14 @@ def run_case(case: Case, base: Path, where: Path, env: dict[str, str]) -> Outcom
         server = MlflowServer(where)
         env["MLFLOW_TRACKING_URI"] = server.url
         t = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", f"flows.{case.stage}", "--root", str(root), "--quiet", *args], env=env,
-                                cwd=root, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", f"flows.{case.stage}", "--root", str(root), "--quiet", *args],
+            env=env,
+            cwd=root,
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+        )
         case.during(proc, root, server)
         _, err = proc.communicate(timeout=600)
         server.stop()
@@ -249,9 +375,15 @@ def _leave_a_running_run(root: Path, env: dict[str, str]) -> None:
     """Start a prune and SIGKILL it once its MLflow run exists: the run stays RUNNING."""
     import signal
 
-    proc = subprocess.Popen([sys.executable, "-m", "flows.prune", "--root", str(root), "--method", "iterative", "--refresh-cache"],
-                            env=env, cwd=root, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flows.prune", "--root", str(root), "--method", "iterative", "--refresh-cache"],
+        env=env,
+        cwd=root,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
     assert proc.stderr is not None
     for line in proc.stderr:
         if "[iterative] step 1/" in line:
@@ -299,8 +431,11 @@ def main() -> None:
             for case in CASES:
                 o = run_case(case, base, where, env)
                 bad = verdict(case, o)
-                print(f"| {case.name} | {o.code} | {len(o.lines)} | {o.seconds:.1f} | "
-                      f"{'ok' if bad is None else 'FAILED: ' + bad[:200]} |", flush=True)
+                print(
+                    f"| {case.name} | {o.code} | {len(o.lines)} | {o.seconds:.1f} | "
+                    f"{'ok' if bad is None else 'FAILED: ' + bad[:200]} |",
+                    flush=True,
+                )
         finally:
             server.stop()
 

@@ -19,7 +19,13 @@ TINY = {
     "data": {"source": "digits", "cache_dir": "data/cache"},
     "model": {"arch": "cifar_resnet20"},
     "train": {"epochs": 2, "batch_size": 64, "augment": False, "device": "cpu"},
-    "prune": {"methods": ["ice", "iterative", "one_cycle"], "ratio": 0.5, "max_units": 3, "batch_size": 64, "augment": False},
+    "prune": {
+        "methods": ["ice", "iterative", "one_cycle"],
+        "ratio": 0.5,
+        "max_units": 3,
+        "batch_size": 64,
+        "augment": False,
+    },
     "ice": {"thre": 0.5, "autotune": {"n_trials": 2, "subset": 0.2}},
     "schedule": {"epochs": 1},
     "tracking": {"experiment": "ice-test"},
@@ -39,8 +45,14 @@ def write_params(root: Path, **sections) -> Path:
 def run_stages(root: Path, env: dict[str, str], *stages: str) -> None:
     """Run the real stages (``python -m flows.<stage>``) in ``root``, as a user would; each must succeed."""
     for stage in stages:
-        r = subprocess.run([sys.executable, "-m", f"flows.{stage}", "--root", str(root), "--quiet"], env=env, cwd=root,
-                           capture_output=True, text=True, timeout=600)
+        r = subprocess.run(
+            [sys.executable, "-m", f"flows.{stage}", "--root", str(root), "--quiet"],
+            env=env,
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert r.returncode == 0, f"{stage}:\n{r.stderr[-3000:]}"
 
 
@@ -73,8 +85,22 @@ class PrefectServer:
         self.log = open(home / "server.log", "w")  # noqa: SIM115
         self.env = sub_env(PREFECT_HOME=str(home), PREFECT_API_URL=self.url, PREFECT_SERVER_API_HOST="127.0.0.1")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(self.port), "--no-services"],
-            env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "prefect",
+                "server",
+                "start",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--no-services",
+            ],
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         deadline = time.time() + 120
         while time.time() < deadline:
@@ -109,10 +135,26 @@ class MlflowServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(home / "mlflow.log", "w")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
-             "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}", "--artifacts-destination", str(home / "mlartifacts"),
-             "--workers", "1"],
-            env=sub_env(), stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--backend-store-uri",
+                f"sqlite:///{home / 'mlflow.db'}",
+                "--artifacts-destination",
+                str(home / "mlartifacts"),
+                "--workers",
+                "1",
+            ],
+            env=sub_env(),
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         deadline = time.time() + 120
         while time.time() < deadline:

@@ -49,8 +49,12 @@ def run_pruning(
         result.search = search
         cost = add_search(result.info["cost"], search_cost["seconds"], search_cost["work"])
         result.seconds = cost["seconds"]
-        result.info.update(cost=cost, work_gmacs=cost["work_gmacs"], search_seconds=search_cost["seconds"],
-                           search_work=search_cost["work"])
+        result.info.update(
+            cost=cost,
+            work_gmacs=cost["work_gmacs"],
+            search_seconds=search_cost["seconds"],
+            search_work=search_cost["work"],
+        )
         return result
     if method == "iterative":
         return iterate(model, dataset, "iterative", params, callbacks=cb)

@@ -51,7 +51,20 @@ from torch import nn
 from ice.config import Params
 from ice.data import Dataset
 
-__all__ = ["TrialResult", "sample_trials", "search_setup", "run_trial", "trial_data", "score", "cost_of", "select_best", "objective_of", "autotune", "trial_row", "trial_line"]
+__all__ = [
+    "TrialResult",
+    "sample_trials",
+    "search_setup",
+    "run_trial",
+    "trial_data",
+    "score",
+    "cost_of",
+    "select_best",
+    "objective_of",
+    "autotune",
+    "trial_row",
+    "trial_line",
+]
 
 
 @dataclass
@@ -161,18 +174,37 @@ def run_trial(
     unit = _cost_unit(params)
     stop = None
     if bound is not None and cfg.early_stop and cfg.objective == "balanced":
+
         def stop(k: int, cost: dict[str, float], rec: dict[str, Any]) -> bool:
             return (cost["work_gmacs"] if unit == "work" else cost["seconds"]) >= bound
 
-    res = iterate(model, sub, "ice", params, hp=hp, freeze_scores=freeze_scores, stop=stop, resume=resume,
-                  checkpoint=checkpoint, callbacks=callbacks)
+    res = iterate(
+        model,
+        sub,
+        "ice",
+        params,
+        hp=hp,
+        freeze_scores=freeze_scores,
+        stop=stop,
+        resume=resume,
+        checkpoint=checkpoint,
+        callbacks=callbacks,
+    )
     cost = res.info["cost"]
     # the paper's objective times the steps only, as the reference code (no freeze trial)
     seconds = cost["seconds"] - (res.info["seconds_freeze_trial"] if cfg.objective == "paper" else 0.0)
     after = [r["acc_finetuned"] for r in res.steps if r["acc_finetuned"] is not None]
     acc_final = after[-1] if after else res.info["acc_original"]
-    return TrialResult(number, hp, seconds, res.info["acc_original"], acc_final, res.finetunes, res.info["work_gmacs"],
-                       res.info.get("stopped_at"))
+    return TrialResult(
+        number,
+        hp,
+        seconds,
+        res.info["acc_original"],
+        acc_final,
+        res.finetunes,
+        res.info["work_gmacs"],
+        res.info.get("stopped_at"),
+    )
 
 
 def trial_data(data: Dataset, params: Params) -> Dataset:
@@ -185,14 +217,18 @@ def trial_data(data: Dataset, params: Params) -> Dataset:
     return sub
 
 
-def select_best(results: list[TrialResult], objective: str = "balanced", acc_tolerance: float = 1.0, cost: str = "auto") -> TrialResult:
+def select_best(
+    results: list[TrialResult], objective: str = "balanced", acc_tolerance: float = 1.0, cost: str = "auto"
+) -> TrialResult:
     """The trial with the lowest objective (ties: the earlier trial)."""
     if not results:
         raise ValueError("no trial results to choose from")
     return min(results, key=lambda r: (score(cost_of(r, objective, cost), r.drop, objective, acc_tolerance), r.number))
 
 
-def autotune(model: nn.Module, data: Dataset, params: Params, callbacks: Any = None) -> tuple[dict[str, float], list[dict[str, Any]], dict[str, float]]:
+def autotune(
+    model: nn.Module, data: Dataset, params: Params, callbacks: Any = None
+) -> tuple[dict[str, float], list[dict[str, Any]], dict[str, float]]:
     """Run every trial in turn; return the best hyperparameters, the trial table and the
     search's cost (``seconds`` and ``work``: the shared freeze trial plus every trial)."""
     cfg = params.ice.autotune
@@ -210,7 +246,10 @@ def autotune(model: nn.Module, data: Dataset, params: Params, callbacks: Any = N
                 callbacks.on_trial(row)
     best = select_best([r for r in results if r.stopped_at is None], cfg.objective, cfg.acc_tolerance, cfg.cost)
     table = [trial_row(r, cfg.objective, cfg.acc_tolerance, cfg.cost) | {"best": r is best} for r in results]
-    cost = {"seconds": setup["seconds"] + sum(r.seconds for r in results), "work": setup["work"] + sum(r.work for r in results)}
+    cost = {
+        "seconds": setup["seconds"] + sum(r.seconds for r in results),
+        "work": setup["work"] + sum(r.work for r in results),
+    }
     return best.hp, table, cost
 
 
@@ -221,13 +260,22 @@ def objective_of(r: TrialResult, params: Params) -> float:
 
 def trial_line(row: dict[str, Any], n: int) -> str:
     stopped = f", stopped after step {row['stopped_at'] + 1} (cannot win)" if row.get("stopped_at") is not None else ""
-    return (f"[autotune] trial {row['trial'] + 1}/{n}: {row['seconds']:.1f}s, {row['work_gmacs']:.0f} GMACs, "
-            f"drop {row['drop']:.2f} pts, {row['finetunes']} fine-tunes, objective {row['objective']:.3g}{stopped}")
+    return (
+        f"[autotune] trial {row['trial'] + 1}/{n}: {row['seconds']:.1f}s, {row['work_gmacs']:.0f} GMACs, "
+        f"drop {row['drop']:.2f} pts, {row['finetunes']} fine-tunes, objective {row['objective']:.3g}{stopped}"
+    )
 
 
 def trial_row(r: TrialResult, objective: str, acc_tolerance: float, cost: str = "auto") -> dict[str, Any]:
     return {
-        "trial": r.number, **r.hp, "seconds": r.seconds, "work_gmacs": r.work, "acc_original": r.acc_original,
-        "acc_final": r.acc_final, "drop": r.drop, "finetunes": r.finetunes, "stopped_at": r.stopped_at,
+        "trial": r.number,
+        **r.hp,
+        "seconds": r.seconds,
+        "work_gmacs": r.work,
+        "acc_original": r.acc_original,
+        "acc_final": r.acc_final,
+        "drop": r.drop,
+        "finetunes": r.finetunes,
+        "stopped_at": r.stopped_at,
         "objective": score(cost_of(r, objective, cost), r.drop, objective, acc_tolerance),
     }

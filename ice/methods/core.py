@@ -228,10 +228,18 @@ def prune_only(model: nn.Module, data: Dataset, state: dict[str, Any], k: int, p
     work = 0.0
     if params.prune.criterion in DATA_CRITERIA:
         batch = probe_batch(data, device=next(model.parameters()).device)
-        work = len(batch[1]) * count_macs(model, data.input_shape()) * (3 if params.prune.criterion == "taylor" else 1) / G
+        work = (
+            len(batch[1]) * count_macs(model, data.input_shape()) * (3 if params.prune.criterion == "taylor" else 1) / G
+        )
     info = prune_unit(
-        model, unit, plan["ratio"], params.prune.criterion, data=batch,
-        seed=params.seed * 1000 + k, input_shape=tuple(state["input_shape"]), rounding=params.prune.rounding,
+        model,
+        unit,
+        plan["ratio"],
+        params.prune.criterion,
+        data=batch,
+        seed=params.seed * 1000 + k,
+        input_shape=tuple(state["input_shape"]),
+        rounding=params.prune.rounding,
     )
     apply_frozen(model, state, params)
     return {
@@ -275,19 +283,31 @@ def eval_after_finetune(state: dict[str, Any], params: Params) -> bool:
     return params.prune.eval_after_finetune or (state["method"] == "ice" and params.ice.reference == "previous")
 
 
-def finetune_after(model: nn.Module, teacher: nn.Module | None, data: Dataset, k: int, lr: float, params: Params) -> dict[str, Any]:
+def finetune_after(
+    model: nn.Module, teacher: nn.Module | None, data: Dataset, k: int, lr: float, params: Params
+) -> dict[str, Any]:
     """The fine-tune after step ``k`` (fresh SGD at ``lr``, CE + KD, frozen layers left out), seeded by the step."""
     stats = finetune(model, data, params, lr=lr, teacher=teacher, seed=params.seed * 1000 + k)
     return {"seconds": stats["seconds"], "work": stats["work"], "train_loss": stats.get("loss", 0.0)}
 
 
-def record_step(state: dict[str, Any], pruned: dict[str, Any], ft: dict[str, Any] | None, lr: float, frozen: int) -> dict[str, Any]:
+def record_step(
+    state: dict[str, Any], pruned: dict[str, Any], ft: dict[str, Any] | None, lr: float, frozen: int
+) -> dict[str, Any]:
     """Merge a step's parts into its record and move the run's 'previous' accuracy on."""
     acc_after = ft["acc"] if ft is not None else pruned["acc_pruned"]
     rec = StepRecord(
-        step=pruned["step"], unit=pruned["unit"], ratio=pruned["ratio"], params=pruned["params"], macs=pruned["macs"],
-        acc_pruned=pruned["acc_pruned"], finetuned=ft is not None, lr=lr if ft is not None else 0.0, frozen=frozen,
-        acc_finetuned=acc_after, t_prune=pruned["t_prune"],
+        step=pruned["step"],
+        unit=pruned["unit"],
+        ratio=pruned["ratio"],
+        params=pruned["params"],
+        macs=pruned["macs"],
+        acc_pruned=pruned["acc_pruned"],
+        finetuned=ft is not None,
+        lr=lr if ft is not None else 0.0,
+        frozen=frozen,
+        acc_finetuned=acc_after,
+        t_prune=pruned["t_prune"],
         t_eval=pruned["t_eval"] + (ft["t_eval"] if ft is not None else 0.0),
         t_finetune=ft["seconds"] if ft is not None else 0.0,
         work_eval=pruned["work_eval"] + pruned.get("work_prune", 0.0) + (ft["work_eval"] if ft is not None else 0.0),
@@ -298,7 +318,9 @@ def record_step(state: dict[str, Any], pruned: dict[str, Any], ft: dict[str, Any
     return asdict(rec)
 
 
-def run_cost(state: dict[str, Any], steps: list[dict[str, Any]], search_seconds: float = 0.0, search_work: float = 0.0) -> dict[str, float]:
+def run_cost(
+    state: dict[str, Any], steps: list[dict[str, Any]], search_seconds: float = 0.0, search_work: float = 0.0
+) -> dict[str, float]:
     """A run's total seconds and work (GMACs), and their parts: the one definition of cost."""
     parts = {
         "search_seconds": search_seconds,
@@ -349,7 +371,9 @@ class StepOps(Protocol):
 class ModelSteps:
     """:class:`StepOps` on a model in memory, changed in place."""
 
-    def __init__(self, model: nn.Module, teacher: nn.Module | None, data: Dataset, state: dict[str, Any], params: Params):
+    def __init__(
+        self, model: nn.Module, teacher: nn.Module | None, data: Dataset, state: dict[str, Any], params: Params
+    ):
         self.model, self.teacher, self.data, self.state, self.params = model, teacher, data, state, params
 
     def prune(self, k: int) -> dict[str, Any]:
@@ -440,9 +464,17 @@ def iterate(
         state = start_run(model, data, method, params, hp=hp, callbacks=cb, freeze_scores=freeze_scores)
         done = []
     apply_frozen(model, state, params)
-    result = PruningResult(model=model, method=method, steps=done,
-                           info={"acc_original": state["acc_original"], "hp": state["hp"], "frozen": state["frozen"],
-                                 "freeze_scores": state.get("freeze_scores")})
+    result = PruningResult(
+        model=model,
+        method=method,
+        steps=done,
+        info={
+            "acc_original": state["acc_original"],
+            "hp": state["hp"],
+            "frozen": state["frozen"],
+            "freeze_scores": state.get("freeze_scores"),
+        },
+    )
 
     def on_step(k: int, n: int, rec: dict[str, Any]) -> None:
         if cb.on_step is not None:
@@ -450,24 +482,41 @@ def iterate(
         cb.log(step_line(method, k, n, rec))
 
     ops = ModelSteps(model, teacher, data, state, params)
-    result.steps, stopped = run_steps(ops, state, params, done=done, on_step=on_step, stop=stop,
-                                      checkpoint=None if checkpoint is None else lambda steps: checkpoint(model, state, steps))
+    result.steps, stopped = run_steps(
+        ops,
+        state,
+        params,
+        done=done,
+        on_step=on_step,
+        stop=stop,
+        checkpoint=None if checkpoint is None else lambda steps: checkpoint(model, state, steps),
+    )
     if stopped is not None:
         result.info["stopped_at"] = stopped
     result.finetunes = sum(1 for r in result.steps if r["finetuned"])
     cost = run_cost(state, result.steps)
     result.seconds = cost["seconds"]
-    result.info.update({"params": count_params(model), "macs": count_macs(model, shape), "work_gmacs": cost["work_gmacs"],
-                        "cost": cost, "seconds_freeze_trial": state["seconds_freeze_trial"]})
+    result.info.update(
+        {
+            "params": count_params(model),
+            "macs": count_macs(model, shape),
+            "work_gmacs": cost["work_gmacs"],
+            "cost": cost,
+            "seconds_freeze_trial": state["seconds_freeze_trial"],
+        }
+    )
     return result
 
 
 def step_line(method: str, k: int, n: int, rec: dict[str, Any]) -> str:
     """One progress line per step."""
+
     def acc(v: float | None) -> str:
         return "-" if v is None else f"{v:.2f}"
 
     if not rec["finetuned"]:
         return f"[{method}] step {k + 1}/{n} {rec['unit']}: acc {acc(rec['acc_pruned'])} (no fine-tune)"
     before = f"acc {acc(rec['acc_pruned'])} -> " if rec["acc_pruned"] is not None else ""
-    return f"[{method}] step {k + 1}/{n} {rec['unit']}: {before}fine-tune (lr {rec['lr']:.2e}) {acc(rec['acc_finetuned'])}"
+    return (
+        f"[{method}] step {k + 1}/{n} {rec['unit']}: {before}fine-tune (lr {rec['lr']:.2e}) {acc(rec['acc_finetuned'])}"
+    )

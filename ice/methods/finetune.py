@@ -43,9 +43,16 @@ def finetune(
     images = 0.0
     for frac in epoch_fractions(epochs):
         stats = train_epoch(
-            model, data, opt,
-            batch_size=cfg.batch_size, fraction=frac, augment=cfg.augment, generator=g,
-            teacher=teacher if cfg.kd else None, temperature=cfg.kd_temperature, kd_t2=cfg.kd_t2,
+            model,
+            data,
+            opt,
+            batch_size=cfg.batch_size,
+            fraction=frac,
+            augment=cfg.augment,
+            generator=g,
+            teacher=teacher if cfg.kd else None,
+            temperature=cfg.kd_temperature,
+            kd_t2=cfg.kd_t2,
             channels_last=params.train.channels_last,
         )
         images += stats["images"]

@@ -21,7 +21,16 @@ from ice.data import Dataset
 from ice.methods.finetune import finetune
 from ice.pruning import prune_unit
 
-__all__ = ["should_finetune", "pruning_aware_lr", "freeze_scores", "select_frozen", "freeze_candidates", "freeze_trial", "ice_hparams", "HP_KEYS"]
+__all__ = [
+    "should_finetune",
+    "pruning_aware_lr",
+    "freeze_scores",
+    "select_frozen",
+    "freeze_candidates",
+    "freeze_trial",
+    "ice_hparams",
+    "HP_KEYS",
+]
 
 HP_KEYS = ("thre", "fr", "base", "delta", "p", "beta")
 
@@ -49,7 +58,9 @@ def pruning_aware_lr(x: float, base: float, delta: float, p: float, beta: float)
     return base - delta / (1 + math.exp(log_term))
 
 
-def freeze_scores(pre: dict[str, torch.Tensor], post: dict[str, torch.Tensor], orig: dict[str, torch.Tensor]) -> dict[str, float]:
+def freeze_scores(
+    pre: dict[str, torch.Tensor], post: dict[str, torch.Tensor], orig: dict[str, torch.Tensor]
+) -> dict[str, float]:
     """Per conv: | ||W_post||_1 - ||W_pre||_1 | / ||W_orig||_2."""
     return {
         name: float((post[name].abs().sum() - pre[name].abs().sum()).abs() / orig[name].norm().clamp_min(1e-12))
@@ -95,8 +106,15 @@ def freeze_trial(model: nn.Module, data: Dataset, params: Params, unit: Any) -> 
     names = freeze_candidates(trial, params.ice.freeze_candidates)
     orig = _conv_weights(trial, names)
     crit = params.prune.criterion if params.prune.criterion in ("l1", "l2", "random") else "l1"
-    prune_unit(trial, unit, params.prune.ratio, crit, seed=params.seed, input_shape=data.input_shape(),
-               rounding=params.prune.rounding)
+    prune_unit(
+        trial,
+        unit,
+        params.prune.ratio,
+        crit,
+        seed=params.seed,
+        input_shape=data.input_shape(),
+        rounding=params.prune.rounding,
+    )
     pre = _conv_weights(trial, names)
     teacher = model.eval() if params.prune.kd else None
     stats = finetune(trial, data, params, lr=params.ice.trial_lr, teacher=teacher, seed=params.seed)
@@ -107,7 +125,14 @@ def freeze_trial(model: nn.Module, data: Dataset, params: Params, unit: Any) -> 
 def ice_hparams(params: Params, override: dict[str, float] | None = None) -> dict[str, float]:
     """ICE's hyperparameters from params, with an optional override (e.g. the tuner's pick)."""
     cfg = params.ice
-    hp = {"thre": cfg.thre, "fr": cfg.fr, "base": cfg.lr.base, "delta": cfg.lr.delta, "p": cfg.lr.p, "beta": cfg.lr.beta}
+    hp = {
+        "thre": cfg.thre,
+        "fr": cfg.fr,
+        "base": cfg.lr.base,
+        "delta": cfg.lr.delta,
+        "p": cfg.lr.p,
+        "beta": cfg.lr.beta,
+    }
     for k, v in (override or {}).items():
         if k not in HP_KEYS:
             raise ValueError(f"unknown ICE hyperparameter {k!r}; allowed: {', '.join(HP_KEYS)}")

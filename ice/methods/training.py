@@ -93,7 +93,9 @@ class FilterPruner:
         return removed
 
 
-def train_with_pruning(model: nn.Module, data: Dataset, method: str, params: Params, callbacks: Callbacks | None = None) -> PruningResult:
+def train_with_pruning(
+    model: nn.Module, data: Dataset, method: str, params: Params, callbacks: Callbacks | None = None
+) -> PruningResult:
     """Train ``model`` (a copy) while pruning it with ``method``'s schedule."""
     if method not in TRAINING_METHODS:
         raise ValueError(f"unknown training-time method {method!r}; choose one of {', '.join(TRAINING_METHODS)}")
@@ -112,7 +114,16 @@ def train_with_pruning(model: nn.Module, data: Dataset, method: str, params: Par
     probe = probe_batch(data, device=device)  # for data-driven criteria
 
     granularity = "filter" if method == "prune_while_training" else cfg.granularity
-    filters = FilterPruner(model, cfg.pwt_criterion if method == "prune_while_training" else params.prune.criterion, params.seed, params.prune.max_units) if granularity == "filter" else None
+    filters = (
+        FilterPruner(
+            model,
+            cfg.pwt_criterion if method == "prune_while_training" else params.prune.criterion,
+            params.seed,
+            params.prune.max_units,
+        )
+        if granularity == "filter"
+        else None
+    )
     masks: Masks | None = None
     state = {"global": 0, "level": 0.0}
     if method == "prune_while_training":
@@ -146,17 +157,31 @@ def train_with_pruning(model: nn.Module, data: Dataset, method: str, params: Par
     done = 0
     for e in range(n_epochs):
         stats = train_epoch(
-            model, data, opt, batch_size=params.prune.batch_size, fraction=fractions[e], augment=params.prune.augment,
-            generator=g, channels_last=params.train.channels_last, on_step=on_step,
+            model,
+            data,
+            opt,
+            batch_size=params.prune.batch_size,
+            fraction=fractions[e],
+            augment=params.prune.augment,
+            generator=g,
+            channels_last=params.train.channels_last,
+            on_step=on_step,
             lr_at=cosine_lr(cfg.lr, done, total),
         )
         done += per_epoch[e]
         acc = evaluate(model, data, "val", batch_size=params.prune.eval_batch_size)["acc"]
         rec = {
-            "step": e, "epoch": e + 1, "target": state["level"], "sparsity": sparsity(model),
+            "step": e,
+            "epoch": e + 1,
+            "target": state["level"],
+            "sparsity": sparsity(model),
             "filters_removed": filters.fraction() if filters is not None else 0.0,
-            "params": count_params(model), "params_nonzero": count_params(model, nonzero=True),
-            "macs": count_macs(model, shape), "acc_finetuned": acc, "train_loss": stats["loss"], "t_train": stats["seconds"],
+            "params": count_params(model),
+            "params_nonzero": count_params(model, nonzero=True),
+            "macs": count_macs(model, shape),
+            "acc_finetuned": acc,
+            "train_loss": stats["loss"],
+            "t_train": stats["seconds"],
         }
         result.steps.append(rec)
         if cb.on_step is not None:

@@ -130,7 +130,9 @@ CRITERIA: dict[str, Callable[..., torch.Tensor]] = {
 }
 
 
-def channel_importance(model: nn.Module, unit: Unit, criterion: str = "l1", data: Any = None, seed: int = 0) -> torch.Tensor:
+def channel_importance(
+    model: nn.Module, unit: Unit, criterion: str = "l1", data: Any = None, seed: int = 0
+) -> torch.Tensor:
     """One score per output channel of ``unit``; the lowest are removed first."""
     if criterion not in CRITERIA:
         raise ValueError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")

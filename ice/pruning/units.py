@@ -99,7 +99,12 @@ def _plain_units(model: nn.Module) -> list[Unit] | None:
         if j >= len(seq):
             return None
         nxt_name, nxt = seq[j]
-        if isinstance(nxt, nn.Conv2d) and nxt.in_channels == m.out_channels or isinstance(nxt, nn.Linear) and nxt.in_features == m.out_channels:
+        if (
+            isinstance(nxt, nn.Conv2d)
+            and nxt.in_channels == m.out_channels
+            or isinstance(nxt, nn.Linear)
+            and nxt.in_features == m.out_channels
+        ):
             members.append((nxt_name, "in"))
         else:
             return None
@@ -169,7 +174,10 @@ def _dependency_units(model: nn.Module) -> list[Unit]:
                 members.append((names[mod], "bn"))
             elif isinstance(mod, nn.Conv2d) and mod.groups > 1 and mod.groups == mod.in_channels == mod.out_channels:
                 members.append((names[mod], "dw"))
-            elif isinstance(mod, nn.Conv2d | nn.Linear) and fn in (tp.prune_conv_in_channels, tp.prune_linear_in_channels):
+            elif isinstance(mod, nn.Conv2d | nn.Linear) and fn in (
+                tp.prune_conv_in_channels,
+                tp.prune_linear_in_channels,
+            ):
                 members.append((names[mod], "in"))
             elif isinstance(mod, nn.Conv2d | nn.Linear):
                 ok = False  # another producer shares these channels (a residual sum)

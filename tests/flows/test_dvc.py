@@ -58,11 +58,27 @@ def repo(prefect_server, tmp_path_factory):
 def test_repro_runs_every_stage(repo):
     root, _, out = repo
     ran = _ran(out)
-    assert sorted(ran) == sorted(["prepare", "pretrain", "autotune", "method-config@ice", "prune@ice",
-                                  "method-config@iterative", "prune@iterative", "evaluate"])
-    before = [("prepare", "pretrain"), ("pretrain", "autotune"), ("autotune", "method-config@ice"),
-              ("method-config@ice", "prune@ice"), ("method-config@iterative", "prune@iterative"),
-              ("prune@ice", "evaluate"), ("prune@iterative", "evaluate")]
+    assert sorted(ran) == sorted(
+        [
+            "prepare",
+            "pretrain",
+            "autotune",
+            "method-config@ice",
+            "prune@ice",
+            "method-config@iterative",
+            "prune@iterative",
+            "evaluate",
+        ]
+    )
+    before = [
+        ("prepare", "pretrain"),
+        ("pretrain", "autotune"),
+        ("autotune", "method-config@ice"),
+        ("method-config@ice", "prune@ice"),
+        ("method-config@iterative", "prune@iterative"),
+        ("prune@ice", "evaluate"),
+        ("prune@iterative", "evaluate"),
+    ]
     assert all(ran.index(a) < ran.index(b) for a, b in before), ran  # DVC's order among independent stages is free
     metrics = json.loads((root / "reports" / "metrics.json").read_text())
     assert set(metrics["methods"]) == {"ice", "iterative"}
@@ -95,7 +111,6 @@ def test_metrics_show_and_offline_plots(repo):
     assert "vega-embed@6.18.2" in page and '"method": "ice"' in page
 
 
-
 def test_bad_param_fails_the_stage_and_next_repro_recovers(repo):
     root, env, _ = repo
     good = (root / "params.yaml").read_text()
@@ -116,8 +131,14 @@ def test_exp_run_with_a_param_change(repo):
     _run(["git", "add", "-A"], root, env)
     _run(["git", "commit", "-qm", "lock"], root, env)
     out = _run(["dvc", "exp", "run", "-S", "prune.ratio=0.7"], root, env)
-    assert set(_ran(out)) == {"autotune", "method-config@ice", "method-config@iterative", "prune@ice", "prune@iterative",
-                              "evaluate"}
+    assert set(_ran(out)) == {
+        "autotune",
+        "method-config@ice",
+        "method-config@iterative",
+        "prune@ice",
+        "prune@iterative",
+        "evaluate",
+    }
     table = _run(["dvc", "exp", "show", "--csv", "--only-changed"], root, env)
     assert "0.7" in table
 

@@ -37,8 +37,16 @@ def _client(root):
 
 def test_pipeline_writes_every_output(project):
     root, metrics = project
-    for rel in ("data/prepared/dataset.pt", "models/pretrained.pt", "models/autotune.json", "reports/metrics.json",
-                "reports/compare.md", "reports/plots/steps.csv", "reports/figures/accuracy.png", "reports/figures/params.png"):
+    for rel in (
+        "data/prepared/dataset.pt",
+        "models/pretrained.pt",
+        "models/autotune.json",
+        "reports/metrics.json",
+        "reports/compare.md",
+        "reports/plots/steps.csv",
+        "reports/figures/accuracy.png",
+        "reports/figures/params.png",
+    ):
         assert (root / rel).exists(), rel
     for m in ("ice", "iterative", "one_cycle"):
         assert (root / "models" / "pruned" / f"{m}.pt").exists()
@@ -50,7 +58,9 @@ def test_pipeline_writes_every_output(project):
     assert it["finetunes"] == 3  # the baseline fine-tunes after each of the 3 steps
     assert it["params"] < saved["pretrained"]["params"]
     for row in saved["methods"].values():
-        assert {"val_acc", "test_acc", "params", "macs", "total_seconds", "finetunes", "speedup_vs_iterative"} <= set(row)
+        assert {"val_acc", "test_acc", "params", "macs", "total_seconds", "finetunes", "speedup_vs_iterative"} <= set(
+            row
+        )
     # work (GMACs) is reported for the step-wise methods, and the baseline never evaluates a freshly pruned model
     assert saved["methods"]["iterative"]["work_gmacs"] > 0 and saved["methods"]["ice"]["work_gmacs"] > 0
     assert saved["methods"]["iterative"]["work_speedup_vs_iterative"] == pytest.approx(1.0)
@@ -59,7 +69,8 @@ def test_pipeline_writes_every_output(project):
     assert all(line.split(",")[header.index("acc_pruned")] == "" for line in it_steps[1:])
     ice_report = json.loads((root / "reports" / "prune" / "ice.json").read_text())
     assert ice_report["cost"]["search_work"] > 0 and ice_report["cost"]["work_gmacs"] == pytest.approx(
-        sum(v for k, v in ice_report["cost"].items() if k.endswith("_work")))
+        sum(v for k, v in ice_report["cost"].items() if k.endswith("_work"))
+    )
     compare = (root / "reports" / "compare.md").read_text()
     assert "Budget: each fine-tune" in compare and "| speedup (work) |" in compare
     tuned = json.loads((root / "models/autotune.json").read_text())
@@ -96,7 +107,9 @@ def test_mlflow_runs_metrics_and_tags(project):
     # the lr only where a fine-tune used it, in units that a +-1 axis shows (0.001 -> 1)
     rows = list(csv.DictReader((root / "reports/steps/ice.csv").open()))
     lr = {m.step: m.value for m in c.get_metric_history(ice.info.run_id, "lr_x1000")}
-    assert lr == {int(r["step"]): pytest.approx(float(r["lr"]) * 1000, rel=1e-5) for r in rows if r["finetuned"] == "True"}
+    assert lr == {
+        int(r["step"]): pytest.approx(float(r["lr"]) * 1000, rel=1e-5) for r in rows if r["finetuned"] == "True"
+    }
     assert ice.data.metrics["macs"] == saved_macs(root, "ice")
     params_hist = sorted(c.get_metric_history(ice.info.run_id, "params"), key=lambda m: m.step)
     assert params_hist[0].value > params_hist[-1].value  # every step removes parameters
@@ -158,7 +171,10 @@ def test_registered_versions_load_back(project):
     local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}@ice", dst_path=str(root / "dl")))
     mlmodel = yaml.safe_load((local / "MLmodel").read_text())
     assert set(mlmodel["flavors"]) == {"python_function"} and "signature" in mlmodel
-    assert sha256_file(local / mlmodel["flavors"]["python_function"]["artifacts"]["checkpoint"]["path"]) == mv.tags["sha256"]
+    assert (
+        sha256_file(local / mlmodel["flavors"]["python_function"]["artifacts"]["checkpoint"]["path"])
+        == mv.tags["sha256"]
+    )
     assert not [p for p in local.rglob("*") if p.suffix in (".pkl", ".pickle")]
 
 
@@ -185,7 +201,9 @@ def test_rerun_reuses_every_task(project):
     state = prune("ice", "params.yaml", str(root), return_state=True)
     assert state.is_completed()
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+        )
     names = {r.state.name for r in runs}
     assert len(runs) >= 1 + 3 * 3 and names == {"Cached"}, names
     assert sha256_file(root / "models/pruned/ice.pt") == before
@@ -242,7 +260,9 @@ def test_refresh_cache_flag_recomputes_the_tasks(project, monkeypatch):
         return json.loads(out.read_text())["trials"]
 
     def run(*flags):
-        monkeypatch.setattr(sys, "argv", ["flows.autotune", "--params", "params.yaml", "--root", str(root), "--quiet", *flags])
+        monkeypatch.setattr(
+            sys, "argv", ["flows.autotune", "--params", "params.yaml", "--root", str(root), "--quiet", *flags]
+        )
         cli("autotune", "test", lambda a, o: autotune(a.params, a.root, o))
         return trials()
 
@@ -251,7 +271,9 @@ def test_refresh_cache_flag_recomputes_the_tasks(project, monkeypatch):
     fresh = run("--refresh-cache")
     assert all(a["seconds"] != b["seconds"] for a, b in zip(fresh, before, strict=True))  # measured again
     # work and accuracy do not depend on timing: the same trial wins again
-    assert [(t["work_gmacs"], t["acc_final"], t["best"]) for t in fresh] == [(t["work_gmacs"], t["acc_final"], t["best"]) for t in before]
+    assert [(t["work_gmacs"], t["acc_final"], t["best"]) for t in fresh] == [
+        (t["work_gmacs"], t["acc_final"], t["best"]) for t in before
+    ]
 
 
 def test_the_run_form_offers_the_methods_and_describes_the_parameters():

@@ -32,11 +32,16 @@ def _epoch_states(log: str) -> list[tuple[int, str]]:
 def test_killed_pretraining_resumes_from_its_last_epoch_with_identical_bytes(prefect_server, tmp_path):
     from ice.checkpoint import sha256_file
 
-    env = sub_env(PREFECT_API_URL=prefect_server.url, PREFECT_HOME=str(prefect_server.home), PREFECT_LOGGING_LEVEL="INFO")
+    env = sub_env(
+        PREFECT_API_URL=prefect_server.url, PREFECT_HOME=str(prefect_server.home), PREFECT_LOGGING_LEVEL="INFO"
+    )
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     whole.mkdir()
-    write_params(whole, train={"epochs": EPOCHS, "batch_size": 16, "lr_schedule": "one_cycle"},
-                 tracking={"register_models": False})
+    write_params(
+        whole,
+        train={"epochs": EPOCHS, "batch_size": 16, "lr_schedule": "one_cycle"},
+        tracking={"register_models": False},
+    )
     run_stages(whole, env, "prepare")
     shutil.copytree(whole, killed)  # the same prepared data (and its sha256 record) in both
 
@@ -44,8 +49,15 @@ def test_killed_pretraining_resumes_from_its_last_epoch_with_identical_bytes(pre
     assert done.returncode == 0, done.stderr[-3000:]
     reference = sha256_file(whole / "models" / "pretrained.pt")
 
-    proc = subprocess.Popen(_cmd(killed), env=env, cwd=tmp_path, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        _cmd(killed),
+        env=env,
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
     assert proc.stderr is not None
     for line in proc.stderr:
         if f"[pretrain] epoch 2/{EPOCHS}" in line:
@@ -86,14 +98,19 @@ def trained(harness, tmp_path_factory):
     mp.undo()
 
 
-@pytest.mark.parametrize("uri", ["weights/r20.pt", "models:/cifar_resnet20-digits@pretrained", "models:/cifar_resnet20-digits/1"])
+@pytest.mark.parametrize(
+    "uri", ["weights/r20.pt", "models:/cifar_resnet20-digits@pretrained", "models:/cifar_resnet20-digits/1"]
+)
 def test_weights_import_a_path_or_a_registered_version(trained, uri):
     from flows.pretrain import pretrain
     from ice.checkpoint import sha256_file
 
     root, first = trained
-    report = pretrain("params.yaml", str(root), {"model.weights": uri, "model.weights_sha256": first["sha256"],
-                                                 "tracking.register_models": False})
+    report = pretrain(
+        "params.yaml",
+        str(root),
+        {"model.weights": uri, "model.weights_sha256": first["sha256"], "tracking.register_models": False},
+    )
     assert report["source"] == f"imported from {uri}" and report["epochs"] == 0
     # the same bytes, evaluated again: the same accuracies
     assert sha256_file(root / "models" / "pretrained.pt") == first["sha256"] == report["sha256"]
@@ -104,12 +121,18 @@ def test_weights_import_a_path_or_a_registered_version(trained, uri):
     ("overrides", "message"),
     [
         ({"model.weights": "weights/missing.pt"}, r"model\.weights: .*weights/missing\.pt does not exist"),
-        ({"model.weights": "weights/r20.pt", "model.arch": "cifar_resnet32"},
-         r"weights/r20\.pt has arch 'cifar_resnet20', model\.arch: 'cifar_resnet32'"),
-        ({"model.weights": "weights/r20.pt", "model.weights_sha256": "ab" * 32},
-         r"weights/r20\.pt has sha256 [0-9a-f]{64}, model\.weights_sha256 is (ab){32}"),
-        ({"model.weights": "models:/cifar_resnet20-digits@nosuch"},
-         r"model 'cifar_resnet20-digits' has no alias 'nosuch' \(aliases: .*pretrained"),
+        (
+            {"model.weights": "weights/r20.pt", "model.arch": "cifar_resnet32"},
+            r"weights/r20\.pt has arch 'cifar_resnet20', model\.arch: 'cifar_resnet32'",
+        ),
+        (
+            {"model.weights": "weights/r20.pt", "model.weights_sha256": "ab" * 32},
+            r"weights/r20\.pt has sha256 [0-9a-f]{64}, model\.weights_sha256 is (ab){32}",
+        ),
+        (
+            {"model.weights": "models:/cifar_resnet20-digits@nosuch"},
+            r"model 'cifar_resnet20-digits' has no alias 'nosuch' \(aliases: .*pretrained",
+        ),
         ({"model.weights": "models:/cifar_resnet20-digits/99"}, r"has no version 99 \(versions: 1"),
         ({"model.weights": "models:/nosuch@pretrained"}, r"no registered model 'nosuch'"),
         ({"model.weights": "models:/just-a-name"}, r"is not allowed; allowed: <path>, models:/<name>@<alias>"),

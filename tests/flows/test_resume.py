@@ -22,8 +22,12 @@ STEPS = 4
 def _project(root: Path, env: dict[str, str]) -> None:
     """Prepared digits and a ResNet-20 trained one epoch, made by the real prepare and pretrain stages
     (so the prune flow finds the sha256 records it verifies its inputs against)."""
-    write_params(root, train={"epochs": 1}, prune={"methods": ["iterative"], "max_units": STEPS},
-                 tracking={"register_models": False})
+    write_params(
+        root,
+        train={"epochs": 1},
+        prune={"methods": ["iterative"], "max_units": STEPS},
+        tracking={"register_models": False},
+    )
     run_stages(root, env, "prepare", "pretrain")
 
 
@@ -38,7 +42,9 @@ def _states(log: str, task: str) -> list[str]:
 def test_killed_prune_resumes_from_cache_with_identical_checkpoint(prefect_server, tmp_path):
     from ice.checkpoint import sha256_file
 
-    env = sub_env(PREFECT_API_URL=prefect_server.url, PREFECT_HOME=str(prefect_server.home), PREFECT_LOGGING_LEVEL="INFO")
+    env = sub_env(
+        PREFECT_API_URL=prefect_server.url, PREFECT_HOME=str(prefect_server.home), PREFECT_LOGGING_LEVEL="INFO"
+    )
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     whole.mkdir()
     _project(whole, env)
@@ -49,8 +55,15 @@ def test_killed_prune_resumes_from_cache_with_identical_checkpoint(prefect_serve
     reference = sha256_file(whole / "models" / "pruned" / "iterative.pt")
 
     # run again, and kill it without warning once step 2 of 4 has finished
-    proc = subprocess.Popen(_cmd(killed), env=env, cwd=tmp_path, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        _cmd(killed),
+        env=env,
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
     seen = 0
     assert proc.stderr is not None
     for line in proc.stderr:

@@ -21,7 +21,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 
 def _prefect(args: list[str], cwd: Path, env: dict[str, str]) -> str:
-    r = subprocess.run([sys.executable, "-m", "prefect", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "prefect", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0, f"prefect {' '.join(args)}:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     return r.stdout + r.stderr
 
@@ -32,7 +34,9 @@ def test_deployment_runs_on_a_process_worker(prefect_server, tmp_path):
     for d in ("ice", "tasks", "flows", "infra"):
         shutil.copytree(ROOT / d, project / d, ignore=shutil.ignore_patterns("__pycache__", "plots"))
     write_params(project, train={"epochs": 1}, prune={"methods": ["iterative"], "max_units": 2})
-    env = sub_env(PREFECT_API_URL=prefect_server.url, PREFECT_HOME=str(prefect_server.home), ICE_PROJECT_DIR=str(project))
+    env = sub_env(
+        PREFECT_API_URL=prefect_server.url, PREFECT_HOME=str(prefect_server.home), ICE_PROJECT_DIR=str(project)
+    )
     run_stages(project, env, "prepare", "pretrain")  # the inputs, with the sha256 records the prune flow verifies
     _prefect(["work-pool", "create", "ice-pool", "--type", "process"], project, env)
     out = _prefect(["--no-prompt", "deploy", "--all", "--prefect-file", "infra/prefect.yaml"], project, env)
@@ -44,7 +48,11 @@ def test_deployment_runs_on_a_process_worker(prefect_server, tmp_path):
     log = open(tmp_path / "worker.log", "w")  # noqa: SIM115
     worker = subprocess.Popen(
         [sys.executable, "-m", "prefect", "worker", "start", "--pool", "ice-pool", "--type", "process"],
-        cwd=elsewhere, env=worker_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=elsewhere,
+        env=worker_env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
         deadline = time.time() + 420
@@ -55,7 +63,9 @@ def test_deployment_runs_on_a_process_worker(prefect_server, tmp_path):
             if fr["state"] and fr["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
                 break
             time.sleep(2)
-        assert fr["state"]["type"] == "COMPLETED", f"{fr['state']}; worker log:\n{(tmp_path / 'worker.log').read_text()[-4000:]}"
+        assert fr["state"]["type"] == "COMPLETED", (
+            f"{fr['state']}; worker log:\n{(tmp_path / 'worker.log').read_text()[-4000:]}"
+        )
         assert fr["parameters"]["method"] == "iterative"
     finally:
         os.killpg(worker.pid, 15)

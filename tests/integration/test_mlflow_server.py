@@ -25,8 +25,14 @@ def mlflow_server(tmp_path_factory):
 
 
 def _flow(name: str, root: Path, env: dict[str, str], *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", f"flows.{name}", "--root", str(root), *extra], env=env, cwd=root,
-                          capture_output=True, text=True, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", f"flows.{name}", "--root", str(root), *extra],
+        env=env,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 def test_pretrain_prune_register_and_load_back_through_the_server(mlflow_server, prefect_server, tmp_path):
@@ -34,8 +40,9 @@ def test_pretrain_prune_register_and_load_back_through_the_server(mlflow_server,
     root.mkdir()
     elsewhere.mkdir()
     write_params(root, prune={"methods": ["iterative"], "max_units": 2}, ice={"autotune": {"enabled": False}})
-    env = sub_env(MLFLOW_TRACKING_URI=mlflow_server.url, PREFECT_API_URL=prefect_server.url,
-                  PREFECT_HOME=str(prefect_server.home))
+    env = sub_env(
+        MLFLOW_TRACKING_URI=mlflow_server.url, PREFECT_API_URL=prefect_server.url, PREFECT_HOME=str(prefect_server.home)
+    )
     for stage, extra in (("prepare", ()), ("pretrain", ()), ("autotune", ()), ("prune", ("--method", "iterative"))):
         done = _flow(stage, root, env, *extra)
         assert done.returncode == 0, f"{stage}:\n{done.stderr[-3000:]}"
@@ -54,15 +61,28 @@ for alias, path in (("pretrained", "models/pretrained.pt"), ("iterative", "model
         out[alias] = bool(np.array_equal(model.predict(x), ref.eval()(torch.from_numpy(x)).numpy()))
 print(json.dumps(out))
 """
-    got = subprocess.run([sys.executable, "-c", probe, str(root), NAME], env=env, cwd=elsewhere, capture_output=True, text=True,
-                         timeout=300)
+    got = subprocess.run(
+        [sys.executable, "-c", probe, str(root), NAME],
+        env=env,
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert got.returncode == 0, got.stderr[-3000:]
     assert json.loads(got.stdout.strip().splitlines()[-1]) == {"pretrained": True, "iterative": True}
 
     # model.weights through the server: the registered pretrained version is imported byte for byte
     report = json.loads((root / "reports" / "pretrain.json").read_text())
-    again = _flow("pretrain", root, env, "--set", f"model.weights=models:/{NAME}@pretrained",
-                  "--set", "tracking.register_models=false")
+    again = _flow(
+        "pretrain",
+        root,
+        env,
+        "--set",
+        f"model.weights=models:/{NAME}@pretrained",
+        "--set",
+        "tracking.register_models=false",
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     imported = json.loads((root / "reports" / "pretrain.json").read_text())
     assert imported["sha256"] == report["sha256"] and imported["source"] == f"imported from models:/{NAME}@pretrained"

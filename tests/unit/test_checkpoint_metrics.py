@@ -105,7 +105,11 @@ def test_sparsity_and_conv_fraction():
     assert sparsity(m) == 0.0
     total = prunable_conv_params(m)
     stem = m.conv1.weight.numel()
-    assert total == sum(x.weight.numel() for x in m.modules() if isinstance(x, torch.nn.Conv2d) and x.kernel_size == (3, 3)) - stem
+    assert (
+        total
+        == sum(x.weight.numel() for x in m.modules() if isinstance(x, torch.nn.Conv2d) and x.kernel_size == (3, 3))
+        - stem
+    )
     prune_unit(m, prunable_units(m)[0], 0.5, input_shape=(1, 3, 32, 32))
     assert conv_param_fraction(m, total) == pytest.approx(1 - (8 * 16 * 9 * 2) / total)
 

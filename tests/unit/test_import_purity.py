@@ -13,8 +13,12 @@ def test_import_ice_loads_no_orchestration_packages():
 
 
 def test_import_ice_is_cheap_and_has_version():
-    out = subprocess.run([sys.executable, "-c", "import sys, ice; print(ice.__version__, 'torch' in sys.modules)"],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", "import sys, ice; print(ice.__version__, 'torch' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     version, torch_loaded = out.stdout.split()
     assert version
     assert torch_loaded == "False"

@@ -44,7 +44,21 @@ def test_ice_fine_tunes_less_than_iterative_and_stays_close(digits, pretrained):
     # identical structure: the same units at the same ratio
     assert ice.info["params"] == it.info["params"] < sum(q.numel() for q in pretrained.parameters())
     rec = ice.steps[0]
-    for key in ("step", "unit", "ratio", "params", "macs", "acc_pruned", "finetuned", "lr", "frozen", "acc_finetuned", "t_prune", "t_eval", "t_finetune"):
+    for key in (
+        "step",
+        "unit",
+        "ratio",
+        "params",
+        "macs",
+        "acc_pruned",
+        "finetuned",
+        "lr",
+        "frozen",
+        "acc_finetuned",
+        "t_prune",
+        "t_eval",
+        "t_finetune",
+    ):
         assert key in rec
     assert all(r["lr"] == pytest.approx(0.001) for r in it.steps)
     assert all(r["frozen"] == 0 for r in it.steps) and ice.steps[0]["frozen"] > 0
@@ -123,7 +137,9 @@ def test_min_val_images_floors_the_trials_validation_subset(digits):
     sub = trial_data(digits, p)
     assert len(sub.train) == round(len(digits.train) * 0.05)
     assert len(sub.val) == 60 and len(set(sub.val.index.tolist())) == 60
-    plain = trial_data(digits, params(ice={"autotune": {"subset": 0.05, "min_val_images": 0}}))  # the paper's 2%-style subset
+    plain = trial_data(
+        digits, params(ice={"autotune": {"subset": 0.05, "min_val_images": 0}})
+    )  # the paper's 2%-style subset
     assert len(plain.val) == round(len(digits.val) * 0.05)
     assert len(trial_data(digits, params()).val) == 100  # the default floor
     big = trial_data(digits, params(ice={"autotune": {"subset": 0.05, "min_val_images": 10_000}}))
@@ -260,6 +276,11 @@ def test_a_trial_continued_from_its_checkpoint_ends_the_same(digits, pretrained,
     full = run_trial(pretrained, digits, p, hp, checkpoint=checkpoint)
     assert len(saved) == 2  # after steps 1 and 2 of 3
     model, meta = load_checkpoint(saved[0])
-    resumed = run_trial(pretrained, digits, p, hp, resume={"model": model, "state": json.loads(json.dumps(meta["state"])),
-                                                           "steps": meta["steps"]})
+    resumed = run_trial(
+        pretrained,
+        digits,
+        p,
+        hp,
+        resume={"model": model, "state": json.loads(json.dumps(meta["state"])), "steps": meta["steps"]},
+    )
     assert (resumed.acc_final, resumed.finetunes, resumed.work) == (full.acc_final, full.finetunes, full.work)

@@ -63,7 +63,9 @@ def test_mobilenetv2_prunes_expansion_channels_through_the_depthwise_conv():
     assert m(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
-@pytest.mark.parametrize("arch, n_units", [("tv:resnet18", 8), ("tv:resnet50", 32), ("tv:densenet121", 58), ("tv:mobilenet_v2", 16)])
+@pytest.mark.parametrize(
+    "arch, n_units", [("tv:resnet18", 8), ("tv:resnet50", 32), ("tv:densenet121", 58), ("tv:mobilenet_v2", 16)]
+)
 def test_torchvision_families(arch, n_units):
     m = build_model(arch, 10)
     units = prunable_units(m)
@@ -79,7 +81,9 @@ def test_torchvision_families(arch, n_units):
 def test_unknown_model_falls_back_to_dependency_groups():
     m = build_model("tv:alexnet", 10)
     units = prunable_units(m)
-    assert [u.conv for u in units] == ["features.0", "features.3", "features.6", "features.8", "features.10"][: len(units)]
+    assert [u.conv for u in units] == ["features.0", "features.3", "features.6", "features.8", "features.10"][
+        : len(units)
+    ]
     assert len(units) >= 4
     prune_unit(m, units[0], 0.5, input_shape=(1, 3, 224, 224))
     assert m.features[0].out_channels == 32 and m.features[3].in_channels == 32

@@ -98,12 +98,18 @@ def test_freeze_trial_freezes_convs_with_their_batchnorm(digits, candidates):
 
     torch.manual_seed(0)
     m = build_model("cifar_resnet20", 10, in_channels=1)
-    p = parse_params({"ice": {"fr": 0.3, "freeze_candidates": candidates, "autotune": {"enabled": False}},
-                      "prune": {"batch_size": 64, "augment": False}})
+    p = parse_params(
+        {
+            "ice": {"fr": 0.3, "freeze_candidates": candidates, "autotune": {"enabled": False}},
+            "prune": {"batch_size": 64, "augment": False},
+        }
+    )
     state = start_run(m, digits, "ice", p)
     convs = [n for n, x in m.named_modules() if isinstance(x, torch.nn.Conv2d)]
     # the reference code's candidates: each residual block's conv1 and conv2 (18 of ResNet-20's 21 convs)
-    pool = convs if candidates == "all" else [c for c in convs if c.endswith(("conv1", "conv2")) and c.startswith("layer")]
+    pool = (
+        convs if candidates == "all" else [c for c in convs if c.endswith(("conv1", "conv2")) and c.startswith("layer")]
+    )
     assert len(pool) == (21 if candidates == "all" else 18)
     assert len(state["frozen"]) == math.ceil(0.3 * len(pool)) and set(state["frozen"]) <= set(pool)
     apply_frozen(m, state, p)

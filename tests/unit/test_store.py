@@ -43,8 +43,16 @@ def test_two_processes_storing_the_same_key_never_collide(tmp_path):
     from ice.checkpoint import sha256_file
 
     go = tmp_path / "go"
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), tag, str(go), str(WRITES)], env=sub_env(),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for tag in ("a", "b")]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(tmp_path), tag, str(go), str(WRITES)],
+            env=sub_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for tag in ("a", "b")
+    ]
     time.sleep(1.0)  # both interpreters are up and polling
     go.touch()
     results = [p.communicate(timeout=300) for p in procs]

@@ -53,7 +53,9 @@ def test_teacher_runs_without_grad_and_changes_the_loss(digits):
     g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
     a = train_epoch(m, digits, make_optimizer(m, 0.01), batch_size=64, fraction=0.2, augment=False, generator=g())
     m.load_state_dict(state)
-    b = train_epoch(m, digits, make_optimizer(m, 0.01), batch_size=64, fraction=0.2, augment=False, generator=g(), teacher=teacher)
+    b = train_epoch(
+        m, digits, make_optimizer(m, 0.01), batch_size=64, fraction=0.2, augment=False, generator=g(), teacher=teacher
+    )
     assert b["loss"] > a["loss"]
     assert all(p.grad is None for p in teacher.parameters())
 
@@ -91,7 +93,15 @@ def test_same_seed_same_weights(digits):
     def run():
         torch.manual_seed(0)
         m = build_model("cifar_resnet20", 10, in_channels=1)
-        train_epoch(m, digits, make_optimizer(m, 0.05), batch_size=64, fraction=0.3, augment=True, generator=torch.Generator().manual_seed(1))
+        train_epoch(
+            m,
+            digits,
+            make_optimizer(m, 0.05),
+            batch_size=64,
+            fraction=0.3,
+            augment=True,
+            generator=torch.Generator().manual_seed(1),
+        )
         return m.state_dict()
 
     a, b = run(), run()
@@ -113,4 +123,3 @@ def test_small_resnet_learns_real_cifar10(cifar_tar, tmp_path_factory):
     fit(m, ds, epochs=2, lr=0.05, batch_size=128, augment=True, seed=0)
     acc = evaluate(m, ds, "test")["acc"]
     assert acc > 30.0, f"test accuracy {acc:.1f}% is not well above chance (10%)"
-
