@@ -105,11 +105,12 @@ def publish_artifact(kind: str, key: str, content: Any, description: str = "") -
     try:
         from prefect import artifacts
 
-        make = {
+        makers: dict[str, Callable[..., Any]] = {
             "markdown": artifacts.create_markdown_artifact,
             "table": artifacts.create_table_artifact,
             "progress": artifacts.create_progress_artifact,
-        }[kind]
+        }
+        make = makers[kind]
         return make(content, key=key, description=description or None)
     except Exception as err:  # no API reachable, or the run context is gone
         logging.getLogger("ice.progress").debug("artifact %s not written: %s", key, err)

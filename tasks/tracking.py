@@ -225,7 +225,7 @@ class Tracker:
             self.client.set_registered_model_alias(name, alias, existing)
             return existing
         model, _ = load_checkpoint(checkpoint, sha256=sha)
-        spec = model.ice_spec  # type: ignore[attr-defined]
+        spec: dict[str, Any] = getattr(model, "ice_spec", {})
         h, w = spec.get("image_size") or (32, 32)
         example = np.zeros((2, spec.get("in_channels", 3), h, w), dtype=np.float32)
         import torch

@@ -65,7 +65,7 @@ def _from_registry(uri: str, tracking_uri: str, dest: Path) -> tuple[Path, str |
             f"(registered: {', '.join(names) or 'none'})"
         ) from None
     try:
-        mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+        mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, str(version))
     except Exception:
         model = client.get_registered_model(name)
         known = (
@@ -128,7 +128,7 @@ def check_weights(path: Path, source: str, arch: str, num_classes: int, in_chann
         model, meta = load_checkpoint(path)
     except CheckpointError as err:
         raise WeightsError(f"model.weights: {source}: {str(err).split(': ', 1)[-1]}") from None
-    spec = model.ice_spec  # type: ignore[attr-defined]
+    spec: dict[str, Any] = getattr(model, "ice_spec", {})
     for key, want, where in (
         ("arch", arch, "model.arch"),
         ("num_classes", num_classes, "the data's classes"),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -90,7 +90,7 @@ def freeze_candidates(model: nn.Module, which: str = "units") -> list[str]:
 
 
 def _conv_weights(model: nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
-    return {n: model.get_submodule(n).weight.detach().clone() for n in names}  # type: ignore[union-attr]
+    return {n: cast(nn.Conv2d, model.get_submodule(n)).weight.detach().clone() for n in names}
 
 
 def freeze_trial(model: nn.Module, data: Dataset, params: Params, unit: Any) -> dict[str, Any]:
