@@ -233,9 +233,14 @@ class Tracker:
         with torch.no_grad():
             out = model.eval()(torch.from_numpy(example)).numpy()
         signature = infer_signature(example, out)
-        with mlflow.start_run(run_id=run_id, experiment_id=self.experiment_id), warnings.catch_warnings():
-            # MLflow suggests type hints on predict; the logged signature already describes the input
-            warnings.filterwarnings("ignore", message=".*type hint.*", category=UserWarning)
+        # MLflow suggests type hints on predict; the logged signature already describes the input.
+        # log_model pushes its own "once" filter for UserWarnings in front of any filter of ours,
+        # so the warnings are recorded instead, and all but that one are shown again after.
+        with (
+            mlflow.start_run(run_id=run_id, experiment_id=self.experiment_id),
+            warnings.catch_warnings(record=True) as caught,
+        ):
+            warnings.simplefilter("default")
             info = mlflow.pyfunc.log_model(
                 name="model",
                 python_model=str(Path(__file__).with_name("pyfunc_model.py")),
@@ -245,6 +250,9 @@ class Tracker:
                 input_example=example,
                 pip_requirements=PIP_REQUIREMENTS,
             )
+        for w in caught:
+            if "type hints to the `predict` method" not in str(w.message):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         # start_run(run_id=...) ends the run on exit; the flow still owns it
         self.client.update_run(run_id, status="RUNNING")
         try:
