@@ -73,7 +73,9 @@ def autotune(
             bound = min((objective_of(r, st.params) for r in results if r.stopped_at is None), default=None)
             batch = list(enumerate(points[start : start + cfg.workers], start))
             for i, hp in batch:  # a trial's child run opens when the trial starts, so its duration is real
-                children[i] = st.tracker.start_run(f"trial-{i}", {"ice.stage": "autotune-trial"}, hp, parent=st.run_id)
+                children[i] = st.tracker.start_run(
+                    f"trial-{i + 1}", {"ice.stage": "autotune-trial"}, hp, parent=st.run_id
+                )
             futures = [
                 trial.submit(str(st.root), data_ref, model_ref, hp, i, task_cfg, setup["freeze_scores"], bound)
                 for i, hp in batch
@@ -118,7 +120,9 @@ def autotune(
         write_csv(table, rows)
         st.tracker.log_artifacts(st.run_id, [table])
         st.tracker.log_metrics(
-            st.run_id, {"search_seconds": search_seconds, "search_work_gmacs": search_work, "best_trial": best.number}
+            st.run_id,
+            # trials are numbered from 1 wherever a person reads them (child runs, task runs, lines)
+            {"search_seconds": search_seconds, "search_work_gmacs": search_work, "best_trial": best.number + 1},
         )
         publish_artifact(
             "table",
@@ -126,7 +130,11 @@ def autotune(
             [{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in rows],
             f"ICE's search: one row per trial, the best marked; MLflow run: {st.tracker.run_url(st.run_id)}",
         )
-        progress(f"[autotune] best trial {best.number}: {best.hp} (search {search_seconds:.1f}s)")
+        # numbered from 1, as the trial lines above
+        progress(
+            f"[autotune] best: trial {best.number + 1}/{len(rows)}, {best.hp} "
+            f"(search {search_seconds:.1f}s, {search_work:,.0f} GMACs)"
+        )
         return out
 
 

@@ -413,7 +413,13 @@ def autotune_setup(
     return search_setup(model, load_data(paths, data_ref), _params(cfg))
 
 
-@task(name="autotune-trial", tags=["gpu"], task_run_name="autotune-trial-{number}")
+def _trial_run_name() -> str:
+    from prefect.runtime import task_run
+
+    return f"autotune-trial-{int(task_run.parameters['number']) + 1}"
+
+
+@task(name="autotune-trial", tags=["gpu"], task_run_name=_trial_run_name)
 def autotune_trial(
     root: str,
     data_ref: dict[str, str],
