@@ -55,7 +55,7 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
 def readable(v: float) -> float:
     """A metric as the UI should show it: 6 significant digits (97.2222, not 97.22222222222223);
     integers (params, MACs) stay exact."""
-    if isinstance(v, bool | int):
+    if isinstance(v, bool | int) or float(v).is_integer():
         return float(v)
     return float(f"{v:.6g}")
 

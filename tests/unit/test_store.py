@@ -65,3 +65,11 @@ def test_two_processes_storing_the_same_key_never_collide(tmp_path):
     assert len(stored) == WRITES // 2 + 2 * (WRITES // 2)  # every distinct payload kept, once, under its own name
     wrong = [p.name for p in stored if sha256_file(p)[:16] not in p.name]
     assert wrong == []  # every name is the hash of its content
+
+
+def test_metrics_are_shown_readable_and_counts_stay_exact():
+    from tasks.tracking import readable
+
+    assert readable(97.22222222222223) == 97.2222
+    assert readable(0.0101116540026851) == 0.0101117
+    assert readable(2090624.0) == 2090624.0 and readable(855770) == 855770.0  # params and MACs are never rounded
