@@ -19,6 +19,7 @@ import socket
 import sys
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -126,6 +127,24 @@ def update_progress(artifact_id: Any, percent: float) -> None:
         update_progress_artifact(artifact_id, percent)
 
 
+def _tag_flow_run(flow_run_id: str, name: str, method: str | None, params: Params) -> None:
+    """Tags on the Prefect flow run, for the UI's filters: stage, method, data, arch, ratio.
+
+    A view only: a Prefect API that does not answer never fails the flow."""
+    if not flow_run_id:
+        return
+    tags = ["ice", f"stage:{name}", f"data:{params.data.source}", f"arch:{params.model.arch}"]
+    if method:
+        tags += [f"method:{method}", f"ratio:{params.prune.ratio:g}"]
+    with contextlib.suppress(Exception):
+        from prefect.client.orchestration import get_client
+
+        run_id = uuid.UUID(flow_run_id)
+        with get_client(sync_client=True) as client:
+            current = client.read_flow_run(run_id).tags
+            client.update_flow_run(run_id, tags=sorted({*current, *tags}))
+
+
 def _user() -> str:
     try:
         return getpass.getuser()
@@ -187,6 +206,7 @@ def open_stage(
         stage.tracker.end_stale_runs(name, method)
         logged = params.model_dump(mode="json") | ({"method": method} if method else {})
         stage.run_id = stage.tracker.start_run(run_name, tags, logged)
+        _tag_flow_run(flow_run_id, name, method, params)
     status = "FAILED"
     try:
         yield stage

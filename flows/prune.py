@@ -17,6 +17,7 @@ fine-tune time, ICE's freeze trial and, for ICE, the auto-tuner's search.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from prefect import flow
@@ -169,9 +170,22 @@ def _rounded(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _run_name() -> str:
+    """``prune-<method>-r<ratio>``, e.g. ``prune-ice-r0.6`` (``prune-<method>`` if params cannot be read yet:
+    the flow itself then fails with the one-line error)."""
     from prefect.runtime import flow_run
 
-    return f"prune-{flow_run.parameters.get('method', 'method')}"
+    p = flow_run.parameters
+    name = f"prune-{p.get('method', 'method')}"
+    try:
+        from ice.config import load_params
+        from tasks.common import project_root
+
+        pfile = Path(p.get("params_path") or "params.yaml")
+        if not pfile.is_absolute():
+            pfile = project_root(p.get("root")) / pfile
+        return f"{name}-r{load_params(pfile, p.get('overrides')).prune.ratio:g}"
+    except Exception:
+        return name
 
 
 @flow(name="prune", flow_run_name=_run_name)

@@ -204,8 +204,12 @@ def test_rerun_reuses_every_task(project):
         runs = client.read_task_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
         )
+        fr = client.read_flow_run(state.state_details.flow_run_id)
     names = {r.state.name for r in runs}
     assert len(runs) >= 1 + 3 * 3 and names == {"Cached"}, names
+    # the Prefect UI's list names the run and can filter it by method, data, arch and ratio
+    assert fr.name == "prune-ice-r0.5"
+    assert {"ice", "stage:prune", "method:ice", "data:digits", "arch:cifar_resnet20", "ratio:0.5"} <= set(fr.tags)
     assert sha256_file(root / "models/pruned/ice.pt") == before
     # the same bytes are not registered twice: the alias stays on the version with that sha256
     c = _client(root)
