@@ -73,24 +73,29 @@ class _TaskSteps:
         self.root, self.data_ref, self.pre_ref, self.state, self.cfg = str(st.root), data_ref, pre_ref, state, cfg
         self.run = run_view(state)
         self.ref = pre_ref
+        self.k, self.after = 0, "pruned"  # the step the current model is at, and what happened last
         self._prune, self._eval, self._decide, self._finetune = (
             bind(t, st.root) for t in (prune_one_step, evaluate_checkpoint, decide_finetune, finetune_checkpoint)
         )
 
+    def _label(self, what: str) -> str:  # e.g. "evaluate-4-layer1.3.conv1-pruned", as the UI lists it
+        return f"{what}-{self.k + 1}-{self.run['plan'][self.k]['unit']}-{self.after}"
+
     def prune(self, k: int) -> dict[str, Any]:
         out = self._prune(self.root, self.data_ref, self.ref, self.run, k, self.cfg)
-        self.ref = out["ref"]
+        self.ref, self.k, self.after = out["ref"], k, "pruned"
         return out
 
     def evaluate(self) -> dict[str, float]:
-        return self._eval(self.root, self.data_ref, self.ref, self.cfg)
+        return self._eval.named(self._label("evaluate"))(self.root, self.data_ref, self.ref, self.cfg)
 
     def decide(self, acc_now: float | None) -> bool:
-        return self._decide(self.run, self.state["acc_original"], self.state["acc_previous"], acc_now, self.cfg)
+        decide = self._decide.named(self._label("decide-finetune").removesuffix("-pruned"))
+        return decide(self.run, self.state["acc_original"], self.state["acc_previous"], acc_now, self.cfg)
 
     def finetune(self, k: int, lr: float) -> dict[str, Any]:
         out = self._finetune(self.root, self.data_ref, self.ref, self.pre_ref, self.run, k, lr, self.cfg)
-        self.ref = out["ref"]
+        self.ref, self.after = out["ref"], "finetuned"
         return out
 
 

@@ -95,6 +95,10 @@ class Verified:
     def submit(self, *args: Any, **kwargs: Any) -> Any:
         return self.task.submit(*args, **kwargs)
 
+    def named(self, run_name: str) -> Verified:
+        """The same task (same cache key), its next run shown in the UI as ``run_name``."""
+        return Verified(self.task.with_options(task_run_name=run_name), self.paths)
+
 
 def bind(t: Any, root: Path) -> Verified:
     """``t`` caching its results under ``<root>/.ice-cache/results``, with verified references."""

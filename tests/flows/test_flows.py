@@ -207,6 +207,13 @@ def test_rerun_reuses_every_task(project):
         fr = client.read_flow_run(state.state_details.flow_run_id)
     names = {r.state.name for r in runs}
     assert len(runs) >= 1 + 3 * 3 and names == {"Cached"}, names
+    # every task run names its step and unit (a cached rerun shows the same names)
+    run_names = {r.name for r in runs}
+    assert {
+        "prune-step-1-layer1.0.conv1",
+        "evaluate-1-layer1.0.conv1-pruned",
+        "decide-finetune-1-layer1.0.conv1",
+    } <= run_names
     # the Prefect UI's list names the run and can filter it by method, data, arch and ratio
     assert fr.name == "prune-ice-r0.5"
     assert {"ice", "stage:prune", "method:ice", "data:digits", "arch:cifar_resnet20", "ratio:0.5"} <= set(fr.tags)
