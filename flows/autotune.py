@@ -23,6 +23,21 @@ from tasks.common import progress, write_csv, write_json
 from tasks.steps import autotune_setup, autotune_trial, bind
 
 
+def _result(future: Any) -> Any:
+    """A trial's result, waited for in half-second slices, so that SIGTERM or Ctrl-C reach the
+    main thread at once, and then tell the running trials to stop after their current step
+    (the task runner waits for its threads before the flow can end)."""
+    from tasks.common import STOP
+
+    try:
+        while not future.wrapped_future.done():
+            future.wait(0.5)
+    except BaseException:  # SIGTERM (Prefect's own handler), Ctrl-C: running trials end after their step
+        STOP.set()
+        raise
+    return future.result()
+
+
 @flow(name="autotune", flow_run_name="autotune-{params_path}", task_runner=ThreadPoolTaskRunner(max_workers=8))  # type: ignore[arg-type]
 def autotune(
     params_path: str = "params.yaml", root: str | None = None, overrides: dict[str, Any] | None = None
@@ -81,7 +96,7 @@ def autotune(
                 for i, hp in batch
             ]
             for f in futures:
-                row = f.result()
+                row = _result(f)
                 rows.append(row)
                 st.tracker.log_metrics(
                     children[row["trial"]], {k: v for k, v in row.items() if k not in points[0] and k != "trial"}

@@ -87,3 +87,38 @@ def test_killed_prune_resumes_from_cache_with_identical_checkpoint(prefect_serve
     assert finetuned.count("Cached") >= 2
     assert _states(again.stderr, "start-pruning") == ["Cached"]
     assert sha256_file(killed / "models" / "pruned" / "iterative.pt") == reference
+
+
+def test_sigterm_stops_a_running_trial_after_its_step_and_the_rerun_resumes_it(prefect_server, tmp_path):
+    """SIGTERM reaches the main thread at once; the auto-tune trial running in a worker thread ends
+    after its current step (saved), instead of running to the end, and the next run continues it."""
+    env = sub_env(PREFECT_API_URL=prefect_server.url, PREFECT_HOME=str(prefect_server.home))
+    write_params(
+        tmp_path,
+        train={"epochs": 1},
+        prune={"methods": ["ice"], "max_units": None, "finetune_epochs": 1.0},  # 9 steps of about a second
+        ice={"autotune": {"n_trials": 2, "subset": 1.0}},
+        tracking={"register_models": False},
+    )
+    run_stages(tmp_path, env, "prepare", "pretrain")
+    cmd = [sys.executable, "-m", "flows.autotune", "--root", str(tmp_path)]
+    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    assert proc.stderr is not None
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if "[autotune] trial 1, step 2/9" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    lines += proc.stderr.readlines()
+    proc.wait(timeout=60)
+    log = "".join(lines)
+    assert proc.returncode != 0
+    steps = [int(m) for m in re.findall(r"\[autotune\] trial 1, step (\d+)/9", log)]
+    assert steps and max(steps) <= 5, log[-2000:]  # stopped within a step or two, not at 9
+    assert "[autotune] trial 1/2:" not in log
+    assert list((tmp_path / ".ice-cache" / "store").glob("trial-00-*-partial.pt"))  # the last step is saved
+
+    again = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"[autotune] trial 1: resuming after step {max(steps)}" in again.stderr
