@@ -25,7 +25,7 @@ from prefect import flow
 from flows._runtime import Stage, cli, open_stage, publish_artifact, update_progress
 from ice.config import SEARCHED_ICE_KEYS
 from ice.methods import Method
-from tasks.common import progress, publish, read_json, resolve, write_csv, write_json
+from tasks.common import STEP_SINK, progress, publish, read_json, resolve, write_csv, write_json
 from tasks.steps import (
     bind,
     decide_finetune,
@@ -153,12 +153,23 @@ def _stepwise(st: Stage, method: str, data_ref: dict[str, str], pre_ref: dict[st
 
 
 def _training(st: Stage, method: str, data_ref: dict[str, str], pre_ref: dict[str, str]) -> dict[str, Any]:
-    out = bind(train_with_schedule, st.root)(
-        str(st.root), data_ref, pre_ref, method, st.device_cfg("seed", "prune", "schedule")
-    )
-    if st.tracker is not None and st.run_id is not None:
-        for rec in out["steps"]:
+    live: list[int] = []
+
+    def log_epoch(rec: dict[str, Any]) -> None:
+        if st.tracker is not None and st.run_id is not None:
             st.tracker.log_metrics(st.run_id, {k: v for k, v in rec.items() if k != "step"}, step=rec["step"])
+        live.append(rec["step"])
+
+    token = STEP_SINK.set(log_epoch)  # the task reports each epoch as it ends: live curves in MLflow
+    try:
+        out = bind(train_with_schedule, st.root)(
+            str(st.root), data_ref, pre_ref, method, st.device_cfg("seed", "prune", "schedule")
+        )
+    finally:
+        STEP_SINK.reset(token)
+    if not live:  # a cached result: no epoch ran here, so its curve is logged from the result
+        for rec in out["steps"]:
+            log_epoch(rec)
     return {
         "ref": out["ref"],
         "steps": out["steps"],

@@ -18,6 +18,7 @@ library invalidates every cached step.
 
 from __future__ import annotations
 
+import contextvars
 import csv
 import functools
 import hashlib
@@ -250,6 +251,10 @@ def verify_refs(paths: Paths, value: Any) -> list[str]:
             bad += verify_refs(paths, v)
     return bad
 
+
+# Where a long task reports each finished epoch while it runs (the flow logs them to MLflow
+# live); None: nobody listens. A context variable, so a task called from the flow sees it.
+STEP_SINK: contextvars.ContextVar[Any] = contextvars.ContextVar("ice_step_sink", default=None)
 
 # Set when the process is asked to stop (SIGTERM, Ctrl-C). The signal interrupts the main
 # thread only; work in worker threads (auto-tune trials) checks this between steps, so a

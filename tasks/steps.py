@@ -22,6 +22,7 @@ from typing import Any
 from prefect import task
 
 from tasks.common import (
+    STEP_SINK,
     IntegrityError,
     Paths,
     check_stop,
@@ -395,7 +396,10 @@ def train_with_schedule(
     paths = Paths(Path(root))
     params = _params(cfg)
     model = load_model(paths, model_ref, _device(cfg))
-    res = run_pruning(model, load_data(paths, data_ref), method, params, Callbacks(on_log=progress))
+    # each epoch goes to the flow's sink as it ends, so MLflow's curves grow while the method trains
+    res = run_pruning(
+        model, load_data(paths, data_ref), method, params, Callbacks(on_log=progress, on_step=STEP_SINK.get())
+    )
     ref = save_model(paths, res.model, f"{method}-final", {"method": method})
     return {
         "ref": ref,

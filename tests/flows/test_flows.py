@@ -21,7 +21,7 @@ def project(harness, tmp_path_factory):
     mp.delenv("MLFLOW_TRACKING_URI", raising=False)
     mp.setenv("ICE_QUIET", "1")
     root = tmp_path_factory.mktemp("project")
-    write_params(root)
+    write_params(root, schedule={"epochs": 2})
     from flows.pipeline import pipeline
 
     metrics = pipeline("params.yaml", str(root))
@@ -111,6 +111,9 @@ def test_mlflow_runs_metrics_and_tags(project):
         int(r["step"]): pytest.approx(float(r["lr"]) * 1000, rel=1e-5) for r in rows if r["finetuned"] == "True"
     }
     assert ice.data.metrics["macs"] == saved_macs(root, "ice")
+    # a training-time method's curve is logged as it trains, one epoch at a time, not after the task
+    oc = sorted(c.get_metric_history(prune_runs["one_cycle"].info.run_id, "acc_finetuned"), key=lambda m: m.step)
+    assert len(oc) == 2 and oc[1].timestamp - oc[0].timestamp >= 50, [(m.step, m.timestamp) for m in oc]
     params_hist = sorted(c.get_metric_history(ice.info.run_id, "params"), key=lambda m: m.step)
     assert params_hist[0].value > params_hist[-1].value  # every step removes parameters
     parent = by_stage["autotune"][0].info.run_id
