@@ -91,7 +91,9 @@ class TrainConfig(_Section):
 class PruneConfig(_Section):
     """What is pruned and how a fine-tune looks; shared by ICE and the iterative baseline."""
 
-    methods: list[Literal["ice", "iterative", "one_shot", "agp", "one_cycle", "prune_while_training"]] = [
+    methods: list[
+        Literal["ice", "iterative", "one_shot", "iterative_schedule", "agp", "one_cycle", "prune_while_training"]
+    ] = [
         "ice",
         "iterative",
     ]
@@ -199,21 +201,36 @@ class IceConfig(_Section):
 
 
 class ScheduleConfig(_Section):
-    """Training-time pruning: one_shot, agp, one_cycle and prune_while_training."""
+    """Training-time pruning: one_shot, iterative_schedule, agp, one_cycle and prune_while_training.
 
-    epochs: float = Field(3, gt=0)
-    lr: float = Field(0.01, gt=0)
-    target: float = Field(0.8, gt=0, lt=1)  # final sparsity (weight) or fraction of filters (filter)
+    From ``scratch`` (the default, as the One-Cycle and pruning-while-training papers train),
+    a method is a whole training run: a fresh model seeded as pre-training's, the ``train``
+    section's batch size, momentum, weight decay and augmentation, ``epochs`` epochs at peak
+    ``lr`` under ``lr_policy``. From ``pretrained`` it sparsifies the pre-trained model with
+    the ``prune`` section's batch size, momentum and weight decay.
+
+    Budgets: ``weight`` granularity masks ``target`` of the conv and linear weights;
+    ``filter`` granularity (and prune_while_training, always) removes ``prune.ratio`` of
+    each unit's filters, the same cut as ICE's and iterative's steps, so the structured
+    methods end at the same size.
+    """
+
+    init: Literal["scratch", "pretrained"] = "scratch"
+    epochs: float = Field(10, gt=0)
+    lr: float = Field(0.1, gt=0)  # the peak lr
+    lr_policy: Literal["one_cycle", "cosine"] = "one_cycle"  # one_cycle: warm-up (15%), then cosine annealing
+    target: float = Field(0.8, gt=0, lt=1)  # final weight sparsity (weight granularity)
     granularity: Literal["weight", "filter"] = "weight"
     scope: Literal["local", "global"] = "local"
-    start: float = Field(0.2, ge=0, lt=1)  # training progress at which agp/iterative begin
+    start: float = Field(0.2, ge=0, lt=1)  # training progress at which agp/iterative_schedule begin
     end: float = Field(1.0, gt=0, le=1)
-    one_shot_at: float = Field(0.45, ge=0, le=1)
-    alpha: float = 14.0
-    beta: float = 5.0
+    one_shot_at: float = Field(0.5, ge=0, le=1)  # fasterai's one_shot: at half the training
+    n_steps: int = Field(3, ge=1)  # iterative_schedule: equal steps between start and end
+    alpha: float = 14.0  # one_cycle's sparsity curve: fasterai's sched_onecycle defaults (alpha 14, beta 6)
+    beta: float = 6.0
     interval: int = Field(10, ge=1)  # prune_while_training: optimizer steps between removals
     pwt_until: float = Field(0.5, gt=0, le=1)  # prune_while_training: progress by which the target is reached
-    pwt_criterion: Literal["mean_activation", "random", "l1"] = "mean_activation"
+    pwt_criterion: Literal["l1", "mean_activation", "random"] = "l1"  # L1: the best in Roy et al.
     update_every: int = Field(1, ge=1)  # optimizer steps between sparsity updates
 
 

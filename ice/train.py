@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ice.data import Dataset, Split, batches, n_steps
+from ice.metrics import count_macs, train_macs
 
 __all__ = [
     "pick_device",
@@ -345,6 +346,8 @@ def fit_epoch(
         lr_at=lr_at,
     )
     val = evaluate(model, data, "val", device=device)
+    shape = data.input_shape()
+    work = (stats["images"] * train_macs(model, shape) + len(data.val) * count_macs(model, shape)) / 1e9
     rec = {
         "epoch": epoch + 1,
         "train_loss": stats["loss"],
@@ -352,6 +355,7 @@ def fit_epoch(
         "val_acc": val["acc"],
         "lr": float(opt.param_groups[0]["lr"]),
         "seconds": stats["seconds"],
+        "work": work,  # GMACs: every training image's forward and backward, and the validation pass
     }
     new_state = {
         "epoch": epoch + 1,

@@ -3,7 +3,8 @@
 - ``iterative``: the baseline; prune each unit in turn, always fine-tune at a fixed lr.
 - ``ice``: ICE-Pruning; auto-tuned, fine-tunes only when accuracy drops, freezes the
   layers that barely move, and uses a pruning-aware lr.
-- ``one_shot``, ``agp``, ``one_cycle``, ``prune_while_training``: pruning during training.
+- ``one_shot``, ``iterative_schedule``, ``agp``, ``one_cycle``, ``prune_while_training``: pruning
+  during training, from scratch by default (``schedule.init``).
 """
 
 from __future__ import annotations
@@ -20,20 +21,29 @@ from ice.methods.training import TRAINING_METHODS, train_with_pruning
 __all__ = ["METHODS", "Method", "Callbacks", "PruningResult", "run_pruning"]
 
 # a method's name, as a type (the Prefect run form shows it as a drop-down)
-Method = Literal["ice", "iterative", "one_shot", "agp", "one_cycle", "prune_while_training"]
+Method = Literal["ice", "iterative", "one_shot", "iterative_schedule", "agp", "one_cycle", "prune_while_training"]
 METHODS: tuple[str, ...] = get_args(Method)
 assert METHODS[2:] == TRAINING_METHODS
 
 
 def run_pruning(
-    model: nn.Module, dataset: Dataset, method: str, params: Params, callbacks: Callbacks | None = None
+    model: nn.Module | None, dataset: Dataset, method: str, params: Params, callbacks: Callbacks | None = None
 ) -> PruningResult:
     """Prune a copy of ``model`` with ``method``; the caller's model is left as it is.
+
+    A training-time method with ``schedule.init: scratch`` trains a fresh ``model.arch``
+    instead, and needs no ``model`` (None).
 
     For ``ice`` with auto-tuning on, the search runs first and its time is part of
     ``result.seconds``; its trials are in ``result.search``.
     """
     cb = callbacks or Callbacks()
+    if method in TRAINING_METHODS:
+        return train_with_pruning(model, dataset, method, params, cb)
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if model is None:
+        raise ValueError(f"{method} prunes a pre-trained model; none was given")
     if method == "ice":
         from ice.methods.core import add_search
 
@@ -56,8 +66,4 @@ def run_pruning(
             search_work=search_cost["work"],
         )
         return result
-    if method == "iterative":
-        return iterate(model, dataset, "iterative", params, callbacks=cb)
-    if method in TRAINING_METHODS:
-        return train_with_pruning(model, dataset, method, params, cb)
-    raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    return iterate(model, dataset, "iterative", params, callbacks=cb)

@@ -100,6 +100,7 @@ class StepRecord:
     unit: str
     ratio: float
     params: int
+    sparsity: float  # share of the original model's parameters removed (the name every method logs)
     macs: int
     acc_pruned: float | None  # None: not measured (the baseline does not need it)
     finetuned: bool
@@ -186,6 +187,7 @@ def start_run(
         "acc_original": None,
         "acc_previous": None,
         "conv_params_original": prunable_conv_params(model),
+        "params_original": count_params(model),
         "input_shape": list(data.input_shape()),
         "plan": [{"step": k, "unit": u.name, "ratio": params.prune.ratio} for k, u in enumerate(units)],
         "frozen": [],
@@ -301,6 +303,7 @@ def record_step(
         unit=pruned["unit"],
         ratio=pruned["ratio"],
         params=pruned["params"],
+        sparsity=1 - pruned["params"] / state["params_original"],
         macs=pruned["macs"],
         acc_pruned=pruned["acc_pruned"],
         finetuned=ft is not None,
