@@ -38,20 +38,62 @@ def _fmt(v: Any, spec: str, suffix: str = "", none: str = "-") -> str:
     return none if v is None else format(v, spec) + suffix
 
 
-def _table(rows: list[dict[str, Any]]) -> str:
+STRUCTURED = "structured"
+UNSTRUCTURED = "unstructured"
+
+
+def group_of(method: str, report: dict[str, Any]) -> str:
+    """A method's budget group: filters removed for real (structured) or weights masked (unstructured)."""
+    if method in ("ice", "iterative"):
+        return STRUCTURED
+    return STRUCTURED if (report.get("info") or {}).get("granularity") == "filter" else UNSTRUCTURED
+
+
+def _table(rows: list[dict[str, Any]], structured: bool) -> str:
+    """One budget group, ranked by test accuracy."""
     head = (
-        "| method | seconds | work (GMACs) | search share | fine-tunes | val acc | test acc | params | MACs "
-        "| speedup (seconds) | speedup (work) |"
+        "| rank | method | test acc | val acc | non-zero params | sparsity | MACs | training seconds "
+        "| training work (GMACs) | pruning seconds | pruning work (GMACs) | fine-tunes |"
     )
-    lines = [head, "|" + "---|" * 11]
-    for r in rows:
-        share = r["search_seconds"] / r["total_seconds"] if r.get("search_seconds") and r["total_seconds"] else None
-        lines.append(
-            f"| {r['method']} | {r['total_seconds']:.1f} | {_fmt(r.get('work_gmacs'), ',.0f')} | {_fmt(share, '.1%')} "
-            f"| {r['finetunes']} | {r['val_acc']:.2f} | {r['test_acc']:.2f} | {r['params_nonzero']:,} | {r['macs']:,} "
-            f"| {_fmt(r.get('speedup_vs_iterative'), '.2f', 'x')} | {_fmt(r.get('work_speedup_vs_iterative'), '.2f', 'x')} |"
+    if structured:
+        head += " search share | pruning speedup vs iterative (seconds / work) |"
+    cols = head.count("|") - 1
+    lines = [head, "|" + "---|" * cols]
+    for i, r in enumerate(sorted(rows, key=lambda r: -r["test_acc"]), 1):
+        line = (
+            f"| {i} | {r['method']} | {r['test_acc']:.2f} | {r['val_acc']:.2f} | {r['params_nonzero']:,} "
+            f"| {r['sparsity']:.1%} | {r['macs']:,} | {_fmt(r.get('training_seconds'), ',.1f')} "
+            f"| {_fmt(r.get('training_work_gmacs'), ',.0f')} | {r['total_seconds']:,.1f} "
+            f"| {_fmt(r.get('work_gmacs'), ',.0f')} | {r['finetunes']} |"
         )
+        if structured:
+            share = r["search_seconds"] / r["total_seconds"] if r.get("search_seconds") and r["total_seconds"] else None
+            sp = (
+                f"{_fmt(r.get('speedup_vs_iterative'), '.2f', 'x')} / "
+                f"{_fmt(r.get('work_speedup_vs_iterative'), '.2f', 'x')}"
+                if r.get("speedup_vs_iterative") is not None
+                else "-"
+            )
+            line += f" {_fmt(share, '.1%')} | {sp} |"
+        lines.append(line)
     return "\n".join(lines)
+
+
+def budget_check(rows: list[dict[str, Any]], structured: bool) -> str:
+    """Whether a group really shares one budget: the same non-zero params within 1% (structured),
+    or the same weight sparsity within half a point (unstructured)."""
+    if len(rows) < 2:
+        return ""
+    if structured:
+        vals = [r["params_nonzero"] for r in rows]
+        spread = (max(vals) - min(vals)) / max(vals)
+        ok = spread <= 0.01
+        what = f"non-zero params {min(vals):,} to {max(vals):,} (spread {spread:.1%})"
+    else:
+        svals = [r["weight_sparsity"] for r in rows]
+        ok = max(svals) - min(svals) <= 0.005
+        what = f"weight sparsity {min(svals):.1%} to {max(svals):.1%}"
+    return f"Equal budget: {'yes' if ok else 'NO, this ranking compares unequal sizes'}: {what}."
 
 
 FINAL_METRICS = (
@@ -60,8 +102,11 @@ FINAL_METRICS = (
     "params_nonzero",
     "macs",
     "sparsity",
+    "weight_sparsity",
     "seconds",
     "work_gmacs",
+    "training_seconds",
+    "training_work_gmacs",
     "finetunes",
     "speedup_vs_iterative",
     "work_speedup_vs_iterative",
@@ -85,9 +130,24 @@ def _budget(st: Stage) -> str:
     )
     evals = f"{pr.eval_images} validation images" if pr.eval_images else "the whole validation split"
     return (
-        f"Budget: each fine-tune {pr.finetune_epochs:g} epoch(s) of the training split at batch {pr.batch_size}"
-        f"{', with KD (T=' + format(pr.kd_temperature, 'g') + ')' if pr.kd else ''}; per-step evaluations on {evals}; "
-        f"ICE's search {search}."
+        f"ICE and iterative: each fine-tune {pr.finetune_epochs:g} epoch(s) of the training split at batch "
+        f"{pr.batch_size}{', with KD (T=' + format(pr.kd_temperature, 'g') + ')' if pr.kd else ''}; per-step "
+        f"evaluations on {evals}; ICE's search {search}."
+    )
+
+
+def _schedule_line(st: Stage) -> str:
+    sc = st.params.schedule
+    policy = sc.lr_policy.replace("_", "-")
+    if sc.init == "scratch":
+        return (
+            f"Training-time methods: from scratch (a fresh model, seeded as pre-training's), {sc.epochs:g} epochs "
+            f"at peak lr {sc.lr:g} ({policy} policy), batch {st.params.train.batch_size}; no pre-training and no "
+            "fine-tuning, so their training cost is their whole training."
+        )
+    return (
+        f"Training-time methods: from the pre-trained model, {sc.epochs:g} epochs at lr {sc.lr:g} ({policy} "
+        "policy); their training cost includes pre-training."
     )
 
 
@@ -122,6 +182,57 @@ def _figures(st: Stage, steps: list[dict[str, Any]], pre: dict[str, Any]) -> lis
     return out
 
 
+def compare_header(
+    st: Stage,
+    rows: list[dict[str, Any]],
+    groups: dict[str, list[dict[str, Any]]],
+    pre: dict[str, Any],
+    pre_report: dict[str, Any],
+    pre_cost: tuple[float, float] | None,
+) -> list[str]:
+    """The top of compare.md: what is compared, at which budget, and how cost is counted."""
+    p = st.params
+    names = {g: ", ".join(r["method"] for r in rs) for g, rs in groups.items()}
+    pre_line = (
+        f"pre-training ({pre_report.get('epochs')} epochs) cost {pre_cost[0]:,.1f} s and {pre_cost[1]:,.0f} GMACs"
+        if pre_cost is not None
+        else f"pre-training's cost is not known ({pre_report.get('source', 'imported')}), so the training cost of the "
+        "methods that start from it is left out"
+    )
+    lines = [
+        f"# Method comparison: {p.model.arch} on {p.data.source}",
+        "",
+        "Budgets (a ranking never mixes granularities):",
+        "",
+    ]
+    if groups[STRUCTURED]:
+        lines.append(
+            f"- **Structured** ({names[STRUCTURED]}): {p.prune.ratio:.0%} of each prunable unit's filters removed, "
+            "for real (the filter-granularity schedules and prune_while_training cut `prune.ratio`, as ICE's steps do)."
+        )
+    if groups[UNSTRUCTURED]:
+        lines.append(
+            f"- **Unstructured** ({names[UNSTRUCTURED]}): {p.schedule.target:.0%} of the conv and linear weights "
+            f"masked to zero ({p.schedule.scope}); the masked weights are still multiplied, so MACs stay dense."
+        )
+    lines += [
+        "",
+        f"Cost: training seconds and training work (billions of multiply-accumulates: forward and backward of every "
+        f"training image, every evaluation, ICE's freeze trial and search) of everything each model went through. For "
+        f"ICE, iterative and any method started from the pre-trained model that is pre-training plus pruning; "
+        f"{pre_line}. Pruning seconds and work are the pruning alone. Sparsity is the share of the dense model's "
+        f"{pre['params']:,} parameters removed or zero.",
+        "",
+        _budget(st),
+        "",
+        _schedule_line(st),
+        "",
+        f"Pre-trained model: test {pre['test_acc']:.2f}%, val {pre['val_acc']:.2f}%, {pre['params']:,} params, "
+        f"{pre['macs']:,} MACs.",
+    ]
+    return lines
+
+
 @flow(name="evaluate", flow_run_name="evaluate-{params_path}")
 def evaluate(
     params_path: str = "params.yaml", root: str | None = None, overrides: dict[str, Any] | None = None
@@ -132,6 +243,13 @@ def evaluate(
         cfg = st.device_cfg("seed", "evaluate")
         ev = bind(evaluate_model, st.root)
         pre = ev(str(st.root), data_ref, pre_ref, cfg)
+        pre_report = read_json(st.paths.pretrain_report)
+        # what pre-training cost: part of every method that starts from the pre-trained model
+        pre_cost = (
+            (float(pre_report["seconds"]), float(pre_report["work_gmacs"]))
+            if pre_report.get("work_gmacs") is not None
+            else None
+        )
         rows: list[dict[str, Any]] = []
         steps: list[dict[str, Any]] = []
         last_step: dict[str, int] = {}
@@ -139,16 +257,26 @@ def evaluate(
             ref = st.require(st.paths.pruned(method), f"prune --method {method}")
             report = read_json(st.paths.prune_report(method))
             m = ev(str(st.root), data_ref, ref, cfg)
-            rows.append(
-                {
-                    "method": method,
-                    **m,
-                    "total_seconds": report["seconds"],
-                    "work_gmacs": report.get("work_gmacs"),
-                    "search_seconds": report.get("search_seconds", 0.0),
-                    "finetunes": report["finetunes"],
-                }
-            )
+            info = report.get("info") or {}
+            from_pretrained = method in ("ice", "iterative") or info.get("init") == "pretrained"
+            row = {
+                "method": method,
+                **m,
+                "group": group_of(method, report),
+                "init": "pretrained" if from_pretrained else "scratch",
+                # the share of the pre-trained (dense) model's parameters removed or zero: one meaning for all
+                "sparsity": 1 - m["params_nonzero"] / pre["params"],
+                "total_seconds": report["seconds"],
+                "work_gmacs": report.get("work_gmacs"),
+                "search_seconds": report.get("search_seconds", 0.0),
+                "finetunes": report["finetunes"],
+            }
+            if not from_pretrained:
+                row["training_seconds"], row["training_work_gmacs"] = row["total_seconds"], row["work_gmacs"]
+            elif pre_cost is not None and row["work_gmacs"] is not None:
+                row["training_seconds"] = pre_cost[0] + row["total_seconds"]
+                row["training_work_gmacs"] = pre_cost[1] + row["work_gmacs"]
+            rows.append(row)
             with open(st.paths.steps_csv(method)) as f:
                 for r in csv.DictReader(f):
                     last_step[method] = max(last_step.get(method, 0), int(r["step"]))
@@ -159,18 +287,21 @@ def evaluate(
                             "method": method,
                             "step": int(r["step"]),
                             "acc": float(r["acc_finetuned"]),
-                            "params": int(float(r["params"])),
+                            "params": int(float(r["params"])),  # non-zero params, for every method
                         }
                     )
             progress(
-                f"[evaluate] {method}: test {m['test_acc']:.2f}%, {m['params_nonzero']:,} params, {report['seconds']:.1f}s"
+                f"[evaluate] {method}: test {m['test_acc']:.2f}%, {m['params_nonzero']:,} non-zero params, "
+                f"{report['seconds']:.1f}s"
             )
         base = next((r for r in rows if r["method"] == "iterative"), None)
-        for r in rows:
+        for r in rows:  # pruning cost against the baseline's, for the methods that prune the pre-trained model
             r["speedup_vs_iterative"] = r["work_speedup_vs_iterative"] = None
-            if base is not None and r["total_seconds"] > 0:
+            if base is None or r["init"] != "pretrained":
+                continue
+            if r["total_seconds"] > 0:
                 r["speedup_vs_iterative"] = base["total_seconds"] / r["total_seconds"]
-            if base is not None and base.get("work_gmacs") and r.get("work_gmacs"):
+            if base.get("work_gmacs") and r.get("work_gmacs"):
                 r["work_speedup_vs_iterative"] = base["work_gmacs"] / r["work_gmacs"]
         metrics = _round(
             {"pretrained": pre, "methods": {r["method"]: {k: v for k, v in r.items() if k != "method"} for r in rows}}
@@ -178,22 +309,18 @@ def evaluate(
         write_json(st.paths.metrics, metrics)
         write_csv(st.paths.root / "reports" / "plots" / "steps.csv", steps)
         figs = _figures(st, steps, pre)
-        pre_row = {"method": "pretrained", **pre, "total_seconds": 0.0, "finetunes": 0}
-        budget = _budget(st)
-        md = [
-            f"# Method comparison: {st.params.model.arch} on {st.params.data.source}, ratio {st.params.prune.ratio}",
-            "",
-            "Seconds are compute seconds and work is billions of multiply-accumulates (forward and backward of every "
-            "fine-tune with its teacher, every evaluation, ICE's freeze trial and search), both with ICE's search "
-            "included; params are non-zero parameters. Speedups are against `iterative`.",
-            "",
-            budget,
-            "",
-            _table([pre_row, *rows]),
-            "",
-            *[f"![{p.stem}](figures/{p.name})" for p in figs],
-            "",
-        ]
+        groups = {g: [r for r in rows if r["group"] == g] for g in (STRUCTURED, UNSTRUCTURED)}
+        header = compare_header(st, rows, groups, pre, pre_report, pre_cost)
+        md = [*header, ""]
+        for g, title in (
+            (STRUCTURED, f"Structured: {st.params.prune.ratio:.0%} of each unit's filters removed"),
+            (UNSTRUCTURED, f"Unstructured: {st.params.schedule.target:.0%} of the weights masked"),
+        ):
+            if not groups[g]:
+                continue
+            md += [f"## {title}, ranked by test accuracy", "", budget_check(groups[g], g == STRUCTURED), ""]
+            md += [_table(groups[g], g == STRUCTURED), ""]
+        md += [*[f"![{p.stem}](figures/{p.name})" for p in figs], ""]
         _write(st.paths.compare, "\n".join(md).encode())
         assert st.tracker is not None and st.run_id is not None
         # each prune run carries its method's final figures under the same names, so the MLflow
@@ -208,10 +335,10 @@ def evaluate(
         publish_artifact(
             "markdown",
             "comparison",
-            "\n".join(md[:7]) + f"\n\nMLflow: [the runs, side by side]({st.tracker.runs_url()})",
+            "\n".join(header) + f"\n\nMLflow: [the runs, side by side]({st.tracker.runs_url()})",
             "every method against the pretrained model",
         )
-        progress(f"[evaluate] {st.paths.rel(st.paths.compare)}:\n" + _table([pre_row, *rows]))
+        progress(f"[evaluate] {st.paths.rel(st.paths.compare)}:\n" + "\n".join(md[len(header) :]).split("![")[0])
         return metrics
 
 

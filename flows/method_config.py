@@ -5,7 +5,8 @@
 DVC cannot give each ``prune@<method>`` stage of a ``foreach`` its own params list, so each
 method's settings are written here first: the shared pruning settings, plus ICE's
 hyperparameters and the search's cost (as the autotune stage chose and measured them) for ``ice``, or the schedule for a
-training-time method. The file only changes when something the method reads changes,
+training-time method (with the model and training settings when it trains from
+scratch). The file only changes when something the method reads changes,
 so ``dvc exp run -S ice.thre=2`` reruns this cheap stage for every method but
 ``prune@iterative`` sees the same bytes and stays as it is.
 """
@@ -42,6 +43,8 @@ def method_config(params: Params, method: str, autotune: dict[str, Any] | None) 
         }
     elif method != "iterative":
         out["schedule"] = dump["schedule"]
+        if params.schedule.init == "scratch":  # a whole training run: the model and training settings too
+            out["model"], out["train"] = dump["model"], dump["train"]
     return out
 
 

@@ -45,6 +45,7 @@ def _train(st: Stage, data_ref: dict[str, str]) -> dict[str, Any]:
     assert state_ref is not None
     out = bind(finish_pretrain, st.root)(str(st.root), data_ref, state_ref, cfg)
     out["seconds"] = sum(r["seconds"] for r in out["history"])
+    out["work_gmacs"] = sum(r["work"] for r in out["history"])
     out["source"] = "trained"
     return out
 
@@ -66,6 +67,7 @@ def pretrain(
             "val_acc": out["val_acc"],
             "test_acc": out["test_acc"],
             "seconds": out["seconds"],
+            "work_gmacs": out.get("work_gmacs"),  # None for an imported model: its training was not seen
             "epochs": len(out["history"]),
             "sha256": out["ref"]["sha256"],
             "source": out["source"],
@@ -74,7 +76,12 @@ def pretrain(
         assert st.tracker is not None and st.run_id is not None
         st.tracker.log_metrics(
             st.run_id,
-            {"final_val_acc": out["val_acc"], "test_acc": out["test_acc"], "pretrain_seconds": out["seconds"]},
+            {
+                "final_val_acc": out["val_acc"],
+                "test_acc": out["test_acc"],
+                "pretrain_seconds": out["seconds"],
+                **({"pretrain_work_gmacs": out["work_gmacs"]} if out.get("work_gmacs") is not None else {}),
+            },
         )
         if st.params.tracking.register_models:
             name = registered_name(st.params.model.arch, st.params.data.source)

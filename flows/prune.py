@@ -7,8 +7,9 @@ For ``ice`` and ``iterative`` each step is a chain of cached tasks: prune-step,
 evaluate-step, decide-finetune, then finetune and evaluate-step when the decision says
 so. Every task is keyed by its input checkpoint's sha256 and its own config, so a run
 killed at step k and started again reuses steps 0..k-1 from the cache and ends with a
-byte-identical checkpoint. The training-time methods (one_shot, agp, one_cycle,
-prune_while_training) are one task each, reporting every epoch.
+byte-identical checkpoint. The training-time methods (one_shot, iterative_schedule, agp,
+one_cycle, prune_while_training) are one task each, reporting every epoch; from scratch
+(``schedule.init``, the default) they train a fresh model and read no pre-trained checkpoint.
 
 A method's total seconds are compute seconds: the steps' prune, evaluation and
 fine-tune time, ICE's freeze trial and, for ICE, the auto-tuner's search.
@@ -42,6 +43,7 @@ STEP_METRICS = (
     "acc_pruned",
     "acc_finetuned",
     "params",
+    "sparsity",
     "macs",
     "frozen",
     "finetuned",
@@ -152,19 +154,22 @@ def _stepwise(st: Stage, method: str, data_ref: dict[str, str], pre_ref: dict[st
     }
 
 
-def _training(st: Stage, method: str, data_ref: dict[str, str], pre_ref: dict[str, str]) -> dict[str, Any]:
+def _training(st: Stage, method: str, data_ref: dict[str, str], pre_ref: dict[str, str] | None) -> dict[str, Any]:
     live: list[int] = []
+    # from scratch the method is a whole training run: it reads the model and training settings
+    # (and no pre-trained checkpoint); from the pre-trained model only the device keys of train
+    scratch = st.params.schedule.init == "scratch"
+    cfg = st.device_cfg("seed", "prune", "schedule") | (st.cfg("model", "train") if scratch else {})
 
     def log_epoch(rec: dict[str, Any]) -> None:
         if st.tracker is not None and st.run_id is not None:
-            st.tracker.log_metrics(st.run_id, {k: v for k, v in rec.items() if k != "step"}, step=rec["step"])
+            metrics = {k: v for k, v in rec.items() if k not in ("step", "lr")} | {"lr_x1000": rec["lr"] * 1000}
+            st.tracker.log_metrics(st.run_id, metrics, step=rec["step"])
         live.append(rec["step"])
 
     token = STEP_SINK.set(log_epoch)  # the task reports each epoch as it ends: live curves in MLflow
     try:
-        out = bind(train_with_schedule, st.root)(
-            str(st.root), data_ref, pre_ref, method, st.device_cfg("seed", "prune", "schedule")
-        )
+        out = bind(train_with_schedule, st.root)(str(st.root), data_ref, None if scratch else pre_ref, method, cfg)
     finally:
         STEP_SINK.reset(token)
     if not live:  # a cached result: no epoch ran here, so its curve is logged from the result
@@ -222,12 +227,12 @@ def prune(
         raise ValueError(f"method = {method!r} is not allowed; allowed: {', '.join(METHODS)}")
     with open_stage("prune", params_path, root, overrides, method=method) as st:
         data_ref = st.require(st.paths.prepared, "prepare")
-        pre_ref = st.require(st.paths.pretrained, "pretrain")
-        out = (
-            _stepwise(st, method, data_ref, pre_ref)
-            if method in ("ice", "iterative")
-            else _training(st, method, data_ref, pre_ref)
-        )
+        if method in ("ice", "iterative"):
+            out = _stepwise(st, method, data_ref, st.require(st.paths.pretrained, "pretrain"))
+        elif st.params.schedule.init == "scratch":  # a whole training run of its own: no pre-trained model
+            out = _training(st, method, data_ref, None)
+        else:
+            out = _training(st, method, data_ref, st.require(st.paths.pretrained, "pretrain"))
         final = resolve(st.paths, out["ref"])
         publish(final, st.paths.pruned(method), out["ref"]["sha256"])
         write_csv(st.paths.steps_csv(method), [{"method": method, **r} for r in out["steps"]])

@@ -388,14 +388,15 @@ def finetune_checkpoint(
 
 @task(name="train-with-pruning", tags=["gpu"])
 def train_with_schedule(
-    root: str, data_ref: dict[str, str], model_ref: dict[str, str], method: str, cfg: dict[str, Any]
+    root: str, data_ref: dict[str, str], model_ref: dict[str, str] | None, method: str, cfg: dict[str, Any]
 ) -> dict[str, Any]:
-    """A training-time method (one_shot, agp, one_cycle, prune_while_training), epoch by epoch."""
+    """A training-time method (one_shot, iterative_schedule, agp, one_cycle, prune_while_training),
+    epoch by epoch: from scratch (``model_ref`` None) or from the pre-trained checkpoint."""
     from ice.methods import Callbacks, run_pruning
 
     paths = Paths(Path(root))
     params = _params(cfg)
-    model = load_model(paths, model_ref, _device(cfg))
+    model = load_model(paths, model_ref, _device(cfg)) if model_ref is not None else None
     # each epoch goes to the flow's sink as it ends, so MLflow's curves grow while the method trains
     res = run_pruning(
         model, load_data(paths, data_ref), method, params, Callbacks(on_log=progress, on_step=STEP_SINK.get())
@@ -518,6 +519,6 @@ def evaluate_model(
         "params": count_params(model),
         "params_nonzero": count_params(model, nonzero=True),
         "macs": count_macs(model, shape),
-        "sparsity": sparsity(model),
+        "weight_sparsity": sparsity(model),  # zeros among conv and linear weights (masks)
         "latency_ms": lat["median_ms"],
     }

@@ -21,7 +21,9 @@ def project(harness, tmp_path_factory):
     mp.delenv("MLFLOW_TRACKING_URI", raising=False)
     mp.setenv("ICE_QUIET", "1")
     root = tmp_path_factory.mktemp("project")
-    write_params(root, schedule={"epochs": 2})
+    write_params(
+        root, prune={"methods": ["ice", "iterative", "one_cycle", "prune_while_training"]}, schedule={"epochs": 2}
+    )
     from flows.pipeline import pipeline
 
     metrics = pipeline("params.yaml", str(root))
@@ -48,11 +50,11 @@ def test_pipeline_writes_every_output(project):
         "reports/figures/params.png",
     ):
         assert (root / rel).exists(), rel
-    for m in ("ice", "iterative", "one_cycle"):
+    for m in ("ice", "iterative", "one_cycle", "prune_while_training"):
         assert (root / "models" / "pruned" / f"{m}.pt").exists()
         assert (root / "reports" / "steps" / f"{m}.csv").exists()
     saved = json.loads((root / "reports/metrics.json").read_text())
-    assert set(saved["methods"]) == {"ice", "iterative", "one_cycle"}
+    assert set(saved["methods"]) == {"ice", "iterative", "one_cycle", "prune_while_training"}
     it = saved["methods"]["iterative"]
     assert it["speedup_vs_iterative"] == pytest.approx(1.0)
     assert it["finetunes"] == 3  # the baseline fine-tunes after each of the 3 steps
@@ -72,7 +74,45 @@ def test_pipeline_writes_every_output(project):
         sum(v for k, v in ice_report["cost"].items() if k.endswith("_work"))
     )
     compare = (root / "reports" / "compare.md").read_text()
-    assert "Budget: each fine-tune" in compare and "| speedup (work) |" in compare
+    assert "ICE and iterative: each fine-tune" in compare and "pruning speedup vs iterative" in compare
+    tuned = json.loads((root / "models/autotune.json").read_text())
+    assert tuned["enabled"] and len(tuned["trials"]) == 2 and sum(t["best"] for t in tuned["trials"]) == 1
+    assert saved["methods"]["ice"]["total_seconds"] >= tuned["search_seconds"] > 0  # the search counts in ICE's time
+
+
+def test_compare_ranks_each_budget_apart(project):
+    """Structured methods share one size, unstructured ones one sparsity; each table ranks only its own;
+    every method's training cost counts what its model went through (pre-training for the pruned ones)."""
+    root, _ = project
+    saved = json.loads((root / "reports/metrics.json").read_text())["methods"]
+    pre = json.loads((root / "reports/pretrain.json").read_text())
+    compare = (root / "reports" / "compare.md").read_text()
+    structured, unstructured = compare.split("## Structured")[1].split("## Unstructured")
+    for m in ("ice", "iterative", "prune_while_training"):
+        assert f"| {m} |" in structured and f"| {m} |" not in unstructured
+        assert saved[m]["group"] == "structured"
+    assert "| one_cycle |" in unstructured and saved["one_cycle"]["group"] == "unstructured"
+    assert "Equal budget: yes" in structured
+    # the same cut of each unit's filters: exactly the same size
+    assert saved["prune_while_training"]["params_nonzero"] == saved["ice"]["params_nonzero"]
+    assert saved["one_cycle"]["weight_sparsity"] == pytest.approx(0.8, abs=0.002)
+    dense = json.loads((root / "reports/metrics.json").read_text())["pretrained"]["params"]
+    for row in saved.values():  # one meaning for all: the share of the dense model's parameters gone
+        assert row["sparsity"] == pytest.approx(1 - row["params_nonzero"] / dense, abs=1e-4) and row["sparsity"] > 0
+    # cost: from scratch the whole training; from the pre-trained model, pre-training plus pruning
+    assert saved["one_cycle"]["init"] == "scratch" and saved["ice"]["init"] == "pretrained"
+    assert saved["one_cycle"]["training_work_gmacs"] == saved["one_cycle"]["work_gmacs"] > 0
+    assert pre["work_gmacs"] > 0
+    assert saved["ice"]["training_work_gmacs"] == pytest.approx(
+        pre["work_gmacs"] + saved["ice"]["work_gmacs"], rel=1e-3
+    )
+    assert saved["ice"]["training_seconds"] == pytest.approx(pre["seconds"] + saved["ice"]["total_seconds"], rel=1e-3)
+    assert saved["one_cycle"]["speedup_vs_iterative"] is None  # a pruning speedup means nothing for a whole training
+    # ranked by test accuracy within a table
+    accs = [
+        float(line.split("|")[3]) for line in structured.splitlines() if line.startswith("| ") and "rank" not in line
+    ]
+    assert accs == sorted(accs, reverse=True) and len(accs) == 3
     tuned = json.loads((root / "models/autotune.json").read_text())
     assert tuned["enabled"] and len(tuned["trials"]) == 2 and sum(t["best"] for t in tuned["trials"]) == 1
     assert saved["methods"]["ice"]["total_seconds"] >= tuned["search_seconds"] > 0  # the search counts in ICE's time
@@ -92,7 +132,7 @@ def test_mlflow_runs_metrics_and_tags(project):
         by_stage.setdefault(r.data.tags.get("ice.stage"), []).append(r)
     assert {"pretrain", "autotune", "autotune-trial", "prune", "evaluate"} <= set(by_stage)
     prune_runs = {r.data.tags["method"]: r for r in by_stage["prune"]}
-    assert set(prune_runs) == {"ice", "iterative", "one_cycle"}
+    assert set(prune_runs) == {"ice", "iterative", "one_cycle", "prune_while_training"}
     for r in [*by_stage["pretrain"], *by_stage["prune"], *by_stage["evaluate"]]:
         assert len(r.data.tags["prefect.flow_run_id"]) == 36  # a UUID
         assert r.data.tags["git.commit"]
@@ -116,6 +156,13 @@ def test_mlflow_runs_metrics_and_tags(project):
     assert len(oc) == 2 and oc[1].timestamp - oc[0].timestamp >= 50, [(m.step, m.timestamp) for m in oc]
     params_hist = sorted(c.get_metric_history(ice.info.run_id, "params"), key=lambda m: m.step)
     assert params_hist[0].value > params_hist[-1].value  # every step removes parameters
+    # every method logs non-zero params and sparsity under the same names; a masked model's `params` is not its dense size
+    saved = json.loads((root / "reports/metrics.json").read_text())["methods"]
+    for m, run in prune_runs.items():
+        last = max(c.get_metric_history(run.info.run_id, "params"), key=lambda x: x.step)
+        assert last.value == saved[m]["params_nonzero"], m
+        assert c.get_metric_history(run.info.run_id, "sparsity"), m
+    assert saved["one_cycle"]["params_nonzero"] < 0.3 * saved["one_cycle"]["params"]
     parent = by_stage["autotune"][0].info.run_id
     children = by_stage["autotune-trial"]
     assert len(children) == 2 and all(r.data.tags["mlflow.parentRunId"] == parent for r in children)

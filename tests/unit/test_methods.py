@@ -146,28 +146,95 @@ def test_min_val_images_floors_the_trials_validation_subset(digits):
     assert len(big.val) == len(digits.val)
 
 
-@pytest.mark.parametrize("method", ["one_shot", "agp", "one_cycle"])
+@pytest.mark.parametrize("method", ["one_shot", "iterative_schedule", "agp", "one_cycle"])
 @pytest.mark.parametrize("scope", ["local", "global"])
 def test_weight_schedules_reach_their_sparsity(digits, pretrained, method, scope):
     p = params(schedule={"target": 0.8, "granularity": "weight", "scope": scope, "epochs": 1})
     res = run_pruning(pretrained, digits, method, p)
-    assert res.info["sparsity"] == pytest.approx(0.8, abs=0.002)
-    assert res.steps[-1]["params_nonzero"] < 0.3 * res.steps[-1]["params"]
+    assert res.info["weight_sparsity"] == pytest.approx(0.8, abs=0.002)
+    last = res.steps[-1]
+    # `params` is the non-zero count for every method (the masked model still holds its dense tensors)
+    assert last["params"] == res.info["params"] < 0.3 * last["params_dense"]
+    assert last["sparsity"] == pytest.approx(1 - last["params"] / res.info["params_original"])
 
 
-@pytest.mark.parametrize("method", ["one_shot", "agp", "one_cycle"])
-def test_filter_schedules_really_shrink(digits, pretrained, method):
-    p = params(schedule={"target": 0.5, "granularity": "filter", "epochs": 1})
+@pytest.mark.parametrize("method", ["one_shot", "iterative_schedule", "agp", "one_cycle", "prune_while_training"])
+def test_filter_schedules_end_at_the_step_wise_methods_size(digits, pretrained, method):
+    """The structured budget: a filter-granularity schedule cuts prune.ratio of each unit, as ICE's steps do."""
+    from ice.methods.core import iterate
+
+    p = params(prune={"ratio": 0.5}, schedule={"target": 0.9, "granularity": "filter", "epochs": 1})
     res = run_pruning(pretrained, digits, method, p)
     assert res.steps[-1]["filters_removed"] == pytest.approx(0.5, abs=0.05)
-    assert res.info["params"] < sum(q.numel() for q in pretrained.parameters())
+    stepwise = iterate(pretrained, digits, "iterative", params(prune={"ratio": 0.5, "finetune_epochs": 0.05}))
+    assert res.info["params"] == stepwise.info["params"] < sum(q.numel() for q in pretrained.parameters())
+    assert res.info["weight_sparsity"] == 0.0
 
 
-def test_prune_while_training_reaches_its_target_filter_fraction(digits, pretrained):
+def test_prune_while_training_reaches_its_cut_with_every_criterion(digits, pretrained):
     for crit in ("mean_activation", "random", "l1"):
-        p = params(schedule={"target": 0.6, "pwt_criterion": crit, "interval": 2, "epochs": 1})
+        p = params(prune={"ratio": 0.6}, schedule={"pwt_criterion": crit, "interval": 2, "epochs": 1})
         res = run_pruning(pretrained, digits, "prune_while_training", p)
         assert res.steps[-1]["filters_removed"] == pytest.approx(0.6, abs=0.03), crit
+    # a run shorter than one interval still makes the whole cut (at pwt_until)
+    short = params(prune={"ratio": 0.6}, schedule={"interval": 10_000, "epochs": 1})
+    assert run_pruning(None, digits, "prune_while_training", short).steps[-1]["filters_removed"] == pytest.approx(
+        0.6, abs=0.03
+    )
+    assert parse_params({}).schedule.pwt_criterion == "l1"  # the paper's best
+
+
+def test_training_time_methods_start_from_scratch_by_default(digits, pretrained):
+    from ice.methods.training import initial_model
+
+    p = params()
+    assert p.schedule.init == "scratch" and p.schedule.lr_policy == "one_cycle"
+    fresh = initial_model(pretrained, digits, p)
+    torch.manual_seed(p.seed)  # the very initialisation pre-training starts from
+    seeded = build_model(p.model.arch, digits.num_classes, digits.in_channels)
+    assert all(
+        torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), seeded.state_dict().values(), strict=True)
+    )
+    assert not torch.equal(fresh.fc.weight, pretrained.fc.weight)
+    # from scratch no model is needed; from pretrained one is, and it is copied, never changed
+    before = {k: v.clone() for k, v in pretrained.state_dict().items()}
+    res = run_pruning(None, digits, "one_shot", p)
+    assert res.info["init"] == "scratch" and res.steps[-1]["acc_finetuned"] < 60  # one epoch from random weights
+    warm = run_pruning(
+        pretrained, digits, "one_shot", params(schedule={"init": "pretrained", "lr": 0.01, "target": 0.5})
+    )
+    assert warm.info["init"] == "pretrained" and warm.steps[-1]["acc_finetuned"] > 80
+    assert all(torch.equal(v, pretrained.state_dict()[k]) for k, v in before.items())
+    with pytest.raises(ValueError, match="needs the pre-trained model"):
+        run_pruning(None, digits, "agp", params(schedule={"init": "pretrained"}))
+
+
+@pytest.mark.parametrize("policy", ["one_cycle", "cosine"])
+def test_the_lr_policy_of_training_time_methods(digits, policy):
+    """one_cycle warms up (the lr at the end of epoch 1 of 10 is under the peak and rising), cosine only falls."""
+    small = digits.subset(0.25)
+    res = run_pruning(None, small, "agp", params(schedule={"epochs": 10, "lr_policy": policy, "lr": 0.1}))
+    lrs = [r["lr"] for r in res.steps]
+    if policy == "one_cycle":
+        assert lrs[0] < lrs[1] and lrs[1] > lrs[-1] and max(lrs) <= 0.1
+    else:
+        assert all(a > b for a, b in zip(lrs, lrs[1:], strict=False))
+    assert lrs[-1] < 0.01
+
+
+def test_training_time_work_is_counted_and_shrinks_with_the_filters(digits):
+    from ice.metrics import count_macs, train_macs
+
+    small = digits.subset(0.25)
+    p = params(prune={"ratio": 0.5}, schedule={"epochs": 2})
+    dense = run_pruning(None, small, "one_shot", p)  # weight masks: dense work every step
+    m = build_model("cifar_resnet20", 10, in_channels=1)
+    shape = small.input_shape()
+    per_epoch = (len(small.train) * train_macs(m, shape) + len(small.val) * count_macs(m, shape)) / 1e9
+    assert dense.info["work_gmacs"] == pytest.approx(2 * per_epoch, rel=1e-6)
+    assert dense.steps[0]["work"] == pytest.approx(per_epoch, rel=1e-6)  # cumulative, per epoch
+    pwt = run_pruning(None, small, "prune_while_training", p)
+    assert pwt.info["work_gmacs"] < 0.9 * dense.info["work_gmacs"]
 
 
 def test_structured_pruning_during_training_keeps_training_survivors(digits, pretrained):
