@@ -179,7 +179,8 @@ def main() -> None:
                     {"prune": {"ratio": cut}, "schedule": {"pwt_criterion": crit}},
                 )
         # train-then-prune-and-retrain: the dense model once, then each cut at once and a retrain
-        dense_path = a.out.with_name("seed_claims-dense.pt")
+        dense_path = ROOT / "bench" / "seed_claims-dense.pt"  # bench/ is git-ignored
+        dense_path.parent.mkdir(parents=True, exist_ok=True)
         if "dense" not in results or not dense_path.exists():
             log("dense: start")
             torch.manual_seed(a.seed)

@@ -113,9 +113,6 @@ def test_compare_ranks_each_budget_apart(project):
         float(line.split("|")[3]) for line in structured.splitlines() if line.startswith("| ") and "rank" not in line
     ]
     assert accs == sorted(accs, reverse=True) and len(accs) == 3
-    tuned = json.loads((root / "models/autotune.json").read_text())
-    assert tuned["enabled"] and len(tuned["trials"]) == 2 and sum(t["best"] for t in tuned["trials"]) == 1
-    assert saved["methods"]["ice"]["total_seconds"] >= tuned["search_seconds"] > 0  # the search counts in ICE's time
 
 
 def saved_macs(root, method):
