@@ -114,8 +114,16 @@ def initial_model(model: nn.Module | None, data: Dataset, params: Params) -> nn.
 class FilterPruner:
     """Removes channels from every prunable unit up to a target fraction of its original width."""
 
-    def __init__(self, model: nn.Module, criterion: str = "l1", seed: int = 0, max_units: int | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        criterion: str = "l1",
+        seed: int = 0,
+        max_units: int | None = None,
+        rounding: str = "round",
+    ):
         self.model = model
+        self.rounding = rounding  # as prune.rounding, so a full cut matches ICE's steps channel for channel
         self.criterion = criterion
         self.seed = seed
         units = prunable_units(model)
@@ -133,7 +141,7 @@ class FilterPruner:
         removed = 0
         for u in self.units:
             width = u.width(self.model)
-            k = n_to_remove(self.original[u.name], frac) - (self.original[u.name] - width)
+            k = n_to_remove(self.original[u.name], frac, self.rounding) - (self.original[u.name] - width)
             k = min(k, width - 1)
             if k <= 0:
                 continue
@@ -174,7 +182,11 @@ def train_with_pruning(
 
     granularity = granularity_of(method, params)
     criterion = cfg.pwt_criterion if method == "prune_while_training" else params.prune.criterion
-    filters = FilterPruner(model, criterion, params.seed, params.prune.max_units) if granularity == "filter" else None
+    filters = (
+        FilterPruner(model, criterion, params.seed, params.prune.max_units, params.prune.rounding)
+        if granularity == "filter"
+        else None
+    )
     masks: Masks | None = None
     state: dict[str, Any] = {"global": 0, "level": 0.0, "work": 0.0, "per_image": train_macs(model, shape) / G}
     end = final_target(method, params)
