@@ -39,7 +39,7 @@ from ice.config import parse_params  # noqa: E402
 from ice.data import load_dataset  # noqa: E402
 from ice.methods import run_pruning  # noqa: E402
 from ice.metrics import count_params  # noqa: E402
-from ice.models import build_model  # noqa: E402
+from ice.models import build_model, seeded_model  # noqa: E402
 from ice.train import evaluate, fit  # noqa: E402
 
 SPARSITIES = (0.8, 0.9, 0.95)
@@ -100,7 +100,6 @@ def main() -> None:
     a = ap.parse_args()
     if not a.data.exists():
         sys.exit(f"error: {a.data} is missing; this benchmark needs the CIFAR-10 archive (../shared/datasets)")
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     raw = base_params(a)
     full = load_dataset(parse_params(raw).data)
     data = full.subset(a.train_images / len(full.train), seed=a.seed)
@@ -183,8 +182,7 @@ def main() -> None:
         dense_path.parent.mkdir(parents=True, exist_ok=True)
         if "dense" not in results or not dense_path.exists():
             log("dense: start")
-            torch.manual_seed(a.seed)
-            model = build_model(a.arch, data.num_classes, data.in_channels, image_size=data.image_size)
+            model = seeded_model(a.arch, data, a.seed)
             t0 = time.perf_counter()
             hist = fit(
                 model,

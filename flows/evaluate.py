@@ -184,7 +184,6 @@ def _figures(st: Stage, steps: list[dict[str, Any]], pre: dict[str, Any]) -> lis
 
 def compare_header(
     st: Stage,
-    rows: list[dict[str, Any]],
     groups: dict[str, list[dict[str, Any]]],
     pre: dict[str, Any],
     pre_report: dict[str, Any],
@@ -310,17 +309,17 @@ def evaluate(
         write_csv(st.paths.root / "reports" / "plots" / "steps.csv", steps)
         figs = _figures(st, steps, pre)
         groups = {g: [r for r in rows if r["group"] == g] for g in (STRUCTURED, UNSTRUCTURED)}
-        header = compare_header(st, rows, groups, pre, pre_report, pre_cost)
-        md = [*header, ""]
+        header = compare_header(st, groups, pre, pre_report, pre_cost)
+        tables: list[str] = []
         for g, title in (
             (STRUCTURED, f"Structured: {st.params.prune.ratio:.0%} of each unit's filters removed"),
             (UNSTRUCTURED, f"Unstructured: {st.params.schedule.target:.0%} of the weights masked"),
         ):
             if not groups[g]:
                 continue
-            md += [f"## {title}, ranked by test accuracy", "", budget_check(groups[g], g == STRUCTURED), ""]
-            md += [_table(groups[g], g == STRUCTURED), ""]
-        md += [*[f"![{p.stem}](figures/{p.name})" for p in figs], ""]
+            tables += [f"## {title}, ranked by test accuracy", "", budget_check(groups[g], g == STRUCTURED), ""]
+            tables += [_table(groups[g], g == STRUCTURED), ""]
+        md = [*header, "", *tables, *[f"![{p.stem}](figures/{p.name})" for p in figs], ""]
         _write(st.paths.compare, "\n".join(md).encode())
         assert st.tracker is not None and st.run_id is not None
         # each prune run carries its method's final figures under the same names, so the MLflow
@@ -338,7 +337,7 @@ def evaluate(
             "\n".join(header) + f"\n\nMLflow: [the runs, side by side]({st.tracker.runs_url()})",
             "every method against the pretrained model",
         )
-        progress(f"[evaluate] {st.paths.rel(st.paths.compare)}:\n" + "\n".join(md[len(header) :]).split("![")[0])
+        progress(f"[evaluate] {st.paths.rel(st.paths.compare)}:\n" + "\n".join(tables))
         return metrics
 
 

@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+if TYPE_CHECKING:
+    from ice.data import Dataset
+
 __all__ = [
     "build_model",
+    "seeded_model",
     "available_archs",
     "is_known_arch",
     "layer_widths",
@@ -239,6 +243,13 @@ def build_model(
         spec["image_size"] = [int(v) for v in image_size]
     model.ice_spec = spec  # type: ignore[assignment]
     return model
+
+
+def seeded_model(arch: str, data: Dataset, seed: int) -> nn.Module:
+    """A fresh ``arch`` for ``data``'s classes, channels and image size, initialised under
+    ``torch.manual_seed(seed)``: pre-training's first epoch and every from-scratch method start here."""
+    torch.manual_seed(seed)
+    return build_model(arch, data.num_classes, data.in_channels, image_size=data.image_size)
 
 
 def _build_torchvision(name: str, num_classes: int, in_channels: int, **kwargs: Any) -> nn.Module:

@@ -214,10 +214,8 @@ def pretrain_epoch(
     store after the epoch, so a killed pre-training continues from its last finished
     epoch and ends with the same bytes as one that never stopped.
     """
-    import torch
-
     from ice.checkpoint import load_checkpoint
-    from ice.models import build_model
+    from ice.models import seeded_model
     from ice.train import fit_epoch
 
     paths = Paths(Path(root))
@@ -225,10 +223,7 @@ def pretrain_epoch(
     device = _device(cfg)
     data = load_data(paths, data_ref)
     if state_ref is None:
-        torch.manual_seed(params.seed)
-        model = build_model(params.model.arch, data.num_classes, data.in_channels, image_size=data.image_size).to(
-            device
-        )
+        model = seeded_model(params.model.arch, data, params.seed).to(device)
         state = None
     else:
         model, meta = load_checkpoint(resolve(paths, state_ref), sha256=state_ref["sha256"], map_location=device)

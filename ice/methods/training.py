@@ -39,6 +39,7 @@ from ice.data import Dataset, n_steps, probe_batch
 from ice.methods.core import Callbacks, PruningResult
 from ice.metrics import count_macs, count_params, sparsity, train_macs
 from ice.pruning import Masks, channel_importance, magnitude_masks, prunable_units, prune_channels
+from ice.pruning.importance import DATA_CRITERIA
 from ice.pruning.structured import n_to_remove, split_lowest
 from ice.schedules import agp, iterative, one_cycle, one_shot
 from ice.train import (
@@ -52,7 +53,6 @@ from ice.train import (
 )
 
 G = 1e9
-DATA_CRITERIA = ("mean_activation", "entropy", "taylor")  # criteria that run the probe batch through the model
 
 __all__ = [
     "TRAINING_METHODS",
@@ -100,12 +100,10 @@ def initial_model(model: nn.Module | None, data: Dataset, params: Params) -> nn.
     ``model.arch`` seeded with ``seed`` (the very initialisation pre-training starts from), for
     ``pretrained`` a copy of ``model``."""
     if params.schedule.init == "scratch":
-        from ice.models import build_model
+        from ice.models import seeded_model
 
         device = next(model.parameters()).device if model is not None else pick_device(params.train.device)
-        torch.manual_seed(params.seed)
-        fresh = build_model(params.model.arch, data.num_classes, data.in_channels, image_size=data.image_size)
-        return fresh.to(device)
+        return seeded_model(params.model.arch, data, params.seed).to(device)
     if model is None:
         raise ValueError("schedule.init = 'pretrained' needs the pre-trained model; none was given")
     return copy.deepcopy(model)
