@@ -13,13 +13,14 @@ import hashlib
 import io
 import os
 import tempfile
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ice.models import layer_widths, rebuild
+from ice.models import adopt_shapes, layer_widths, rebuild
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "sha256_file", "atomic_write_bytes"]
 
@@ -88,13 +89,17 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any] | N
     if spec is None:
         raise CheckpointError("model has no ice_spec; build it with ice.models.build_model")
     _check_plain(meta or {})
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    sd = model.state_dict()
+    state = {k: v.detach().cpu().contiguous() for k, v in sd.items()}
+    # per-module state-dict versions (MNASNet refuses a state dict without them)
+    versions = {k: int(v["version"]) for k, v in getattr(sd, "_metadata", {}).items() if "version" in v}
     payload = {
         "format": FORMAT,
         "spec": spec,
         "widths": layer_widths(model),
         "state_dict": state,
         "meta": meta or {},
+        "versions": versions,
     }
     buf = io.BytesIO()
     torch.save(payload, buf)
@@ -126,8 +131,11 @@ def load_checkpoint(
         )
     model = rebuild(payload["spec"], payload["widths"])
     model.ice_spec = payload["spec"]  # type: ignore[assignment]
+    adopt_shapes(model, payload["state_dict"])
+    state = OrderedDict(payload["state_dict"])
+    state._metadata = OrderedDict((k, {"version": v}) for k, v in payload.get("versions", {}).items())  # type: ignore[attr-defined]
     try:
-        model.load_state_dict(payload["state_dict"], strict=True)
+        model.load_state_dict(state, strict=True)
     except RuntimeError as err:
         raise CheckpointError(f"{path}: weights do not fit the recorded widths ({str(err).splitlines()[0]})") from None
     return model.to(map_location), payload["meta"]

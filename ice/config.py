@@ -289,9 +289,17 @@ def parse_params(raw: Any, source: str = "params") -> Params:
     from ice.models import available_archs, is_known_arch
 
     if not is_known_arch(params.model.arch):
+        why = ""
+        if ":" in params.model.arch and not params.model.arch.startswith("tv:"):
+            from ice.models import _import_arch
+
+            try:
+                _import_arch(params.model.arch)
+            except ValueError as err:
+                why = f" ({str(err).split(': ', 1)[-1]})"
         raise ParamsError(
-            f"{source}: model.arch = {params.model.arch!r} is not allowed; allowed: "
-            f"{', '.join(available_archs())} or tv:<torchvision classifier>"
+            f"{source}: model.arch = {params.model.arch!r} is not allowed{why}; allowed: "
+            f"{', '.join(available_archs())}, tv:<torchvision classifier> or package.module:Class"
         )
     return params
 

@@ -32,6 +32,7 @@ __all__ = [
     "VGG",
     "MobileNetV2",
     "InvertedResidual",
+    "adopt_shapes",
 ]
 
 
@@ -207,7 +208,47 @@ def is_known_arch(arch: str) -> bool:
         return True
     if arch.startswith("tv:"):
         return arch[3:] in _torchvision_classifiers()
+    if ":" in arch:
+        try:
+            _import_arch(arch)
+        except ValueError:
+            return False
+        return True
     return False
+
+
+def _import_arch(arch: str) -> Any:
+    """The callable behind a user architecture ``"package.module:Name"``."""
+    import importlib
+
+    mod_name, _, attr = arch.partition(":")
+    try:
+        obj = importlib.import_module(mod_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"model.arch {arch!r}: cannot import it ({type(err).__name__}: {err})") from None
+    if not callable(obj):
+        raise ValueError(f"model.arch {arch!r}: {type(obj).__name__} is not a class or function")
+    return obj
+
+
+def _build_user(arch: str, num_classes: int, in_channels: int, **kwargs: Any) -> nn.Module:
+    import inspect
+
+    builder = _import_arch(arch)
+    try:
+        accepted = dict(inspect.signature(builder).parameters)
+    except (TypeError, ValueError):
+        accepted = {}
+    if "in_channels" in accepted or any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
+        kwargs = {"in_channels": in_channels, **kwargs}
+    elif in_channels != 3:
+        raise ValueError(f"model.arch {arch!r} takes no in_channels argument, but the data has {in_channels} channels")
+    model = builder(num_classes=num_classes, **kwargs)
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model.arch {arch!r} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
 
 
 def _torchvision_classifiers() -> list[str]:
@@ -229,9 +270,12 @@ def build_model(
         model = _BUILDERS[arch](num_classes=num_classes, in_channels=in_channels, **kwargs)
     elif arch.startswith("tv:"):
         model = _build_torchvision(arch[3:], num_classes, in_channels, **kwargs)
+    elif ":" in arch:
+        model = _build_user(arch, num_classes, in_channels, **kwargs)
     else:
         raise ValueError(
-            f"unknown arch {arch!r}; choose one of {', '.join(available_archs())} or tv:<torchvision classifier>"
+            f"unknown arch {arch!r}; choose one of {', '.join(available_archs())}, tv:<torchvision classifier> "
+            "or package.module:Class (a user network taking num_classes)"
         )
     spec: dict[str, Any] = {
         "arch": arch,
@@ -297,6 +341,34 @@ def apply_widths(model: nn.Module, widths: dict[str, list[int]]) -> nn.Module:
             _set_module(model, name, new)
         elif isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d) and m.num_features != w[0]:
             _set_module(model, name, type(m)(w[0], eps=m.eps, momentum=m.momentum, affine=m.affine))
+    return model
+
+
+def adopt_shapes(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+    """Give every parameter and buffer the shape it has in ``state``, for layers the widths
+    do not describe (layer norms, group norms, PReLU, bare parameters such as ConvNeXt's
+    layer scale), so that ``load_state_dict`` fits a model pruned through any graph."""
+    for key, value in state.items():
+        mod_name, _, attr = key.rpartition(".")
+        try:
+            m = model.get_submodule(mod_name) if mod_name else model
+        except AttributeError:
+            continue  # load_state_dict reports the unexpected key
+        if isinstance(m, nn.Conv2d | nn.Linear | nn.modules.batchnorm._BatchNorm):
+            continue  # the recorded widths rebuild these; a mismatch there is a corrupt file
+        cur = m._parameters.get(attr) if attr in m._parameters else m._buffers.get(attr)
+        if cur is None or cur.shape == value.shape:
+            continue
+        if attr in m._parameters:
+            m._parameters[attr] = nn.Parameter(torch.empty_like(value), requires_grad=cur.requires_grad)
+        else:
+            m._buffers[attr] = torch.empty_like(value)
+        if isinstance(m, nn.LayerNorm) and attr == "weight":
+            m.normalized_shape = tuple(value.shape)
+        elif isinstance(m, nn.GroupNorm) and attr == "weight":
+            m.num_channels = int(value.shape[0])
+        elif isinstance(m, nn.PReLU) and attr == "weight":
+            m.num_parameters = int(value.shape[0])
     return model
 
 

@@ -53,7 +53,8 @@ def _collect(model: nn.Module, unit: Unit, data: Any, reduce: Callable[[torch.Te
     acc: list[torch.Tensor] = []
 
     def hook(_m: nn.Module, _i: Any, out: torch.Tensor) -> None:
-        acc.append(reduce(torch.relu(out.detach())))
+        a = torch.relu(out.detach())
+        acc.append(a if a.dim() == 2 else reduce(a))  # a linear unit's output is already [N, C]
 
     was_training = model.training
     model.eval()
@@ -138,4 +139,46 @@ def channel_importance(
         raise ValueError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
     if criterion in DATA_CRITERIA and data is None:
         raise ValueError(f"criterion {criterion!r} needs data (an (x, y) batch or an iterable of batches)")
+    if unit.engine == "graph" and criterion in _GROUP_CRITERIA:
+        return _GROUP_CRITERIA[criterion](model, unit, data=data).detach().cpu().float()
     return CRITERIA[criterion](model, unit, data=data, seed=seed).detach().cpu()
+
+
+def _group_magnitude(p: int) -> Callable[..., torch.Tensor]:
+    def score(model: nn.Module, unit: Unit, **_: Any) -> torch.Tensor:
+        import torch_pruning as tp
+
+        from ice.pruning.graph import graph_group
+
+        imp = tp.importance.GroupMagnitudeImportance(p=p, group_reduction="mean", normalizer=None)
+        return imp(graph_group(model, unit.name))
+
+    return score
+
+
+def _group_taylor(model: nn.Module, unit: Unit, data: Any = None, **_: Any) -> torch.Tensor:
+    import torch_pruning as tp
+
+    from ice.pruning.graph import graph_group
+
+    was_training = model.training
+    model.eval()
+    try:
+        model.zero_grad(set_to_none=True)
+        dev = next(model.parameters()).device
+        for x, y in _batches(data):
+            nn.functional.cross_entropy(model(x.to(dev)), y.to(dev)).backward()
+        imp = tp.importance.GroupTaylorImportance(group_reduction="mean", normalizer=None)
+        return imp(graph_group(model, unit.name))
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+
+
+# On Torch-Pruning groups the magnitude and Taylor criteria are Torch-Pruning's group
+# importances (mean over every layer of the group); the others score the root's output.
+_GROUP_CRITERIA: dict[str, Callable[..., torch.Tensor]] = {
+    "l1": _group_magnitude(1),
+    "l2": _group_magnitude(2),
+    "taylor": _group_taylor,
+}

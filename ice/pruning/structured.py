@@ -37,6 +37,12 @@ def prune_channels(model: nn.Module, unit: Unit, keep: torch.Tensor) -> list[Cha
     can carry optimizer state across (see ``ice.train.remap_optimizer``).
     """
     keep = keep.sort().values
+    if unit.engine == "graph":
+        from ice.pruning.graph import graph_prune
+
+        width = unit.width(model)
+        kept = set(keep.tolist())
+        return graph_prune(model, unit, torch.tensor([i for i in range(width) if i not in kept], dtype=torch.long))
     changes: list[Change] = []
     for member in unit.members:
         m = model.get_submodule(member.name)
@@ -78,11 +84,21 @@ def prune_channels(model: nn.Module, unit: Unit, keep: torch.Tensor) -> list[Cha
     return changes
 
 
-def split_lowest(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def split_lowest(scores: torch.Tensor, k: int, groups: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """(removed, kept) channel indices, each sorted: the ``k`` lowest scores go.
 
-    A stable sort breaks ties by channel index, so the result is deterministic.
+    A stable sort breaks ties by channel index, so the result is deterministic. With
+    ``groups`` > 1 (a grouped conv's channels), the same local positions go in every
+    group, ranked by their mean score over the groups; ``k`` must be a multiple of it.
     """
+    if groups > 1:
+        size = scores.numel() // groups
+        local = scores.double().cpu().view(groups, size).mean(0)
+        gone, _ = split_lowest(local, k // groups)
+        removed = torch.cat([gone + g * size for g in range(groups)])
+        mask = torch.ones(scores.numel(), dtype=torch.bool)
+        mask[removed] = False
+        return removed.sort().values, torch.arange(scores.numel())[mask]
     order = torch.sort(scores.double().cpu(), stable=True).indices
     return order[:k].sort().values, order[k:].sort().values
 
@@ -120,12 +136,13 @@ def prune_unit(
     params_before = count_params(model)
     macs_before = count_macs(model, shape)
     width = unit.width(model)
-    k = n_to_remove(width, ratio, rounding)
+    g = unit.channel_groups
+    k = g * n_to_remove(width // g, ratio, rounding) if g > 1 else n_to_remove(width, ratio, rounding)
     removed = torch.empty(0, dtype=torch.long)
     changes: list[Change] = []
     if k > 0:
         scores = channel_importance(model, unit, criterion, data=data, seed=seed)
-        removed, keep = split_lowest(scores, k)
+        removed, keep = split_lowest(scores, k, g)
         changes = prune_channels(model, unit, keep)
     return {
         "unit": unit.name,

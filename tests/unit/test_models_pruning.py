@@ -64,12 +64,17 @@ def test_mobilenetv2_prunes_expansion_channels_through_the_depthwise_conv():
 
 
 @pytest.mark.parametrize(
-    "arch, n_units", [("tv:resnet18", 8), ("tv:resnet50", 32), ("tv:densenet121", 58), ("tv:mobilenet_v2", 16)]
+    # dependency groups: ResNet-18's 8 inner block channels plus its 4 residual streams,
+    # ResNet-50's 32 plus 5, DenseNet-121's 58 bottlenecks plus 62 concatenated outputs,
+    # MobileNetV2's 16 expansions plus 8 residual streams and the last conv
+    "arch, n_units",
+    [("tv:resnet18", 12), ("tv:resnet50", 37), ("tv:densenet121", 120), ("tv:mobilenet_v2", 25)],
 )
 def test_torchvision_families(arch, n_units):
     m = build_model(arch, 10)
     units = prunable_units(m)
     assert len(units) == n_units
+    assert all(u.engine == "graph" for u in units)
     shape = (1, 3, 64, 64)
     p0, c0 = count_params(m), count_macs(m, shape)
     prune_unit(m, units[0], 0.5, input_shape=shape)
@@ -78,15 +83,15 @@ def test_torchvision_families(arch, n_units):
     assert m(torch.randn(1, 3, 64, 64)).shape == (1, 10)
 
 
-def test_unknown_model_falls_back_to_dependency_groups():
+def test_other_models_get_dependency_groups_in_model_order():
     m = build_model("tv:alexnet", 10)
     units = prunable_units(m)
-    assert [u.conv for u in units] == ["features.0", "features.3", "features.6", "features.8", "features.10"][
-        : len(units)
-    ]
-    assert len(units) >= 4
+    convs = ["features.0", "features.3", "features.6", "features.8", "features.10"]
+    assert [u.conv for u in units] == convs + ["classifier.1", "classifier.4"]  # classifier.6 is the head
     prune_unit(m, units[0], 0.5, input_shape=(1, 3, 224, 224))
     assert m.features[0].out_channels == 32 and m.features[3].in_channels == 32
+    prune_unit(m, units[-1], 0.5, input_shape=(1, 3, 224, 224))
+    assert m.classifier[4].out_features == 2048 and m.classifier[6].in_features == 2048
 
 
 def test_l1_removes_the_smallest_filters():
