@@ -39,3 +39,14 @@ def prefect_server(tmp_path_factory):
     server = PrefectServer(tmp_path_factory.mktemp("prefect-home"))
     yield server
     server.stop()
+
+
+def pytest_collection_modifyitems(config, items):
+    """The full torchvision zoo runs only when asked (``pytest -m zoo``); one model per
+    family runs always (tests/unit/test_any_cnn.py)."""
+    if "zoo" in (config.getoption("markexpr") or ""):
+        return
+    keep = [i for i in items if i.get_closest_marker("zoo") is None]
+    if len(keep) != len(items):
+        config.hook.pytest_deselected(items=[i for i in items if i.get_closest_marker("zoo") is not None])
+        items[:] = keep

@@ -30,7 +30,8 @@ ALL = sorted(tv.models.list_models(module=tv.models))
 TOO_HEAVY = {"regnet_y_128gf", "vit_h_14"}
 # Transformers: attention couples channels into heads; refused up front with one line.
 REFUSED = {n for n in ALL if n.startswith(("vit_", "swin_", "maxvit"))}
-# One member per family runs by default; the rest are marked slow.
+# One member per family runs by default; the other members are marked `zoo` and run with
+# `pytest -m zoo` (about 25 minutes on 2 cores: too long for every CI run).
 FAST = {
     "alexnet",
     "convnext_tiny",
@@ -81,7 +82,7 @@ def _zoo_params():
     for name in ALL:
         if name in TOO_HEAVY:
             continue
-        marks = [] if name in FAST else [pytest.mark.slow]
+        marks = [] if name in FAST else [pytest.mark.slow, pytest.mark.zoo]
         yield pytest.param(name, marks=marks, id=name)
 
 
