@@ -100,6 +100,9 @@ class PruneConfig(_Section):
     ratio: float = Field(0.6, gt=0.0, lt=1.0)
     # channels removed per step: ceil(ratio * width), as the reference code, or round()
     rounding: Literal["ceil", "round"] = "ceil"
+    # keep each unit's width a multiple of this (8 lets CPU and GPU conv kernels run at full
+    # speed: see benchmarks/latency.py); 1 keeps the exact ratio
+    round_to: int = Field(1, ge=1)
     criterion: Literal["l1", "l2", "random", "mean_activation", "entropy", "taylor"] = "l1"
     max_units: int | None = Field(None, ge=1)  # prune only the first N units (quick runs)
     finetune_epochs: float = Field(1.0, gt=0)

@@ -132,7 +132,7 @@ def make_optimizer(model: nn.Module, lr: float, momentum: float = 0.9, weight_de
 
 
 def remap_optimizer(
-    opt: torch.optim.Optimizer, changes: Iterable[tuple[torch.Tensor, nn.Parameter, int, torch.Tensor]]
+    opt: torch.optim.Optimizer, changes: Iterable[tuple[torch.Tensor, nn.Parameter, int, torch.Tensor | None]]
 ) -> None:
     """Carry optimizer state across a structural change (from ``prune_channels``).
 
@@ -144,7 +144,7 @@ def remap_optimizer(
         for group in opt.param_groups:
             group["params"] = [new if p is old else p for p in group["params"]]
         state = opt.state.pop(old, None)
-        if state:
+        if state and keep is not None:  # kept indices unknown (a bare parameter): the state starts afresh
             opt.state[new] = {
                 k: v.index_select(dim, keep.to(v.device)).clone()
                 if isinstance(v, torch.Tensor) and v.shape == old.shape

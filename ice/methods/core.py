@@ -242,6 +242,7 @@ def prune_only(model: nn.Module, data: Dataset, state: dict[str, Any], k: int, p
         seed=params.seed * 1000 + k,
         input_shape=tuple(state["input_shape"]),
         rounding=params.prune.rounding,
+        round_to=params.prune.round_to,
     )
     apply_frozen(model, state, params)
     return {

@@ -114,6 +114,7 @@ def freeze_trial(model: nn.Module, data: Dataset, params: Params, unit: Any) -> 
         seed=params.seed,
         input_shape=data.input_shape(),
         rounding=params.prune.rounding,
+        round_to=params.prune.round_to,
     )
     pre = _conv_weights(trial, names)
     teacher = model.eval() if params.prune.kd else None

@@ -119,9 +119,11 @@ class FilterPruner:
         seed: int = 0,
         max_units: int | None = None,
         rounding: str = "round",
+        round_to: int = 1,
     ):
         self.model = model
         self.rounding = rounding  # as prune.rounding, so a full cut matches ICE's steps channel for channel
+        self.round_to = round_to
         self.criterion = criterion
         self.seed = seed
         units = prunable_units(model)
@@ -138,13 +140,16 @@ class FilterPruner:
     def prune_to(self, frac: float, optimizer: torch.optim.Optimizer | None, data: Any = None) -> int:
         removed = 0
         for u in self.units:
-            width = u.width(self.model)
-            k = n_to_remove(self.original[u.name], frac, self.rounding) - (self.original[u.name] - width)
-            k = min(k, width - 1)
+            width, orig, g = u.width(self.model), self.original[u.name], u.channel_groups
+            if g > 1:  # a grouped conv's channels: the same count goes from every group
+                k = g * (n_to_remove(orig // g, frac, self.rounding) - (orig - width) // g)
+            else:
+                k = n_to_remove(orig, frac, self.rounding, self.round_to) - (orig - width)
+            k = min(k, width - g)
             if k <= 0:
                 continue
             scores = channel_importance(self.model, u, self.criterion, data=data, seed=self.seed + self.events)
-            _, keep = split_lowest(scores, k)
+            _, keep = split_lowest(scores, k, g)
             changes = prune_channels(self.model, u, keep)
             if optimizer is not None:
                 remap_optimizer(optimizer, changes)
@@ -181,7 +186,9 @@ def train_with_pruning(
     granularity = granularity_of(method, params)
     criterion = cfg.pwt_criterion if method == "prune_while_training" else params.prune.criterion
     filters = (
-        FilterPruner(model, criterion, params.seed, params.prune.max_units, params.prune.rounding)
+        FilterPruner(
+            model, criterion, params.seed, params.prune.max_units, params.prune.rounding, params.prune.round_to
+        )
         if granularity == "filter"
         else None
     )

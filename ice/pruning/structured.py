@@ -103,10 +103,17 @@ def split_lowest(scores: torch.Tensor, k: int, groups: int = 1) -> tuple[torch.T
     return order[:k].sort().values, order[k:].sort().values
 
 
-def n_to_remove(width: int, ratio: float, rounding: str = "round") -> int:
-    """Channels removed at ``ratio`` (``ceil`` as the ICE reference code, or ``round``); one always stays."""
+def n_to_remove(width: int, ratio: float, rounding: str = "round", round_to: int = 1) -> int:
+    """Channels removed at ``ratio`` (``ceil`` as the ICE reference code, or ``round``); one always stays.
+
+    With ``round_to`` > 1 the width kept is the nearest multiple of it (at least one multiple),
+    so that conv kernels see aligned channel counts; a width already below it is left alone.
+    """
     exact = width * ratio
     k = math.ceil(exact - 1e-9) if rounding == "ceil" else int(round(exact))
+    if round_to > 1 and width > round_to:
+        kept = max(round_to, int(round((width - k) / round_to)) * round_to)
+        k = max(0, width - kept)
     return min(width - 1, k)
 
 
@@ -120,6 +127,7 @@ def prune_unit(
     seed: int = 0,
     input_shape: tuple[int, ...] | None = None,
     rounding: str = "round",
+    round_to: int = 1,
 ) -> dict[str, Any]:
     """Remove the fraction ``ratio`` of ``unit``'s channels with the lowest importance.
 
@@ -137,7 +145,7 @@ def prune_unit(
     macs_before = count_macs(model, shape)
     width = unit.width(model)
     g = unit.channel_groups
-    k = g * n_to_remove(width // g, ratio, rounding) if g > 1 else n_to_remove(width, ratio, rounding)
+    k = g * n_to_remove(width // g, ratio, rounding) if g > 1 else n_to_remove(width, ratio, rounding, round_to)
     removed = torch.empty(0, dtype=torch.long)
     changes: list[Change] = []
     if k > 0:

@@ -163,3 +163,15 @@ def test_masks_reapply_after_an_update():
         m.weight.add_(1.0)
     Masks(masks.masks).apply(m)
     assert int((m.weight == 0).sum()) == 8
+
+
+def test_round_to_keeps_widths_on_a_multiple():
+    from ice.pruning.structured import n_to_remove
+
+    assert [w - n_to_remove(w, 0.6, "round", 8) for w in (16, 32, 64)] == [8, 16, 24]
+    assert [w - n_to_remove(w, 0.6, "round") for w in (16, 32, 64)] == [6, 13, 26]
+    assert 6 - n_to_remove(6, 0.5, "round", 8) == 3  # a width below the multiple keeps the ratio
+    m = build_model("cifar_resnet20", 10)
+    u = prunable_units(m)[0]
+    info = prune_unit(m, u, 0.6, input_shape=SHAPE, round_to=8)
+    assert info["width_after"] == 8 and m.layer1[0].conv2.in_channels == 8
