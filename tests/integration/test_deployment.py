@@ -4,7 +4,6 @@ from another directory, and check that it completes and writes into the project.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ROOT, run_stages, sub_env, write_params
+from helpers import ROOT, run_stages, stop_group, sub_env, write_params
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -68,11 +67,7 @@ def test_deployment_runs_on_a_process_worker(prefect_server, tmp_path):
         )
         assert fr["parameters"]["method"] == "iterative"
     finally:
-        os.killpg(worker.pid, 15)
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, 9)
+        stop_group(worker)
         log.close()
     assert (project / "models" / "pruned" / "iterative.pt").exists()
     assert (project / "mlflow.db").exists()

@@ -8,7 +8,6 @@ the round trip covers a model outside the paper's own networks.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ import pytest
 import torch
 
 from flows.export import export_model, run_exported
-from helpers import free_port, sub_env
+from helpers import free_port, stop_group, sub_env
 from ice.checkpoint import save_checkpoint
 from ice.models import build_model
 from ice.pruning import prunable_units, prune_unit
@@ -135,11 +134,5 @@ def test_mlflow_models_serve_answers_like_pytorch(pruned, tmp_path):
         assert np.allclose(served, expect, atol=1e-4)
         assert (served.argmax(1) == expect.argmax(1)).all()
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, 15)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, 9)
-                proc.wait()
+        stop_group(proc)
         log.close()
