@@ -65,10 +65,9 @@ def check_supported(model: nn.Module) -> None:
         if isinstance(m, nn.MultiheadAttention) or "Attention" in kind:
             raise GraphError(
                 f"{_arch(model)}: layer {name!r} ({kind}) couples channels into attention heads, which "
-                "structured pruning does not handle; use prune.granularity: unstructured"
+                "structured pruning does not handle; prune its weights instead (a schedule method with "
+                "schedule.granularity: weight)"
             )
-        if isinstance(m, nn.Conv2d) and m.padding_mode != "zeros":
-            continue
         if isinstance(m, nn.ConvTranspose2d | nn.Conv3d | nn.Conv1d | nn.RNNBase | nn.Embedding):
             raise GraphError(
                 f"{_arch(model)}: layer {name!r} ({kind}) is not a 2-d CNN layer; structured pruning handles "
@@ -394,6 +393,7 @@ def graph_prune(model: nn.Module, unit: Any, removed: torch.Tensor) -> list[tupl
         _probe(model)
     except Exception as err:
         _restore(saved)
+        _CACHE.pop(model, None)  # Torch-Pruning's own op state (concat offsets) is rebuilt on the next call
         raise GraphError(
             f"{_arch(model)}: removing channels of unit {unit.name!r} breaks the model ({_first_line(err)}); "
             "the model is unchanged"
