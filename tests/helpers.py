@@ -9,6 +9,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -73,6 +74,16 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def start_group(
+    cmd: list[str], log: Path, env: dict[str, str], cwd: Path | None = None
+) -> tuple[subprocess.Popen, Any]:
+    """Start ``cmd`` in its own session (so :func:`stop_group` stops it and its children),
+    its output to ``log``; returns the process and the open log file, to close after."""
+    out = open(log, "w")  # noqa: SIM115
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    return proc, out
 
 
 def stop_group(proc: subprocess.Popen) -> None:

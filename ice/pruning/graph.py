@@ -336,8 +336,6 @@ def _snapshot(model: nn.Module) -> list[tuple[nn.Module, dict[str, Any]]]:
             "normalized_shape",
             "num_channels",
             "num_parameters",
-            "offsets",
-            "split_sizes",
         ):
             if attr in m.__dict__:
                 state[attr] = m.__dict__[attr]
@@ -377,7 +375,7 @@ def graph_prune(model: nn.Module, unit: Any, removed: torch.Tensor) -> list[tupl
         return []
     g = _graph(model)
     group = graph_group(model, unit.name, idxs)
-    before = {(id(m), n): (m, n, p) for m in model.modules() for n, p in m._parameters.items() if p is not None}
+    before = [(m, n, p) for m in model.modules() for n, p in m._parameters.items() if p is not None]
     full: dict[tuple[int, int], list[int]] = {}
     for dep, item_idxs in group:
         mod = dep.target.module
@@ -399,7 +397,7 @@ def graph_prune(model: nn.Module, unit: Any, removed: torch.Tensor) -> list[tupl
             "the model is unchanged"
         ) from None
     changes: list[tuple[Any, nn.Parameter, int, Any]] = []
-    for (mid, _), (m, n, old) in before.items():
+    for m, n, old in before:
         new = m._parameters.get(n)
         if new is None or new is old:
             continue
@@ -407,14 +405,10 @@ def graph_prune(model: nn.Module, unit: Any, removed: torch.Tensor) -> list[tupl
         keep: Any = None
         dim = dims[0] if dims else 0
         if len(dims) == 1:
-            role = (
-                0
-                if (isinstance(m, nn.Conv2d | nn.Linear) and dim == 0) or not isinstance(m, nn.Conv2d | nn.Linear)
-                else 1
-            )
-            kept = full.get((mid, role)) or full.get((mid, 1 - role))
-            if kept is not None:
-                kept = kept[: new.shape[dim]] if len(kept) != new.shape[dim] else kept
-                keep = torch.tensor(kept, dtype=torch.long)
+            # a conv's or linear's dim 1 follows its inputs; everything else follows outputs
+            role = 1 if isinstance(m, nn.Conv2d | nn.Linear) and dim != 0 else 0
+            kept = full.get((id(m), role)) or full.get((id(m), 1 - role))  # a depthwise conv records either
+            if kept is not None:  # a grouped conv's inputs: the first in/groups, as Torch-Pruning keeps them
+                keep = torch.tensor(kept[: new.shape[dim]], dtype=torch.long)
         changes.append((old, new, dim, keep))
     return changes

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ROOT, run_stages, stop_group, sub_env, write_params
+from helpers import ROOT, run_stages, start_group, stop_group, sub_env, write_params
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -44,14 +44,11 @@ def test_deployment_runs_on_a_process_worker(prefect_server, tmp_path):
     flow_run_id = re.search(r"UUID:\s*([0-9a-f-]{36})", run).group(1)
 
     worker_env = {k: v for k, v in env.items() if k != "ICE_PROJECT_DIR"}  # the deployment carries the path
-    log = open(tmp_path / "worker.log", "w")  # noqa: SIM115
-    worker = subprocess.Popen(
+    worker, log = start_group(
         [sys.executable, "-m", "prefect", "worker", "start", "--pool", "ice-pool", "--type", "process"],
+        tmp_path / "worker.log",
+        worker_env,
         cwd=elsewhere,
-        env=worker_env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
     )
     try:
         deadline = time.time() + 420

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from flows.export import export_model, run_exported
-from helpers import free_port, stop_group, sub_env
+from helpers import free_port, start_group, stop_group, sub_env
 from ice.checkpoint import save_checkpoint
 from ice.models import build_model
 from ice.pruning import prunable_units, prune_unit
@@ -84,30 +84,9 @@ def test_mlflow_models_serve_answers_like_pytorch(pruned, tmp_path):
     assert mv.tags["sha256"]
 
     port = free_port()
-    log = open(tmp_path / "serve.log", "w")  # noqa: SIM115
-    env = sub_env(MLFLOW_TRACKING_URI=uri)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "models",
-            "serve",
-            "-m",
-            "models:/ice-serve-test@ice",
-            "--env-manager",
-            "local",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-        ],
-        env=env,
-        cwd=tmp_path,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/ice-serve-test@ice"]
+    cmd += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
+    proc, log = start_group(cmd, tmp_path / "serve.log", sub_env(MLFLOW_TRACKING_URI=uri), cwd=tmp_path)
     try:
         deadline = time.time() + 120
         while True:
