@@ -28,13 +28,36 @@ from typing import Any
 
 import yaml
 
-from ice.checkpoint import CheckpointError
+from ice.checkpoint import CheckpointError, sha256_file
 from ice.config import Params, ParamsError, load_params
-from tasks.common import IntegrityError, Paths, progress, project_root, verify_input
+from tasks.common import (
+    IntegrityError,
+    Paths,
+    make_ref,
+    progress,
+    project_root,
+    publish,
+    resolve,
+    s3_store,
+    verify_input,
+)
+from tasks.store import StoreError, check_url
 from tasks.tracking import Tracker, TrackingUnavailable, check_reachable, git_commit, tracking_uri
 from tasks.weights import WeightsError
 
-__all__ = ["Stage", "open_stage", "cli", "section", "require", "publish_artifact", "update_progress"]
+__all__ = [
+    "Stage",
+    "open_stage",
+    "cli",
+    "section",
+    "require",
+    "publish_artifact",
+    "update_progress",
+    "store_url",
+    "share",
+    "materialize",
+    "task_runner",
+]
 
 
 @dataclass
@@ -49,11 +72,24 @@ class Stage:
     info: dict[str, Any] = field(default_factory=dict)
     inputs: dict[str, str] = field(default_factory=dict)  # upstream file -> the sha256 it was verified against
 
+    @property
+    def store_url(self) -> str:
+        """The content store: ``$ICE_STORE_URL``, else ``store.url`` ("" is the local store)."""
+        return store_url(self.params)
+
     def require(self, path: Path, stage: str) -> dict[str, str]:
-        """:func:`require`, remembered: the run logs what it read (``config/inputs.json``)."""
+        """:func:`require`, remembered: the run logs what it read (``config/inputs.json``).
+
+        With an S3 store the reference is to the same bytes in the bucket (uploaded once,
+        if no producer put them there already), so tasks on other machines can read it."""
         ref = require(self.paths, path, stage)
         self.inputs[self.paths.rel(path)] = ref["sha256"]
-        return ref
+        return self.share(path, ref["sha256"])
+
+    def share(self, path: Path, sha256: str | None = None) -> dict[str, str]:
+        """A reference to a project file that any worker can read: the file itself with the
+        local store, the same bytes in the bucket with an S3 store."""
+        return share(self.paths, self.store_url, path, sha256)
 
     def cfg(self, *sections: str) -> dict[str, Any]:
         """The named sections of params, as plain data: a task's own config."""
@@ -68,6 +104,58 @@ class Stage:
         train = self.params.train.model_dump(mode="json")
         out["train"] = {k: train[k] for k in ("device", "channels_last")}
         return out
+
+
+def store_url(params: Params) -> str:
+    return (os.environ.get("ICE_STORE_URL") or params.store.url).rstrip("/")
+
+
+def share(paths: Paths, url: str, path: Path, sha256: str | None = None) -> dict[str, str]:
+    """A reference to a project file that any worker can read: the file itself with the
+    local store (``url`` empty), the same bytes in the bucket with an S3 store."""
+    ref = make_ref(paths, path, sha256)
+    if not url:
+        return ref
+    return s3_store(paths, url).put(path, ref["sha256"], path.suffix, name=ref["uri"])  # type: ignore[no-any-return]
+
+
+def task_runner(params: Params, threads: int = 8) -> Any:
+    """The task runner for independent work, from ``scale``: Prefect's thread pool, or Dask
+    through prefect-dask: the scheduler at ``$ICE_DASK_ADDRESS`` or ``scale.address``, else a
+    local cluster of ``scale.workers`` single-threaded processes on 127.0.0.1, each with its
+    share of the cores for torch. Inside a flow that already runs on Dask, the cluster is reused."""
+    if params.scale.runner == "threads":
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        return ThreadPoolTaskRunner(max_workers=threads)
+    from prefect_dask import DaskTaskRunner
+
+    address = os.environ.get("ICE_DASK_ADDRESS") or params.scale.address
+    if address:
+        return DaskTaskRunner(address=address)
+    n = params.scale.workers
+    cores = str(max(1, (os.cpu_count() or 1) // n))
+    return DaskTaskRunner(
+        cluster_kwargs={
+            "n_workers": n,
+            "threads_per_worker": 1,
+            "processes": True,
+            "host": "127.0.0.1",
+            "dashboard_address": None,
+            "env": {"OMP_NUM_THREADS": cores, "MKL_NUM_THREADS": cores},
+        }
+    )
+
+
+def materialize(paths: Paths, files: dict[str, dict[str, str]]) -> None:
+    """Put each ``{relative path: reference}`` into the project, read (and verified) from the
+    store: how a worker with no shared disk gets its inputs, and the collecting flow the
+    outputs that other workers produced. A file already there with the right bytes is kept."""
+    for rel, ref in files.items():
+        dst = paths.root / rel
+        if dst.is_file() and sha256_file(dst) == ref["sha256"]:
+            continue
+        publish(resolve(paths, ref), dst, ref["sha256"])
 
 
 def section(params: Params, *names: str) -> dict[str, Any]:
@@ -263,6 +351,8 @@ def _quiet_failures() -> None:
 def _quiet_prefect() -> None:
     """Prefect's per-task INFO chatter off the console (it stays in the Prefect UI): a flow
     prints its own progress lines. An explicit PREFECT_LOGGING_LEVEL keeps Prefect's say."""
+    for name in ("distributed", "distributed.scheduler", "distributed.nanny", "distributed.worker"):
+        logging.getLogger(name).setLevel(logging.WARNING)  # Dask's cluster start/stop chatter
     if "PREFECT_LOGGING_LEVEL" in os.environ:
         return
     for handler in logging.getLogger().handlers:
@@ -271,7 +361,15 @@ def _quiet_prefect() -> None:
 
 def one_line(err: BaseException) -> str:
     """An exception as one line: ours already are; others get their type and first line."""
-    known = (ParamsError, TrackingUnavailable, FileNotFoundError, WeightsError, IntegrityError, CheckpointError)
+    known = (
+        ParamsError,
+        TrackingUnavailable,
+        FileNotFoundError,
+        WeightsError,
+        IntegrityError,
+        CheckpointError,
+        StoreError,
+    )
     text = str(err).strip().splitlines()[0] if str(err).strip() else ""
     if isinstance(err, known):
         return text or type(err).__name__
@@ -388,8 +486,9 @@ def cli(
         params = load_params(pfile, overrides)  # fail before Prefect, torch or MLflow spend a second
         check_reachable(tracking_uri(r, params.tracking.tracking_uri))
         _check_prefect_api()
+        check_url(store_url(params))
         _preflight_inputs(name, Paths(r), params)
-    except (ParamsError, TrackingUnavailable, IntegrityError) as err:
+    except (ParamsError, TrackingUnavailable, IntegrityError, StoreError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2 if isinstance(err, ParamsError) else 1)
     # SIGTERM (a worker stopping, `kill`) unwinds like Ctrl-C, so the MLflow run ends as KILLED;

@@ -240,7 +240,7 @@ def evaluate(
         data_ref = st.require(st.paths.prepared, "prepare")
         pre_ref = st.require(st.paths.pretrained, "pretrain")
         cfg = st.device_cfg("seed", "evaluate")
-        ev = bind(evaluate_model, st.root)
+        ev = bind(evaluate_model, st.root, st.store_url)
         pre = ev(str(st.root), data_ref, pre_ref, cfg)
         pre_report = read_json(st.paths.pretrain_report)
         # what pre-training cost: part of every method that starts from the pre-trained model

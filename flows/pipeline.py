@@ -5,21 +5,56 @@
 This is what the work-pool deployments run (infra/prefect.yaml). Every step is cached,
 so a second run with the same params only re-reads results. ``dvc repro`` runs the
 same flows one stage at a time.
+
+With ``scale.runner: dask`` the ``prune@method`` runs are independent tasks on Dask (a
+local cluster, or the scheduler at ``scale.address``), and so are the auto-tune trials,
+on the same cluster. A method's task needs no shared disk: it gets the prepared data,
+the pretrained model and the auto-tune result from the content store, puts them into
+its worker's project, runs the prune flow there, and hands its outputs back through the
+store; this flow then collects them before it evaluates. On one machine the methods then
+share its cores, so their compute seconds are inflated: compare methods from runs where
+each task has a machine (or a GPU) to itself.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from prefect import flow
+from prefect import flow, task
 
-from flows._runtime import cli, open_stage
+from flows._runtime import cli, materialize, open_stage, share, store_url, task_runner
 from flows.autotune import autotune
 from flows.evaluate import evaluate
 from flows.prepare import prepare
 from flows.pretrain import pretrain
 from flows.prune import prune
-from tasks.common import progress
+from tasks.common import Paths, progress, project_root
+
+
+def _outputs(paths: Paths, method: str) -> list[Path]:
+    return [paths.pruned(method), paths.steps_csv(method), paths.prune_report(method)]
+
+
+def _inputs(paths: Paths) -> list[Path]:
+    return [paths.prepared, paths.prepared_record, paths.pretrained, paths.pretrain_report, paths.autotune]
+
+
+@task(name="prune-method", task_run_name="prune@{method}")
+def prune_method(
+    method: str, params_path: str, root: str, overrides: dict[str, Any] | None, inputs: dict[str, dict[str, str]]
+) -> dict[str, Any]:
+    """``prune@method`` on whichever worker runs it: inputs from the store, outputs back to it."""
+    from flows.prune import prune as prune_flow  # imported here, on the worker: a flow pickles badly
+    from ice.config import load_params
+
+    here = project_root(root if Path(root).is_dir() else None)  # this worker's own project
+    paths = Paths(here)
+    materialize(paths, inputs)
+    report = prune_flow(method, params_path, str(here), overrides)  # type: ignore[arg-type]
+    pfile = Path(params_path) if Path(params_path).is_absolute() else here / params_path
+    url = store_url(load_params(pfile, overrides))
+    return {"report": report, "files": {paths.rel(p): share(paths, url, p) for p in _outputs(paths, method)}}
 
 
 @flow(name="pipeline", flow_run_name="pipeline-{params_path}")
@@ -31,13 +66,30 @@ def pipeline(
         r = str(st.root)
     prepare(params_path, r, overrides)
     pretrain(params_path, r, overrides)
-    autotune(params_path, r, overrides)
-    for m in methods:
-        prune(m, params_path, r, overrides)
+    if st.params.scale.runner == "dask":
+        with task_runner(st.params) as runner:  # one cluster: the trials and then the methods
+            autotune(params_path, r, overrides)  # its runner finds this cluster's client and reuses it
+            inputs = {st.paths.rel(p): st.share(p) for p in _inputs(st.paths) if p.exists()}
+            futures = [
+                runner.submit(
+                    prune_method,
+                    {"method": m, "params_path": params_path, "root": r, "overrides": overrides, "inputs": inputs},
+                )
+                for m in methods
+            ]
+            for f in futures:
+                materialize(st.paths, f.result()["files"])  # the collecting flow reads them from the store
+    else:
+        autotune(params_path, r, overrides)
+        for m in methods:
+            prune(m, params_path, r, overrides)
     metrics = evaluate(params_path, r, overrides)
     progress(f"[pipeline] {len(methods)} methods compared -> {st.paths.rel(st.paths.compare)}")
     return metrics
 
 
 if __name__ == "__main__":
-    cli("pipeline", "Run every stage in order.", lambda a, o: pipeline(a.params, a.root, o))
+    # the module's own copy, not __main__'s: Dask workers import prune_method by its name
+    from flows import pipeline as _module
+
+    cli("pipeline", "Run every stage in order.", lambda a, o: _module.pipeline(a.params, a.root, o))

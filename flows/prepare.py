@@ -19,7 +19,7 @@ def prepare(
     params_path: str = "params.yaml", root: str | None = None, overrides: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     with open_stage("prepare", params_path, root, overrides, track=False) as st:
-        out = bind(prepare_data, st.root)(str(st.root), st.cfg("data")["data"])
+        out = bind(prepare_data, st.root, st.store_url)(str(st.root), st.cfg("data")["data"], st.store_url)
         publish(resolve(st.paths, out["ref"]), st.paths.prepared, out["ref"]["sha256"])
         # the record every later stage verifies the prepared data against
         write_json(

@@ -28,7 +28,7 @@ from tasks.tracking import registered_name
 
 def _train(st: Stage, data_ref: dict[str, str]) -> dict[str, Any]:
     cfg = st.cfg("seed", "model", "train")
-    epoch_t = bind(pretrain_epoch, st.root)
+    epoch_t = bind(pretrain_epoch, st.root, st.store_url)
     n = math.ceil(st.params.train.epochs)
     state_ref = None
     t0 = time.perf_counter()
@@ -43,7 +43,7 @@ def _train(st: Stage, data_ref: dict[str, str]) -> dict[str, Any]:
             f"{rec['seconds']:.0f}s" + (f", about {left / 60:.0f} min left" if epoch < n else "")
         )
     assert state_ref is not None
-    out = bind(finish_pretrain, st.root)(str(st.root), data_ref, state_ref, cfg)
+    out = bind(finish_pretrain, st.root, st.store_url)(str(st.root), data_ref, state_ref, cfg)
     out["seconds"] = sum(r["seconds"] for r in out["history"])
     out["work_gmacs"] = sum(r["work"] for r in out["history"])
     out["source"] = "trained"

@@ -77,7 +77,8 @@ class _TaskSteps:
         self.ref = pre_ref
         self.k, self.after = 0, "pruned"  # the step the current model is at, and what happened last
         self._prune, self._eval, self._decide, self._finetune = (
-            bind(t, st.root) for t in (prune_one_step, evaluate_checkpoint, decide_finetune, finetune_checkpoint)
+            bind(t, st.root, st.store_url)
+            for t in (prune_one_step, evaluate_checkpoint, decide_finetune, finetune_checkpoint)
         )
 
     def _label(self, what: str) -> str:  # e.g. "evaluate-4-layer1.3.conv1-pruned", as the UI lists it
@@ -120,7 +121,7 @@ def _stepwise(st: Stage, method: str, data_ref: dict[str, str], pre_ref: dict[st
         if tuned.get("enabled"):  # the search chose these; params' own values would only spoil the cache keys
             for key in SEARCHED_ICE_KEYS:
                 cfg["ice"].pop(key, None)
-    state = bind(start_pruning, st.root)(str(st.root), data_ref, pre_ref, method, hp, cfg)
+    state = bind(start_pruning, st.root, st.store_url)(str(st.root), data_ref, pre_ref, method, hp, cfg)
     n = len(state["plan"])
     if state["frozen"]:
         progress(f"[{method}] freeze trial: {len(state['frozen'])} convs frozen")
@@ -169,7 +170,9 @@ def _training(st: Stage, method: str, data_ref: dict[str, str], pre_ref: dict[st
 
     token = STEP_SINK.set(log_epoch)  # the task reports each epoch as it ends: live curves in MLflow
     try:
-        out = bind(train_with_schedule, st.root)(str(st.root), data_ref, None if scratch else pre_ref, method, cfg)
+        out = bind(train_with_schedule, st.root, st.store_url)(
+            str(st.root), data_ref, None if scratch else pre_ref, method, cfg
+        )
     finally:
         STEP_SINK.reset(token)
     if not live:  # a cached result: no epoch ran here, so its curve is logged from the result

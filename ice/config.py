@@ -243,6 +243,28 @@ class TrackingConfig(_Section):
     register_models: bool = True
 
 
+class StoreConfig(_Section):
+    # where task outputs live: "" a local directory (.ice-cache/store), or s3://bucket[/prefix];
+    # $ICE_STORE_URL overrides it. Endpoint and credentials come from the AWS_* environment only.
+    url: str = ""
+
+    @model_validator(mode="after")
+    def _url(self) -> StoreConfig:
+        v = self.url.strip()
+        if v and (not v.startswith("s3://") or len(v) <= 5 or v[5] == "/"):
+            raise ValueError(f"url = {v!r} is not allowed; allowed: empty (a local store) or s3://bucket[/prefix]")
+        return self
+
+
+class ScaleConfig(_Section):
+    # how independent work (auto-tune trials, prune@method in the pipeline flow) runs:
+    # threads in this process, or Dask (prefect-dask): a local cluster of `workers`
+    # processes, or the scheduler at `address` (tcp://host:8786; $ICE_DASK_ADDRESS overrides)
+    runner: Literal["threads", "dask"] = "threads"
+    address: str = ""
+    workers: int = Field(2, ge=1)
+
+
 class EvaluateConfig(_Section):
     batch_size: int = Field(512, ge=1)
     latency_batch: int = Field(1, ge=1)
@@ -259,6 +281,8 @@ class Params(_Section):
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    scale: ScaleConfig = Field(default_factory=ScaleConfig)
 
 
 def _one_line(err: ValidationError, source: str) -> str:

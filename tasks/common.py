@@ -4,11 +4,12 @@ Paths. Every path is relative to the project root: the ``root`` argument, else
 ``$ICE_PROJECT_DIR``, else the working directory. A worker that runs a deployed flow
 from another directory therefore still reads and writes the project's files.
 
-References. Tasks pass checkpoints and data by reference, ``{"path": <relative>,
-"sha256": <hex>}``, never as tensors. Task outputs go to a content store under
-``.ice-cache/store`` (named by sha256), which neither DVC nor git tracks, so a cached
-result stays valid after ``dvc repro`` has removed a stage's outs; the flows copy the
-final files to their DVC outs.
+References. Tasks pass checkpoints and data by reference, ``{"uri": ..., "sha256": <hex>}``,
+never as tensors. Task outputs go to the content store (:mod:`tasks.store`): by default
+``.ice-cache/store`` under the project (the uri is then the path relative to the root),
+or ``s3://bucket/prefix`` when ``store.url`` says so. Neither DVC nor git tracks the
+store, so a cached result stays valid after ``dvc repro`` has removed a stage's outs;
+the flows copy the final files to their DVC outs.
 
 Caching. A task's cache key hashes its inputs (references carry the sha256, configs
 are plain dicts; ``root`` is excluded so keys do not depend on where the project
@@ -39,6 +40,9 @@ __all__ = [
     "Paths",
     "project_root",
     "make_ref",
+    "is_ref",
+    "store_of",
+    "s3_store",
     "resolve",
     "ice_code_hash",
     "write_json",
@@ -123,16 +127,44 @@ class Paths:
 
 
 def make_ref(paths: Paths, path: Path, sha256: str | None = None) -> dict[str, str]:
-    """A reference to a file under the project: relative path plus sha256."""
-    return {"path": paths.rel(path), "sha256": sha256 or sha256_file(path)}
+    """A reference to a file under the project: its path relative to the root, plus sha256."""
+    return {"uri": paths.rel(path), "sha256": sha256 or sha256_file(path)}
+
+
+def is_ref(value: Any) -> bool:
+    return isinstance(value, dict) and set(value) in ({"uri", "sha256"}, {"path", "sha256"})
+
+
+def s3_store(paths: Paths, where: str) -> Any:
+    """The S3 store that ``where`` (a store url, or an object's uri in it) belongs to, cached under ``paths``."""
+    from tasks.store import S3Store, StoreUrl, parse_store_url
+
+    loc = parse_store_url(where)
+    head, sep, _ = loc.prefix.rpartition("objects/") if "/objects/" in f"/{loc.prefix}" else ("", "", "")
+    if sep:  # an object's uri: the store is what comes before objects/
+        loc = StoreUrl(loc.bucket, head.rstrip("/"))
+    return S3Store(loc, paths.store)
+
+
+def store_of(ref: dict[str, str] | None) -> str:
+    """The store url a reference lives in ("" for the local store), where a task's outputs go too."""
+    from tasks.store import is_s3
+
+    uri = (ref or {}).get("uri", "")
+    return s3_store(Paths(Path(".")), uri).url if is_s3(uri) else ""
 
 
 def resolve(paths: Paths, ref: dict[str, str]) -> Path:
-    """The absolute path of ``ref``; a clear error when the file has gone."""
-    p = paths.root / ref["path"]
+    """A local, verified-on-read path for ``ref``; a clear one-line error when it has gone."""
+    from tasks.store import is_s3
+
+    uri = ref.get("uri") or ref.get("path", "")
+    if is_s3(uri):
+        return s3_store(paths, uri).get({"uri": uri, "sha256": ref["sha256"]})  # type: ignore[no-any-return]
+    p = paths.root / uri
     if not p.exists():
         raise FileNotFoundError(
-            f"{ref['path']} (sha256 {ref['sha256'][:12]}…) is missing; a cached result points at it. "
+            f"{uri} (sha256 {ref['sha256'][:12]}…) is missing; a cached result points at it. "
             f"Rerun with --refresh-cache, or remove {CACHE_DIR}/ to start clean."
         )
     return p
@@ -237,12 +269,20 @@ def verify_input(paths: Paths, path: Path, stage: str) -> dict[str, str]:
 
 def verify_refs(paths: Paths, value: Any) -> list[str]:
     """The references inside a task's result whose files are missing or do not hash to their sha256."""
+    from tasks.store import is_s3
+
     bad: list[str] = []
     if isinstance(value, dict):
-        if set(value) == {"path", "sha256"}:
-            p = paths.root / value["path"]
-            if not p.is_file() or sha256_file(p) != value["sha256"]:
-                bad.append(value["path"])
+        if set(value) == {"path", "sha256"}:  # a reference from before the store had uris: recompute
+            bad.append(value["path"])
+        elif set(value) == {"uri", "sha256"}:
+            if is_s3(value["uri"]):
+                if not s3_store(paths, value["uri"]).exists(value):
+                    bad.append(value["uri"])
+            else:
+                p = paths.root / value["uri"]
+                if not p.is_file() or sha256_file(p) != value["sha256"]:
+                    bad.append(value["uri"])
         else:
             for v in value.values():
                 bad += verify_refs(paths, v)

@@ -1,7 +1,9 @@
 """The Prefect tasks: thin wrappers that call ``ice`` and move files by reference.
 
-Every task takes plain data (references ``{"path", "sha256"}``, config dicts, numbers)
-and returns plain data. Tasks that compute carry the ``gpu`` tag, so a Prefect
+Every task takes plain data (references ``{"uri", "sha256"}``, config dicts, numbers)
+and returns plain data. A task writes its outputs to the store its inputs came from
+(the local store, or the S3 bucket of ``store.url``), so a task on a Dask worker or a
+process worker on another machine needs no shared disk. Tasks that compute carry the ``gpu`` tag, so a Prefect
 concurrency limit (``prefect concurrency-limit create gpu 1``) can bound them; they
 run on cuda when it is there (``train.device: auto``).
 
@@ -29,7 +31,10 @@ from tasks.common import (
     ice_code_hash,
     make_ref,
     progress,
+    project_root,
     resolve,
+    s3_store,
+    store_of,
     store_path,
     verify_refs,
     warn,
@@ -86,32 +91,64 @@ class Verified:
         if bad:
             warn(f"{self.name}: the cached result's {bad[0]} fails its sha256 check; recomputing")
             for rel in bad:
-                (self.paths.root / rel).unlink(missing_ok=True)
+                if "://" not in rel:  # a remote object cannot be unlinked here; the recompute rewrites it
+                    (self.paths.root / rel).unlink(missing_ok=True)
             out = self.task.with_options(refresh_cache=True)(*args, **kwargs)
             still = verify_refs(self.paths, out)
             if still:
                 raise IntegrityError(f"{still[0]}: written by {self.name} but fails its sha256 check")
         return out
 
-    def submit(self, *args: Any, **kwargs: Any) -> Any:
-        return self.task.submit(*args, **kwargs)
+    def submit(self, *args: Any, runner: Any = None, **kwargs: Any) -> Any:
+        """Submit to the flow's task runner, or to ``runner`` (an entered Prefect task runner,
+        e.g. Dask's) when given."""
+        if runner is None:
+            return self.task.submit(*args, **kwargs)
+        bound = inspect.signature(self.task.fn).bind(*args, **kwargs)
+        return runner.submit(self.task, parameters=dict(bound.arguments))
 
     def named(self, run_name: str) -> Verified:
         """The same task (same cache key), its next run shown in the UI as ``run_name``."""
         return Verified(self.task.with_options(task_run_name=run_name), self.paths)
 
 
-def bind(t: Any, root: Path) -> Verified:
-    """``t`` caching its results under ``<root>/.ice-cache/results``, with verified references."""
+def bind(t: Any, root: Path, store_url: str = "") -> Verified:
+    """``t`` caching its results, with verified references: under ``<root>/.ice-cache/results``,
+    or, with an S3 ``store_url``, in the bucket (``<prefix>/results``), so that a task cached by
+    one machine is a cache hit on another."""
     paths = Paths(root)
-    paths.results.mkdir(parents=True, exist_ok=True)
+    if store_url:
+        storage: Any = result_storage(store_url)
+    else:
+        paths.results.mkdir(parents=True, exist_ok=True)
+        storage = paths.results
     task = t.with_options(
         cache_key_fn=cache_key,
         persist_result=True,
-        result_storage=paths.results,
+        result_storage=storage,
         result_serializer="json",  # tasks return plain data; a JSON result never runs code when read
     )
     return Verified(task, paths)
+
+
+_RESULT_BLOCKS: dict[str, Any] = {}
+
+
+def result_storage(store_url: str) -> Any:
+    """prefect-aws's S3Bucket on ``<store>/results``, saved as a block (Prefect requires result
+    storage to be persisted server-side). It carries no credentials: each machine's boto3 reads
+    its own ``AWS_*`` environment, as the content store does."""
+    if store_url not in _RESULT_BLOCKS:
+        from prefect_aws import S3Bucket
+
+        from tasks.store import parse_store_url
+
+        loc = parse_store_url(store_url)
+        block = S3Bucket(bucket_name=loc.bucket, bucket_folder=loc.key("results"))
+        name = "ice-results-" + hashlib.sha256(store_url.encode()).hexdigest()[:12]
+        block.save(name, overwrite=True)
+        _RESULT_BLOCKS[store_url] = block
+    return _RESULT_BLOCKS[store_url]
 
 
 # ----------------------------------------------------------------------------- loading
@@ -154,15 +191,23 @@ def _teacher(paths: Paths, ref: dict[str, str], device: Any) -> Any:
     return _MODELS[key]
 
 
-def save_model(paths: Paths, model: Any, stem: str, meta: dict[str, Any]) -> dict[str, str]:
-    """Save to the content store; the file name carries the sha256."""
+def save_model(paths: Paths, model: Any, stem: str, meta: dict[str, Any], to: str = "") -> dict[str, str]:
+    """Save to the content store ``to`` ("" local, else an S3 store url); the name carries the sha256."""
     from ice.checkpoint import save_checkpoint
 
-    return _store(paths, stem, lambda tmp: save_checkpoint(tmp, model, meta))
+    return _store(paths, stem, lambda tmp: save_checkpoint(tmp, model, meta), to)
 
 
-def _store(paths: Paths, stem: str, write: Any) -> dict[str, str]:
-    """Write through ``write(tmp_path) -> sha256`` and move the file to its sha-named place.
+def _paths(root: str) -> Paths:
+    """The project's paths on this machine: ``root`` where it exists here, else this worker's
+    own project (``$ICE_PROJECT_DIR`` or the working directory), e.g. on a Dask worker on
+    another machine, where only the local download cache is used."""
+    return Paths(Path(root)) if Path(root).is_dir() else Paths(project_root(None))
+
+
+def _store(paths: Paths, stem: str, write: Any, to: str = "") -> dict[str, str]:
+    """Write through ``write(tmp_path) -> sha256`` and move the file to its sha-named place;
+    with an S3 store ``to``, upload it too (it stays in the local cache, already verified).
 
     The temporary name is unique to this write (two processes storing the same step at
     once never share it), and the rename happens only after the hash is known, so a
@@ -174,6 +219,11 @@ def _store(paths: Paths, stem: str, write: Any) -> dict[str, str]:
     tmp = Path(name)
     try:
         sha = write(tmp)
+        if to:
+            store = s3_store(paths, to)
+            dst = store.cached(store.object_uri(sha, ".pt"))
+            os.replace(tmp, dst)
+            return store.put(dst, sha, ".pt", name=stem)  # type: ignore[no-any-return]
         dst = store_path(paths, stem, sha)
         os.replace(tmp, dst)
     finally:
@@ -183,11 +233,11 @@ def _store(paths: Paths, stem: str, write: Any) -> dict[str, str]:
 
 # ----------------------------------------------------------------------------- tasks
 @task(name="prepare-data", tags=["io"])
-def prepare_data(root: str, data_cfg: dict[str, Any]) -> dict[str, Any]:
+def prepare_data(root: str, data_cfg: dict[str, Any], store_url: str = "") -> dict[str, Any]:
     """Decode the source once into uint8 tensors with fixed train/val/test splits."""
     from ice.data import load_dataset, save_prepared
 
-    paths = Paths(Path(root))
+    paths = _paths(root)
     cfg = dict(data_cfg)
     if cfg.get("root") and not Path(cfg["root"]).is_absolute():
         cfg["root"] = str(paths.root / cfg["root"])
@@ -195,7 +245,7 @@ def prepare_data(root: str, data_cfg: dict[str, Any]) -> dict[str, Any]:
         cfg["cache_dir"] = str(paths.root / cfg.get("cache_dir", "data/cache"))
     ds = load_dataset(cfg)
     return {
-        "ref": _store(paths, "prepared", lambda tmp: save_prepared(ds, tmp)),
+        "ref": _store(paths, "prepared", lambda tmp: save_prepared(ds, tmp), store_url),
         "train": len(ds.train),
         "val": len(ds.val),
         "test": len(ds.test),
@@ -218,7 +268,7 @@ def pretrain_epoch(
     from ice.models import seeded_model
     from ice.train import fit_epoch
 
-    paths = Paths(Path(root))
+    paths = _paths(root)
     params = _params(cfg)
     device = _device(cfg)
     data = load_data(paths, data_ref)
@@ -229,7 +279,7 @@ def pretrain_epoch(
         model, meta = load_checkpoint(resolve(paths, state_ref), sha256=state_ref["sha256"], map_location=device)
         state = meta["fit"]
         if int(state["epoch"]) != epoch - 1:
-            raise ValueError(f"pretrain state {state_ref['path']} ends at epoch {state['epoch']}, not {epoch - 1}")
+            raise ValueError(f"pretrain state {state_ref['uri']} ends at epoch {state['epoch']}, not {epoch - 1}")
     tr = params.train
     state, rec = fit_epoch(
         model,
@@ -245,7 +295,9 @@ def pretrain_epoch(
         schedule=tr.lr_schedule,
         device=device,
     )
-    ref = save_model(paths, model, f"pretrain-epoch{epoch:03d}", {"stage": "pretrain", "fit": state})
+    ref = save_model(
+        paths, model, f"pretrain-epoch{epoch:03d}", {"stage": "pretrain", "fit": state}, store_of(data_ref)
+    )
     return {"ref": ref, "record": rec}
 
 
@@ -256,14 +308,18 @@ def finish_pretrain(
     """The pretrained model alone (no optimizer state), with its validation and test accuracy."""
     from ice.checkpoint import load_checkpoint
 
-    paths = Paths(Path(root))
+    paths = _paths(root)
     params = _params(cfg)
     model, meta = load_checkpoint(resolve(paths, state_ref), sha256=state_ref["sha256"], map_location=_device(cfg))
     acc = _accuracies(model, load_data(paths, data_ref))
     history = meta["fit"]["history"]
     # no timings in the checkpoint: the same params and seed give the same bytes
     ref = save_model(
-        paths, model, "pretrained", {"stage": "pretrain", "arch": params.model.arch, **acc, "epochs": len(history)}
+        paths,
+        model,
+        "pretrained",
+        {"stage": "pretrain", "arch": params.model.arch, **acc, "epochs": len(history)},
+        store_of(data_ref),
     )
     return {"ref": ref, **acc, "history": history}
 
@@ -289,7 +345,7 @@ def start_pruning(
     """Plan the steps and measure the reference accuracy; ICE also runs its freeze trial."""
     from ice.methods.core import start_run
 
-    paths = Paths(Path(root))
+    paths = _paths(root)
     params = _params(cfg)
     model = load_model(paths, model_ref, _device(cfg))
     state = start_run(model, load_data(paths, data_ref), method, params, hp=hp)
@@ -321,12 +377,14 @@ def prune_one_step(
     """Apply planned step ``k`` to the checkpoint; return the new reference, sizes and the step's lr."""
     from ice.methods.core import apply_frozen, prune_and_lr
 
-    paths = Paths(Path(root))
+    paths = _paths(root)
     params = _params(cfg)
     model = load_model(paths, model_ref, _device(cfg))
     apply_frozen(model, run, params)
     info = prune_and_lr(model, load_data(paths, data_ref), run, k, params)
-    info["ref"] = save_model(paths, model, f"{run['method']}-step{k:03d}-pruned", {"method": run["method"], "step": k})
+    info["ref"] = save_model(
+        paths, model, f"{run['method']}-step{k:03d}-pruned", {"method": run["method"], "step": k}, store_of(data_ref)
+    )
     return info
 
 
@@ -337,7 +395,7 @@ def evaluate_checkpoint(
     """Accuracy of a checkpoint on the decision split (validation), with its seconds and work."""
     from ice.methods.core import evaluate_step
 
-    paths = Paths(Path(root))
+    paths = _paths(root)
     return evaluate_step(load_model(paths, model_ref, _device(cfg)), load_data(paths, data_ref), _params(cfg))
 
 
@@ -370,14 +428,16 @@ def finetune_checkpoint(
     """Fine-tune after step ``k`` (fresh SGD, CE + KD, frozen layers left out)."""
     from ice.methods.core import apply_frozen, finetune_after
 
-    paths = Paths(Path(root))
+    paths = _paths(root)
     params = _params(cfg)
     device = _device(cfg)
     model = load_model(paths, model_ref, device)
     apply_frozen(model, run, params)
     teacher = _teacher(paths, teacher_ref, device) if params.prune.kd else None
     stats = finetune_after(model, teacher, load_data(paths, data_ref), k, lr, params)
-    ref = save_model(paths, model, f"{run['method']}-step{k:03d}-finetuned", {"method": run["method"], "step": k})
+    ref = save_model(
+        paths, model, f"{run['method']}-step{k:03d}-finetuned", {"method": run["method"], "step": k}, store_of(data_ref)
+    )
     return {"ref": ref, **stats}
 
 
@@ -389,14 +449,14 @@ def train_with_schedule(
     epoch by epoch: from scratch (``model_ref`` None) or from the pre-trained checkpoint."""
     from ice.methods import Callbacks, run_pruning
 
-    paths = Paths(Path(root))
+    paths = _paths(root)
     params = _params(cfg)
     model = load_model(paths, model_ref, _device(cfg)) if model_ref is not None else None
     # each epoch goes to the flow's sink as it ends, so MLflow's curves grow while the method trains
     res = run_pruning(
         model, load_data(paths, data_ref), method, params, Callbacks(on_log=progress, on_step=STEP_SINK.get())
     )
-    ref = save_model(paths, res.model, f"{method}-final", {"method": method})
+    ref = save_model(paths, res.model, f"{method}-final", {"method": method}, store_of(data_ref))
     return {
         "ref": ref,
         "steps": res.steps,
@@ -412,7 +472,7 @@ def autotune_setup(
     """The freeze trial every auto-tune trial shares (its scores do not depend on the hyperparameters)."""
     from ice.methods.autotune import search_setup
 
-    paths = Paths(Path(root))
+    paths = _paths(root)
     model = load_model(paths, model_ref, _device(cfg))
     return search_setup(model, load_data(paths, data_ref), _params(cfg))
 
@@ -443,7 +503,7 @@ def autotune_trial(
     from ice.methods import Callbacks
     from ice.methods.autotune import run_trial, trial_row
 
-    paths = Paths(Path(root))
+    paths = _paths(root)
     params = _params(cfg)
     device = _device(cfg)
     model = load_model(paths, model_ref, device)
@@ -497,7 +557,7 @@ def evaluate_model(
     from ice.metrics import count_macs, count_params, measure_latency, sparsity
     from ice.train import evaluate
 
-    paths = Paths(Path(root))
+    paths = _paths(root)
     params = _params(cfg)
     device = _device(cfg)
     model = load_model(paths, model_ref, device)

@@ -166,7 +166,7 @@ def import_weights(st: Stage, data_ref: dict[str, str]) -> dict[str, Any]:
             part.replace(dst)
     ref = make_ref(st.paths, dst, sha)
     st.inputs[uri] = sha  # the run's config/inputs.json names the weights it imported
-    acc = bind(import_pretrained, st.root)(str(st.root), data_ref, ref, st.device_cfg())
+    acc = bind(import_pretrained, st.root, st.store_url)(str(st.root), data_ref, ref, st.device_cfg())
     progress(
         f"[pretrain] imported {uri} (sha256 {sha[:12]}…): val acc {acc['val_acc']:.2f}%, test acc {acc['test_acc']:.2f}%"
     )

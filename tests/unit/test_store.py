@@ -30,7 +30,7 @@ for i in range(int(sys.argv[4])):
 
     try:
         ref = _store(paths, "step-0001-finetuned", write)
-        if hashlib.sha256((root / ref["path"]).read_bytes()).hexdigest() != ref["sha256"]:
+        if hashlib.sha256((root / ref["uri"]).read_bytes()).hexdigest() != ref["sha256"]:
             failed += 1
     except Exception as err:  # noqa: BLE001 - counted, and the count is what the test asserts
         failed += 1
