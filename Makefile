@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP_QUIET ?= -q
 
-.PHONY: help setup test test-fast lint run pipeline compare bench bench-ice overhead gc clean up down pool deploy worker trigger status mlflow-ui
+.PHONY: help setup test test-fast lint run pipeline compare bench bench-ice overhead gc clean up down remote pool deploy worker trigger status mlflow-ui
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -54,8 +54,11 @@ mlflow-ui:  ## browse runs and model versions of the local sqlite store on 127.0
 	@$(PY) -m flows.links | head -1
 	$(VENV)/bin/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///$(CURDIR)/mlflow.db
 
-up:  ## start a Prefect server (:4200) and an MLflow server (:5000) on 127.0.0.1
+up:  ## start S3 (SeaweedFS :8333), a Prefect server (:4200) and an MLflow server (:5000, artifacts in S3) on 127.0.0.1
 	bash infra/stack.sh up
+
+remote:  ## configure the DVC remote s3://ice/dvc on the stack's S3 (in .dvc/config.local)
+	bash infra/stack.sh remote
 
 pool:  ## create the process work pool ice-pool
 	bash infra/stack.sh pool

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# The local stack: a Prefect server, an MLflow server, a process work pool and a worker,
-# all on 127.0.0.1. Every process is started in the background with its PID written to
-# .stack/<name>.pid, and `down` stops exactly those PIDs (never by name).
+# The local stack: an S3 server (SeaweedFS), a Prefect server, an MLflow server whose
+# artifacts live in S3, a process work pool and a worker, all on 127.0.0.1. Every process
+# is started in the background with its PID written to .stack/<name>.pid, and `down`
+# stops exactly those PIDs (never by name). `up` writes .stack/env: `source` it to point
+# flows, workers and DVC at the stack (it holds the S3 identity; .stack/ is not in git).
 #
-#   bash infra/stack.sh up        # Prefect server (:4200) and MLflow server (:5000)
+#   bash infra/stack.sh up        # S3 (:8333), Prefect server (:4200), MLflow server (:5000)
+#   bash infra/stack.sh remote    # the DVC remote s3://ice/dvc, in .dvc/config.local
 #   bash infra/stack.sh pool      # create the process work pool `ice-pool`
 #   bash infra/stack.sh deploy    # deploy `pipeline` and `prune` from infra/prefect.yaml
 #   bash infra/stack.sh worker    # start a worker on the pool (from any directory)
@@ -17,6 +20,8 @@ BIN=$(dirname "$PY")
 STACK=$ROOT/.stack
 PREFECT_PORT=${PREFECT_PORT:-4200}
 MLFLOW_PORT=${MLFLOW_PORT:-5000}
+S3_PORT=${S3_PORT:-8333}
+BUCKET=${ICE_BUCKET:-ice}
 export PREFECT_API_URL=${PREFECT_API_URL:-http://127.0.0.1:$PREFECT_PORT/api}
 export PREFECT_HOME=${PREFECT_HOME:-$STACK/prefect-home}
 export ICE_PROJECT_DIR=$ROOT DO_NOT_TRACK=true PREFECT_SERVER_ANALYTICS_ENABLED=false
@@ -59,15 +64,48 @@ stop() {  # name
   rm -f "$f"
 }
 
+s3_up() {
+  if [[ -f $STACK/s3.pid ]] && kill -0 "$(cat "$STACK/s3.pid")" 2>/dev/null; then
+    echo "s3 already running (pid $(cat "$STACK/s3.pid"))"; return
+  fi
+  "$PY" infra/s3.py up --dir "$STACK/s3" --port "$S3_PORT" --bucket "$BUCKET" --env "$STACK/s3.env"
+  cp "$STACK/s3/weed.pid" "$STACK/s3.pid"
+}
+
+write_env() {  # everything a flow, a worker or dvc on this machine needs to use the stack
+  umask 077
+  {
+    cat "$STACK/s3.env"
+    echo "export AWS_ENDPOINT_URL_S3=http://127.0.0.1:$S3_PORT AWS_DEFAULT_REGION=us-east-1"
+    echo "export PREFECT_API_URL=$PREFECT_API_URL MLFLOW_TRACKING_URI=http://127.0.0.1:$MLFLOW_PORT"
+    echo "export ICE_STORE_URL=s3://$BUCKET/store DO_NOT_TRACK=true PREFECT_SERVER_ANALYTICS_ENABLED=false"
+  } >"$STACK/env"
+}
+
 case ${1:-help} in
   up)
+    s3_up
+    write_env
+    # shellcheck disable=SC1091
+    source "$STACK/s3.env"
+    export AWS_ENDPOINT_URL_S3=http://127.0.0.1:$S3_PORT MLFLOW_S3_ENDPOINT_URL=http://127.0.0.1:$S3_PORT AWS_DEFAULT_REGION=us-east-1
     start prefect "$BIN/prefect" server start --host 127.0.0.1 --port "$PREFECT_PORT"
+    # artifacts (registered models included) go to the bucket; clients reach them through the server
     start mlflow "$BIN/mlflow" server --host 127.0.0.1 --port "$MLFLOW_PORT" \
-      --backend-store-uri "sqlite:///$ROOT/mlflow.db" --artifacts-destination "$ROOT/mlartifacts"
+      --backend-store-uri "sqlite:///$ROOT/mlflow.db" --artifacts-destination "s3://$BUCKET/mlartifacts"
     wait_http "$PREFECT_API_URL/health" 120
     wait_http "http://127.0.0.1:$MLFLOW_PORT/health" 120
-    echo "Prefect UI: http://127.0.0.1:$PREFECT_PORT   MLflow UI: http://127.0.0.1:$MLFLOW_PORT"
-    echo "export PREFECT_API_URL=$PREFECT_API_URL MLFLOW_TRACKING_URI=http://127.0.0.1:$MLFLOW_PORT" ;;
+    echo "S3: http://127.0.0.1:$S3_PORT (bucket $BUCKET)   Prefect UI: http://127.0.0.1:$PREFECT_PORT   MLflow UI: http://127.0.0.1:$MLFLOW_PORT"
+    echo "to use the stack from a shell: source .stack/env" ;;
+  remote)
+    [[ -f $STACK/env ]] || { echo "no .stack/env: run make up first" >&2; exit 1; }
+    # shellcheck disable=SC1091
+    source "$STACK/env"
+    "$BIN/dvc" remote add --local --force --default ice "s3://$BUCKET/dvc"
+    "$BIN/dvc" remote modify --local ice endpointurl "$AWS_ENDPOINT_URL_S3"
+    "$BIN/dvc" remote modify --local ice access_key_id "$AWS_ACCESS_KEY_ID"
+    "$BIN/dvc" remote modify --local ice secret_access_key "$AWS_SECRET_ACCESS_KEY"
+    echo "DVC remote ice: s3://$BUCKET/dvc (in .dvc/config.local, not committed); dvc push / dvc pull" ;;
   pool)
     "$BIN/prefect" work-pool inspect ice-pool >/dev/null 2>&1 || "$BIN/prefect" work-pool create ice-pool --type process
     # compute tasks carry the tag `gpu`: at most GPU_SLOTS of them run at once across the pool
@@ -76,15 +114,17 @@ case ${1:-help} in
   deploy)
     "$BIN/prefect" --no-prompt deploy --all --prefect-file infra/prefect.yaml ;;
   worker)
+    # shellcheck disable=SC1091
+    [[ -f $STACK/env ]] && source "$STACK/env"
     start worker env -C "${WORKER_DIR:-/tmp}" "$BIN/prefect" worker start --pool ice-pool --type process ;;
   trigger)
     shift; "$BIN/prefect" deployment run "${1:-pipeline/pipeline}" "${@:2}" ;;
   status)
-    for n in prefect mlflow worker; do
+    for n in s3 prefect mlflow worker; do
       if [[ -f $STACK/$n.pid ]] && kill -0 "$(cat "$STACK/$n.pid")" 2>/dev/null; then echo "$n: running (pid $(cat "$STACK/$n.pid"))"; else echo "$n: stopped"; fi
     done ;;
   down)
-    stop worker; stop mlflow; stop prefect ;;
+    stop worker; stop mlflow; stop prefect; stop s3 ;;
   *)
-    sed -n '2,13p' "$0" ;;
+    sed -n '2,17p' "$0" ;;
 esac

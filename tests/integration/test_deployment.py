@@ -43,11 +43,11 @@ def test_deployment_runs_on_a_process_worker(prefect_server, tmp_path):
     run = _prefect(["deployment", "run", "prune/prune", "--param", "method=iterative"], project, env)
     flow_run_id = re.search(r"UUID:\s*([0-9a-f-]{36})", run).group(1)
 
-    worker_env = {k: v for k, v in env.items() if k != "ICE_PROJECT_DIR"}  # the deployment carries the path
+    # the deployment names no directory: the worker's ICE_PROJECT_DIR (its own clone) is where it runs
     worker, log = start_group(
         [sys.executable, "-m", "prefect", "worker", "start", "--pool", "ice-pool", "--type", "process"],
         tmp_path / "worker.log",
-        worker_env,
+        env,
         cwd=elsewhere,
     )
     try:
