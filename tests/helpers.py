@@ -188,3 +188,67 @@ class MlflowServer:
     def stop(self) -> None:
         stop_group(self.proc)
         self.log.close()
+
+
+class S3Server:
+    """A real S3 server on loopback: SeaweedFS through infra/s3.py, as `make up` starts it."""
+
+    def __init__(self, home: Path, bucket: str = "ice") -> None:
+        sys.path.insert(0, str(ROOT / "infra"))
+        import s3  # infra/s3.py
+
+        self.home, self.bucket = home, bucket
+        self.port = _free_base(s3.OFFSETS)
+        self.proc = s3.start(home / "data", self.port, bucket, env_file=home / "s3.env")
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        creds = s3.identity(home / "s3.env")
+        self.env = {
+            **creds,
+            "AWS_ENDPOINT_URL_S3": self.endpoint,
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "MLFLOW_S3_ENDPOINT_URL": self.endpoint,
+        }
+
+    def keys(self, prefix: str = "") -> list[str]:
+        import boto3
+
+        c = boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"],
+            region_name="us-east-1",
+        )
+        out: list[str] = []
+        for page in c.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+            out += [o["Key"] for o in page.get("Contents", [])]
+        return out
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()  # weed stops on SIGTERM to its PID
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _free_base(offsets: dict[str, int]) -> int:
+    """An S3 port whose whole family of weed ports is free on 127.0.0.1."""
+    import random
+
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20000, 40000)
+        ok = True
+        for off in offsets.values():
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", base + off))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return base
+    raise RuntimeError("no free port family for SeaweedFS")
