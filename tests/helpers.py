@@ -145,7 +145,7 @@ class PrefectServer:
 class MlflowServer:
     """A real `mlflow server` on loopback, as `make up` starts it, stopped by its own PID."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, artifacts: str | None = None, env: dict[str, str] | None = None) -> None:
         self.home = home
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -163,11 +163,11 @@ class MlflowServer:
                 "--backend-store-uri",
                 f"sqlite:///{home / 'mlflow.db'}",
                 "--artifacts-destination",
-                str(home / "mlartifacts"),
+                artifacts or str(home / "mlartifacts"),
                 "--workers",
                 "1",
             ],
-            env=sub_env(),
+            env=sub_env(**(env or {})),
             stdout=self.log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
