@@ -56,7 +56,9 @@ def weed_cmd(data: Path, port: int, config: Path | None = None) -> list[str]:
 def identity(env_file: Path) -> dict[str, str]:
     """The access key and secret in ``env_file``, made (random) and written on first use."""
     if env_file.exists():
-        pairs = (line.removeprefix("export ").split("=", 1) for line in env_file.read_text().splitlines() if "=" in line)
+        pairs = (
+            line.removeprefix("export ").split("=", 1) for line in env_file.read_text().splitlines() if "=" in line
+        )
         return {k: v for k, v in pairs}
     creds = {"AWS_ACCESS_KEY_ID": "ice" + secrets.token_hex(8), "AWS_SECRET_ACCESS_KEY": secrets.token_hex(20)}
     env_file.parent.mkdir(parents=True, exist_ok=True)
@@ -143,7 +145,9 @@ def main() -> None:
     try:
         if a.action == "up":
             proc = start(Path(a.dir), a.port, a.bucket, Path(a.env) if a.env else None)
-            print(f"s3 started (pid {proc.pid}, log {a.dir}/weed.log), bucket {a.bucket} ready in {time.monotonic() - t0:.1f}s")
+            print(
+                f"s3 started (pid {proc.pid}, log {a.dir}/weed.log), bucket {a.bucket} ready in {time.monotonic() - t0:.1f}s"
+            )
         else:
             ready(f"http://127.0.0.1:{a.port}", a.bucket, identity(Path(a.env)) if a.env else None)
     except Exception as err:

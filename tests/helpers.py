@@ -100,7 +100,9 @@ def stop_group(proc: subprocess.Popen) -> None:
 class PrefectServer:
     """A real Prefect server on loopback, stopped by its own PID."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, services: bool = False) -> None:
+        """``services``: run the server's services too (the task-run recorder among them:
+        without it the API shows no task runs, only flow runs)."""
         self.home = home
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/api"
@@ -117,7 +119,7 @@ class PrefectServer:
                 "127.0.0.1",
                 "--port",
                 str(self.port),
-                "--no-services",
+                *([] if services else ["--no-services"]),
             ],
             env=self.env,
             stdout=self.log,

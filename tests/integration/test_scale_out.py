@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ROOT, MlflowServer, start_group, stop_group, sub_env, write_params
+from helpers import ROOT, MlflowServer, PrefectServer, start_group, stop_group, sub_env, write_params
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -121,6 +121,14 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
+    """A Prefect server with its services: the task-run recorder is what shows "Cached" task runs."""
+    server = PrefectServer(tmp_path_factory.mktemp("prefect-services"), services=True)
+    yield server
+    server.stop()
+
+
 def test_workers_with_no_shared_disk_share_one_store(prefect_server, s3_server, tmp_path):
     mlhome = tmp_path / "mlflow"
     mlhome.mkdir()
@@ -164,15 +172,16 @@ def test_workers_with_no_shared_disk_share_one_store(prefect_server, s3_server, 
         wa = start_worker("worker-a", env_a)
         run_a = _trigger(a, env_a)
         assert _wait(prefect_server.url, run_a, tmp_path / "worker-a.log") == "COMPLETED", (
-            (tmp_path / "worker-a.log").read_text()[-4000:]
-        )
+            tmp_path / "worker-a.log"
+        ).read_text()[-4000:]
         report_a = json.loads((a / "reports" / "prune" / "ice.json").read_text())
         keys = s3_server.keys("scale/")
         assert f"scale/objects/{report_a['sha256']}.pt" in keys  # the final checkpoint is in the bucket
         assert any(k.startswith("scale/objects/") for k in keys) and any(k.startswith("scale/results/") for k in keys)
         assert s3_server.keys("mlartifacts/")  # MLflow's artifacts (registered models) too
         assert not (a / "mlartifacts").exists() and not (a / "mlflow.db").exists()
-        assert len(_compute(_task_runs(prefect_server.url, run_a))) > 10
+        tasks_a = _task_runs(prefect_server.url, run_a)
+        assert len(_compute(tasks_a)) > 10, sorted({(t["name"], tuple(t["tags"]), t["state_name"]) for t in tasks_a})
         stop_group(wa[0])
         wa[1].close()
         shutil.rmtree(a)  # worker A and its disk are gone
@@ -181,8 +190,8 @@ def test_workers_with_no_shared_disk_share_one_store(prefect_server, s3_server, 
         wb = start_worker("worker-b", env_b)
         run_b = _trigger(b, env_b)
         assert _wait(prefect_server.url, run_b, tmp_path / "worker-b.log") == "COMPLETED", (
-            (tmp_path / "worker-b.log").read_text()[-4000:]
-        )
+            tmp_path / "worker-b.log"
+        ).read_text()[-4000:]
         computed = _compute(_task_runs(prefect_server.url, run_b))
         assert computed and all(t["state_name"] == "Cached" for t in computed), sorted(
             {(t["name"], t["state_name"]) for t in computed if t["state_name"] != "Cached"}
@@ -197,7 +206,9 @@ def test_workers_with_no_shared_disk_share_one_store(prefect_server, s3_server, 
             "x = np.zeros((2, 1, 8, 8), dtype=np.float32); print(np.asarray(m.predict(x)).shape)" % NAME
         )
         env3 = sub_env(MLFLOW_TRACKING_URI=mlflow.url, PYTHONPATH=str(b))  # no S3 credentials: through the server
-        r = subprocess.run([sys.executable, "-c", probe], cwd=third, env=env3, capture_output=True, text=True, timeout=300)
+        r = subprocess.run(
+            [sys.executable, "-c", probe], cwd=third, env=env3, capture_output=True, text=True, timeout=300
+        )
         assert r.returncode == 0, r.stderr[-3000:]
         assert r.stdout.strip().splitlines()[-1] == "(2, 10)"
 
@@ -219,12 +230,14 @@ def test_workers_with_no_shared_disk_share_one_store(prefect_server, s3_server, 
         for pid in victims:
             os.kill(pid, signal.SIGKILL)
         assert _wait(prefect_server.url, run_k, tmp_path / "worker-b.log", timeout=120) == "CRASHED"
-        finished = {t["cache_key"] for t in _compute(_task_runs(prefect_server.url, run_k)) if t["state_type"] == "COMPLETED"}
+        finished = {
+            t["cache_key"] for t in _compute(_task_runs(prefect_server.url, run_k)) if t["state_type"] == "COMPLETED"
+        }
 
         run_r = _trigger(b, env_b, *params)
         assert _wait(prefect_server.url, run_r, tmp_path / "worker-b.log") == "COMPLETED", (
-            (tmp_path / "worker-b.log").read_text()[-4000:]
-        )
+            tmp_path / "worker-b.log"
+        ).read_text()[-4000:]
         retry = _compute(_task_runs(prefect_server.url, run_r))
         cached = {t["cache_key"] for t in retry if t["state_name"] == "Cached"}
         assert finished and finished <= cached, f"recomputed after the crash: {len(finished - cached)} steps"
