@@ -51,7 +51,7 @@ def prune_method(
     here = project_root(root if Path(root).is_dir() else None)  # this worker's own project
     paths = Paths(here)
     materialize(paths, inputs)
-    report = prune_flow(method, params_path, str(here), overrides)  # type: ignore[arg-type]
+    report = prune_flow(method, params_path, str(here), overrides)  # type: ignore[call-overload]
     pfile = Path(params_path) if Path(params_path).is_absolute() else here / params_path
     url = store_url(load_params(pfile, overrides))
     return {"report": report, "files": {paths.rel(p): share(paths, url, p) for p in _outputs(paths, method)}}

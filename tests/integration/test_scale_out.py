@@ -202,8 +202,8 @@ def test_workers_with_no_shared_disk_share_one_store(prefect_server, s3_server, 
 
         # ---- a third directory, knowing only the MLflow server, loads the registered model
         probe = (
-            "import numpy as np, mlflow; m = mlflow.pyfunc.load_model('models:/%s@ice'); "
-            "x = np.zeros((2, 1, 8, 8), dtype=np.float32); print(np.asarray(m.predict(x)).shape)" % NAME
+            f"import numpy as np, mlflow; m = mlflow.pyfunc.load_model('models:/{NAME}@ice'); "
+            "x = np.zeros((2, 1, 8, 8), dtype=np.float32); print(np.asarray(m.predict(x)).shape)"
         )
         env3 = sub_env(MLFLOW_TRACKING_URI=mlflow.url, PYTHONPATH=str(b))  # no S3 credentials: through the server
         r = subprocess.run(
