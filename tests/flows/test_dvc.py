@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -156,3 +157,46 @@ def test_an_ice_setting_reruns_ice_but_not_the_baseline(repo):
     out = _run(["dvc", "exp", "run", "-S", "ice.thre=2.0"], root, env)
     ran = set(_ran(out))
     assert "prune@iterative" not in ran and "prune@ice" not in ran, ran
+
+
+def test_a_fresh_clone_pulls_from_the_s3_remote_and_has_nothing_to_rerun(repo, s3_server, tmp_path):
+    """`make remote` (bash infra/stack.sh remote) on the stack's S3, `dvc push`; then a fresh
+    clone configures the same remote, `dvc pull`s, and finds `dvc status` clean and `dvc repro` a no-op."""
+    root, env, _ = repo
+    env = {**env, **s3_server.env}
+    stack_env = "".join(f"export {k}={v}\n" for k, v in s3_server.env.items())
+
+    def remote(where: Path) -> None:
+        (where / "infra").mkdir(exist_ok=True)
+        shutil.copy(ROOT / "infra" / "stack.sh", where / "infra" / "stack.sh")
+        (where / ".stack").mkdir(exist_ok=True)
+        (where / ".stack" / "env").write_text(stack_env)
+        _run(
+            ["bash", "infra/stack.sh", "remote"],
+            where,
+            {**env, "ICE_BUCKET": s3_server.bucket, "PYTHON": sys.executable},
+        )
+
+    _run(["dvc", "repro"], root, env)  # the workspace as the earlier tests left it, reproduced
+    remote(root)
+    config_local = (root / ".dvc" / "config.local").read_text()
+    assert s3_server.endpoint in config_local and "s3://ice/dvc" in config_local
+    assert s3_server.endpoint not in (root / ".dvc" / "config").read_text()  # nothing of it is committed
+    _run(["dvc", "push"], root, env)
+    assert any(k.startswith("dvc/") for k in s3_server.keys("dvc/"))
+    (root / ".gitignore").write_text((root / ".gitignore").read_text() + "/.stack/\n")
+    _run(["git", "add", "-A"], root, env)
+    _run(["git", "commit", "-qm", "pushed", "--allow-empty"], root, env)
+    tracked = _run(["git", "ls-files"], root, env)
+    assert "config.local" not in tracked and ".stack/" not in tracked
+
+    fresh = tmp_path / "fresh"
+    _run(["git", "clone", "-q", str(root), str(fresh)], tmp_path, env)
+    assert not (fresh / "models" / "pretrained.pt").exists()
+    remote(fresh)
+    _run(["dvc", "pull"], fresh, env)
+    assert (fresh / "models" / "pretrained.pt").exists() and (fresh / "data" / "prepared").exists()
+    status = _run(["dvc", "status"], fresh, env)
+    assert "Data and pipelines are up to date" in status, status
+    out = _run(["dvc", "repro"], fresh, env)
+    assert _ran(out) == [], out
