@@ -133,6 +133,44 @@ def start(data: Path, port: int, bucket: str, env_file: Path | None = None, time
     return proc
 
 
+def free_base(lo: int = 20000, hi: int = 40000) -> int:
+    """An S3 port whose whole family of weed ports is free on 127.0.0.1."""
+    import random
+    import socket
+
+    for _ in range(200):
+        base = random.randrange(lo, hi)
+        free = True
+        for off in OFFSETS.values():
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", base + off))
+                except OSError:
+                    free = False
+                    break
+        if free:
+            return base
+    raise RuntimeError("no free port family for SeaweedFS on 127.0.0.1")
+
+
+def count(endpoint: str, bucket: str, creds: dict[str, str], prefix: str = "") -> dict[str, int]:
+    """How many objects, and bytes, under ``prefix``."""
+    import boto3
+
+    c = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=creds["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=creds["AWS_SECRET_ACCESS_KEY"],
+        region_name="us-east-1",
+    )
+    n = size = 0
+    for page in c.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for o in page.get("Contents", []):
+            n, size = n + 1, size + int(o["Size"])
+    return {"count": n, "bytes": size}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(prog="infra/s3.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("action", choices=["up", "ready"])

@@ -200,7 +200,7 @@ class S3Server:
         import s3  # infra/s3.py
 
         self.home, self.bucket = home, bucket
-        self.port = _free_base(s3.OFFSETS)
+        self.port = s3.free_base()
         self.proc = s3.start(home / "data", self.port, bucket, env_file=home / "s3.env")
         self.endpoint = f"http://127.0.0.1:{self.port}"
         creds = s3.identity(home / "s3.env")
@@ -234,23 +234,3 @@ class S3Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-
-
-def _free_base(offsets: dict[str, int]) -> int:
-    """An S3 port whose whole family of weed ports is free on 127.0.0.1."""
-    import random
-
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(20000, 40000)
-        ok = True
-        for off in offsets.values():
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", base + off))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise RuntimeError("no free port family for SeaweedFS")
