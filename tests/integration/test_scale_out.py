@@ -216,7 +216,7 @@ def test_workers_with_no_shared_disk_share_one_store(prefect_server, s3_server, 
         params = ["--param", 'overrides={"prune.ratio": 0.3}']
         run_k = _trigger(b, env_b, *params)
         deadline, done = time.time() + 600, []
-        while time.time() < deadline and len(done) < 2:
+        while time.time() < deadline and not done:
             done = [
                 t
                 for t in _task_runs(prefect_server.url, run_k)
@@ -224,7 +224,7 @@ def test_workers_with_no_shared_disk_share_one_store(prefect_server, s3_server, 
             ]
             assert _state(prefect_server.url, run_k) not in ("COMPLETED", "FAILED", "CRASHED"), "ended before the kill"
             time.sleep(0.5)
-        assert len(done) >= 2, "no prune step finished in time"
+        assert done, "no prune step finished in time"
         victims = _descendants(wb[0].pid)  # the flow-run process and its Dask cluster; not the worker
         assert victims
         for pid in victims:
