@@ -24,10 +24,8 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
@@ -37,21 +35,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "infra"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from overhead import _server, _timed  # noqa: E402  (benchmarks/overhead.py: a Prefect server; a timed run)
+
 
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "AWS_", "ICE_"))}
     env.update(PYTHONPATH=str(REPO), ICE_QUIET="1", DO_NOT_TRACK="true", PREFECT_SERVER_ANALYTICS_ENABLED="false")
     env.update(extra)
     return env
-
-
-def _timed(cmd: list[str], env: dict[str, str], cwd: Path) -> tuple[float, str]:
-    t = time.perf_counter()
-    r = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True)
-    wall = time.perf_counter() - t
-    if r.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed:\n{r.stderr[-3000:]}")
-    return wall, r.stdout + r.stderr
 
 
 def _fresh_cache(root: Path) -> None:
@@ -86,7 +77,6 @@ def main() -> None:
     args = ap.parse_args()
 
     import s3  # infra/s3.py
-    from overhead import _server  # benchmarks/overhead.py: a Prefect server on loopback
 
     home = Path(tempfile.mkdtemp(prefix="ice-scale-servers-"))
     port = s3.free_base()

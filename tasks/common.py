@@ -40,7 +40,6 @@ __all__ = [
     "Paths",
     "project_root",
     "make_ref",
-    "is_ref",
     "store_of",
     "s3_store",
     "resolve",
@@ -129,10 +128,6 @@ class Paths:
 def make_ref(paths: Paths, path: Path, sha256: str | None = None) -> dict[str, str]:
     """A reference to a file under the project: its path relative to the root, plus sha256."""
     return {"uri": paths.rel(path), "sha256": sha256 or sha256_file(path)}
-
-
-def is_ref(value: Any) -> bool:
-    return isinstance(value, dict) and set(value) in ({"uri", "sha256"}, {"path", "sha256"})
 
 
 def s3_store(paths: Paths, where: str) -> Any:

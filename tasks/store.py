@@ -229,20 +229,6 @@ class S3Store:
             tmp.unlink(missing_ok=True)
         return dst
 
-    def get_bytes(self, ref: dict[str, str]) -> bytes:
-        return self.get(ref).read_bytes()
-
-    def list(self, *parts: str) -> list[str]:
-        """The URIs under ``<prefix>/<parts>``."""
-        out: list[str] = []
-        prefix = self.loc.key(*parts)
-        try:
-            for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=self.loc.bucket, Prefix=prefix):
-                out += [f"s3://{self.loc.bucket}/{o['Key']}" for o in page.get("Contents", [])]
-        except Exception as err:
-            raise _fail(self.loc.uri(*parts), "listing", err) from None
-        return out
-
 
 def _split(uri: str) -> tuple[str, str]:
     p = urlparse(uri)
