@@ -19,6 +19,8 @@ from prefect import flow
 
 from flows._runtime import Stage, cli, open_stage, publish_artifact
 from ice.checkpoint import atomic_write_bytes as _write
+from ice.methods import STEPWISE
+from ice.metrics import bootstrap_interval
 from tasks.common import progress, read_json, write_csv, write_json
 from tasks.steps import bind, evaluate_model
 
@@ -44,7 +46,7 @@ UNSTRUCTURED = "unstructured"
 
 def group_of(method: str, report: dict[str, Any]) -> str:
     """A method's budget group: filters removed for real (structured) or weights masked (unstructured)."""
-    if method in ("ice", "iterative"):
+    if method in STEPWISE:
         return STRUCTURED
     return STRUCTURED if (report.get("info") or {}).get("granularity") == "filter" else UNSTRUCTURED
 
@@ -96,6 +98,87 @@ def budget_check(rows: list[dict[str, Any]], structured: bool) -> str:
     return f"Equal budget: {'yes' if ok else 'NO, this ranking compares unequal sizes'}: {what}."
 
 
+def target_row(target: dict[str, Any], checks: list[dict[str, Any]]) -> dict[str, Any]:
+    """A method's cost to target, with the range its noise allows.
+
+    Each check's accuracy carries a 95% bootstrap interval over the images checked. The
+    cost could be as low as the first check whose interval reaches the goal, and as high
+    as the first check whose whole interval is above it (None: no check was clearly above,
+    so the cost could be anything past what was spent)."""
+    lo = hi = None
+    for r in checks:
+        a, b = bootstrap_interval(r["acc"], int(r["images"]))
+        if lo is None and b >= target["goal"]:
+            lo = r["cum_gmacs"]
+        if hi is None and a >= target["goal"]:
+            hi = r["cum_gmacs"]
+    return {
+        "target_reached": target["reached"],
+        "cost_to_target_gmacs": target["cost_gmacs"],
+        "cost_to_target_seconds": target["cost_seconds"],
+        "cost_to_target_range_gmacs": [lo, hi],
+        "recovery_epochs": target["recovery_epochs"],
+        "target_goal": target["goal"],
+        "target_val_acc": target["val_acc"],
+        "spent_gmacs": target["work_gmacs"],
+        "spent_seconds": target["seconds"],
+    }
+
+
+def ties(rows: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """For each method that reached the target, the others whose cost range overlaps its own."""
+    out: dict[str, list[str]] = {}
+    reached = [r for r in rows if r.get("target_reached")]
+    for r in reached:
+        lo, hi = r["cost_to_target_range_gmacs"]
+        out[r["method"]] = []
+        for o in reached:
+            if o is r:
+                continue
+            olo, ohi = o["cost_to_target_range_gmacs"]
+            if (
+                lo is not None
+                and olo is not None
+                and lo <= (ohi if ohi is not None else float("inf"))
+                and olo <= (hi if hi is not None else float("inf"))
+            ):
+                out[r["method"]].append(o["method"])
+    return out
+
+
+def target_table(rows: list[dict[str, Any]], tolerance: float) -> str:
+    """The step-wise methods ranked by cost to target: those that reached it first, cheapest
+    first; then those that did not, 'not reached (max budget)'."""
+    rows = [r for r in rows if "target_reached" in r]
+    tie = ties(rows)
+    head = (
+        "| rank | method | cost to target (GMACs) | noise range (GMACs) | cost to target (s) | fine-tunes "
+        "| recovery epochs | val at stop | test at stop (95% CI) | params | MACs | within noise of |"
+    )
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    ranked = sorted(
+        rows,
+        key=lambda r: (not r["target_reached"], r["cost_to_target_gmacs"] or 0.0, -r["target_val_acc"]),
+    )
+    for i, r in enumerate(ranked, 1):
+        lo, hi = r["cost_to_target_range_gmacs"]
+        if r["target_reached"]:
+            cost = f"{r['cost_to_target_gmacs']:,.0f}"
+            secs = f"{r['cost_to_target_seconds']:,.1f}"
+            rng = f"{_fmt(lo, ',.0f')} to {_fmt(hi, ',.0f', none='>' + format(r['spent_gmacs'], ',.0f'))}"
+        else:
+            cost = f"not reached (max budget: {r['spent_gmacs']:,.0f} spent)"
+            secs = f"({r['spent_seconds']:,.1f} spent)"
+            rng = "-"
+        ci = r["test_acc_ci95"]
+        lines.append(
+            f"| {i} | {r['method']} | {cost} | {rng} | {secs} | {r['finetunes']} | {r['recovery_epochs']:g} "
+            f"| {r['target_val_acc']:.2f} | {r['test_acc']:.2f} ({ci[0]:.2f}-{ci[1]:.2f}) | {r['params']:,} "
+            f"| {r['macs']:,} | {', '.join(tie.get(r['method'], [])) or '-'} |"
+        )
+    return "\n".join(lines)
+
+
 FINAL_METRICS = (
     "test_acc",
     "val_acc",
@@ -110,6 +193,9 @@ FINAL_METRICS = (
     "finetunes",
     "speedup_vs_iterative",
     "work_speedup_vs_iterative",
+    "cost_to_target_gmacs",
+    "cost_to_target_seconds",
+    "recovery_epochs",
 )
 
 
@@ -129,10 +215,19 @@ def _budget(st: Stage) -> str:
         else "off (hyperparameters from params)"
     )
     evals = f"{pr.eval_images} validation images" if pr.eval_images else "the whole validation split"
+    t = pr.target
+    recovery = (
+        f" Then every step-wise method (prune_once too) recovers: CE + KD at batch {pr.batch_size}, a fresh SGD each "
+        f"{t.check_every:g}-epoch chunk, lr a cosine with warm restarts peaking at {t.lr:g} (first cycle "
+        f"{t.cycle_epochs:g} epoch, each next x{t.cycle_mult:g}), the whole validation split checked after each "
+        f"chunk, until within {t.tolerance:g} point(s) of the unpruned model or {t.max_epochs:g} epochs."
+        if t.tolerance is not None
+        else ""
+    )
     return (
         f"ICE and iterative: each fine-tune {pr.finetune_epochs:g} epoch(s) of the training split at batch "
         f"{pr.batch_size}{', with KD (T=' + format(pr.kd_temperature, 'g') + ')' if pr.kd else ''}; per-step "
-        f"evaluations on {evals}; ICE's search {search}."
+        f"evaluations on {evals}; ICE's search {search}.{recovery}"
     )
 
 
@@ -257,7 +352,7 @@ def evaluate(
             report = read_json(st.paths.prune_report(method))
             m = ev(str(st.root), data_ref, ref, cfg)
             info = report.get("info") or {}
-            from_pretrained = method in ("ice", "iterative") or info.get("init") == "pretrained"
+            from_pretrained = method in STEPWISE or info.get("init") == "pretrained"
             row = {
                 "method": method,
                 **m,
@@ -269,7 +364,11 @@ def evaluate(
                 "work_gmacs": report.get("work_gmacs"),
                 "search_seconds": report.get("search_seconds", 0.0),
                 "finetunes": report["finetunes"],
+                "test_acc_ci95": list(bootstrap_interval(m["test_acc"], m["test_images"])),
+                "val_acc_ci95": list(bootstrap_interval(m["val_acc"], m["val_images"])),
             }
+            if report.get("target"):
+                row.update(target_row(report["target"], report.get("recovery") or []))
             if not from_pretrained:
                 row["training_seconds"], row["training_work_gmacs"] = row["total_seconds"], row["work_gmacs"]
             elif pre_cost is not None and row["work_gmacs"] is not None:
@@ -311,6 +410,21 @@ def evaluate(
         groups = {g: [r for r in rows if r["group"] == g] for g in (STRUCTURED, UNSTRUCTURED)}
         header = compare_header(st, groups, pre, pre_report, pre_cost)
         tables: list[str] = []
+        tol = st.params.prune.target.tolerance
+        if tol is not None and any("target_reached" in r for r in rows):
+            goal = next(r["target_goal"] for r in rows if "target_goal" in r)
+            tables += [
+                f"## Cost to target: within {tol:g} point(s) of the unpruned model on the whole validation split "
+                f"({goal:.2f}%), ranked by cost",
+                "",
+                "Cost to target: everything each recipe spent until its first check at or above the target "
+                "(search, freeze trial, steps, fine-tunes, evaluations, the recovery and its checks). The noise "
+                "range runs from the first check whose 95% interval reaches the target to the first whose whole "
+                "interval is above it; two methods whose ranges overlap are a tie.",
+                "",
+                target_table(rows, tol),
+                "",
+            ]
         for g, title in (
             (STRUCTURED, f"Structured: {st.params.prune.ratio:.0%} of each unit's filters removed"),
             (UNSTRUCTURED, f"Unstructured: {st.params.schedule.target:.0%} of the weights masked"),

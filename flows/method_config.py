@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ice.config import SEARCHED_ICE_KEYS, Params, ParamsError, load_params
+from ice.methods import STEPWISE
 
 TRAINING_KEYS = ("device", "channels_last")
 
@@ -41,7 +42,7 @@ def method_config(params: Params, method: str, autotune: dict[str, Any] | None) 
             "hp": tuned.get("hp"),
             "search": {k: tuned.get(k) for k in ("enabled", "search_seconds", "search_work")},
         }
-    elif method != "iterative":
+    elif method not in STEPWISE:
         out["schedule"] = dump["schedule"]
         if params.schedule.init == "scratch":  # a whole training run: the model and training settings too
             out["model"], out["train"] = dump["model"], dump["train"]

@@ -17,6 +17,7 @@ fine-tune time, ICE's freeze trial and, for ICE, the auto-tuner's search.
 
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 from typing import Any
@@ -25,14 +26,16 @@ from prefect import flow
 
 from flows._runtime import Stage, cli, open_stage, publish_artifact, update_progress
 from ice.config import SEARCHED_ICE_KEYS
-from ice.methods import Method
+from ice.methods import STEPWISE, Method
 from tasks.common import STEP_SINK, progress, publish, read_json, resolve, write_csv, write_json
 from tasks.steps import (
     bind,
+    check_target,
     decide_finetune,
     evaluate_checkpoint,
     finetune_checkpoint,
     prune_one_step,
+    recover_checkpoint,
     run_view,
     start_pruning,
     train_with_schedule,
@@ -70,16 +73,31 @@ class _TaskSteps:
     current model is a store reference that each task reads and the next one gets."""
 
     def __init__(
-        self, st: Stage, data_ref: dict[str, str], pre_ref: dict[str, str], state: dict[str, Any], cfg: dict[str, Any]
+        self,
+        st: Stage,
+        data_ref: dict[str, str],
+        pre_ref: dict[str, str],
+        state: dict[str, Any],
+        cfg: dict[str, Any],
+        recovery_cfg: dict[str, Any],
     ):
         self.root, self.data_ref, self.pre_ref, self.state, self.cfg = str(st.root), data_ref, pre_ref, state, cfg
+        self.recovery_cfg = recovery_cfg  # the steps' config plus prune.target: only the recovery reads it
         self.run = run_view(state)
         self.ref = pre_ref
         self.k, self.after = 0, "pruned"  # the step the current model is at, and what happened last
-        self._prune, self._eval, self._decide, self._finetune = (
+        self._prune, self._eval, self._decide, self._finetune, self._recover, self._check = (
             bind(t, st.root, st.store_url)
-            for t in (prune_one_step, evaluate_checkpoint, decide_finetune, finetune_checkpoint)
+            for t in (
+                prune_one_step,
+                evaluate_checkpoint,
+                decide_finetune,
+                finetune_checkpoint,
+                recover_checkpoint,
+                check_target,
+            )
         )
+        self.chunk = 0  # recovery chunks done
 
     def _label(self, what: str) -> str:  # e.g. "evaluate-4-layer1.3.conv1-pruned", as the UI lists it
         return f"{what}-{self.k + 1}-{self.run['plan'][self.k]['unit']}-{self.after}"
@@ -101,13 +119,28 @@ class _TaskSteps:
         self.ref, self.after = out["ref"], "finetuned"
         return out
 
+    def reference(self) -> dict[str, float]:
+        """The unpruned model on the target's split: what the target is measured from."""
+        return self._check.named("check-target-unpruned")(self.root, self.data_ref, self.pre_ref, self.recovery_cfg)
+
+    def recover(self, i: int) -> dict[str, Any]:
+        out = self._recover(self.root, self.data_ref, self.ref, self.pre_ref, self.run, i, self.recovery_cfg)
+        self.ref, self.chunk = out["ref"], i + 1
+        return out
+
+    def check(self) -> dict[str, float]:
+        return self._check.named(f"check-target-{self.chunk}")(self.root, self.data_ref, self.ref, self.recovery_cfg)
+
 
 def _stepwise(st: Stage, method: str, data_ref: dict[str, str], pre_ref: dict[str, str]) -> dict[str, Any]:
-    from ice.methods.core import add_search, run_cost, run_steps, step_line
+    from ice.methods.core import add_search, recovery_line, run_cost, run_steps, step_line, target_goal
+    from ice.methods.recovery import cost_to_target, run_recovery
 
     # the baseline reads no ICE key: leaving the section out of its tasks' config keeps its
-    # cache valid when only ICE's settings change
-    cfg = st.device_cfg("seed", "prune", *(["ice"] if method == "ice" else []))
+    # cache valid when only ICE's settings change; likewise only the recovery reads prune.target
+    recovery_cfg = st.device_cfg("seed", "prune", *(["ice"] if method == "ice" else []))
+    cfg = copy.deepcopy(recovery_cfg)
+    cfg["prune"].pop("target")
     hp = None
     search = {"seconds": 0.0, "work": 0.0}
     if method == "ice":
@@ -126,7 +159,8 @@ def _stepwise(st: Stage, method: str, data_ref: dict[str, str], pre_ref: dict[st
     if state["frozen"]:
         progress(f"[{method}] freeze trial: {len(state['frozen'])} convs frozen")
     ref_acc = f", reference accuracy {state['acc_original']:.2f}%" if state["acc_original"] is not None else ""
-    progress(f"[{method}] {n} steps at ratio {st.params.prune.ratio}{ref_acc}")
+    what = "1 step pruning every unit" if method == "prune_once" else f"{n} steps"
+    progress(f"[{method}] {what} at ratio {st.params.prune.ratio}{ref_acc}")
     bar = publish_artifact("progress", f"prune-{method.replace('_', '-')}-progress", 0.0, f"{method}: steps done")
     t0 = time.perf_counter()
 
@@ -138,9 +172,39 @@ def _stepwise(st: Stage, method: str, data_ref: dict[str, str], pre_ref: dict[st
         progress(step_line(method, k, n, rec) + f"  [{elapsed / 60:.1f} min{eta}]")
         update_progress(bar, 100.0 * (k + 1) / n)
 
-    ops = _TaskSteps(st, data_ref, pre_ref, state, cfg)
+    ops = _TaskSteps(st, data_ref, pre_ref, state, cfg, recovery_cfg)
     steps, _ = run_steps(ops, state, st.params, on_step=on_step)
     cost = add_search(run_cost(state, steps), search["seconds"], search["work"])
+    cumulative_cost(steps, cost["search_seconds"] + cost["setup_seconds"], cost["search_work"] + cost["setup_work"])
+    extra: dict[str, Any] = {}
+    if st.params.prune.target.tolerance is not None:
+        reference = ops.reference()
+        goal = target_goal(reference["acc"], st.params)
+        t = st.params.prune.target
+        progress(
+            f"[{method}] recovery: to {goal:.2f}% on {t.split} (unpruned {reference['acc']:.2f}%, tolerance "
+            f"{t.tolerance:g}), checks every {t.check_every:g} epoch, at most {t.max_epochs:g} epochs"
+        )
+
+        def on_check(rec: dict[str, Any]) -> None:
+            if st.tracker is not None and st.run_id is not None:
+                st.tracker.log_metrics(
+                    st.run_id,
+                    {"recovery_val_acc": rec["acc"], "recovery_epochs": rec["epochs"]},
+                    step=rec["check"],
+                )
+            progress(recovery_line(method, rec, goal) + f"  [{(time.perf_counter() - t0) / 60:.1f} min]")
+
+        checks = run_recovery(ops, goal, st.params, on_check=on_check)
+        target = cost_to_target(cost, reference, checks) | {"goal": goal, "acc_reference": reference["acc"]}
+        cost = {**cost, **{k: target[k] for k in ("seconds", "work_gmacs")}}
+        cost.update({k: target[k] for k in ("recovery_seconds", "recovery_work", "check_seconds", "check_work")})
+        extra = {"target": target, "recovery": checks}
+        progress(
+            f"[{method}] target {'reached' if target['reached'] else 'NOT reached (max budget)'} after "
+            f"{target['recovery_epochs']:g} recovery epochs: {target['work_gmacs']:,.0f} GMACs, "
+            f"{target['seconds']:,.0f} s"
+        )
     return {
         "ref": ops.ref,
         "steps": steps,
@@ -152,7 +216,17 @@ def _stepwise(st: Stage, method: str, data_ref: dict[str, str], pre_ref: dict[st
         "hp": state["hp"],
         "frozen": state["frozen"],
         "acc_original": state["acc_original"],
+        **extra,
     }
+
+
+def cumulative_cost(rows: list[dict[str, Any]], seconds: float, work: float) -> None:
+    """Each step's cumulative cost (``cum_seconds``, ``cum_gmacs``) from ``seconds`` and ``work`` on:
+    the accuracy-against-cost curve of the steps."""
+    for r in rows:
+        seconds += r["t_prune"] + r["t_eval"] + r["t_finetune"]
+        work += r["work_eval"] + r["work_finetune"]
+        r["cum_seconds"], r["cum_gmacs"] = seconds, work
 
 
 def _training(st: Stage, method: str, data_ref: dict[str, str], pre_ref: dict[str, str] | None) -> dict[str, Any]:
@@ -187,6 +261,16 @@ def _training(st: Stage, method: str, data_ref: dict[str, str], pre_ref: dict[st
         "finetunes": 0,
         "info": out["info"],
     }
+
+
+def target_metrics(target: dict[str, Any] | None) -> dict[str, float]:
+    """The cost to target as MLflow metrics (nothing when no target is set)."""
+    if not target:
+        return {}
+    out = {"target_reached": float(target["reached"]), "recovery_epochs_total": target["recovery_epochs"]}
+    if target["reached"]:
+        out |= {"cost_to_target_gmacs": target["cost_gmacs"], "cost_to_target_seconds": target["cost_seconds"]}
+    return out
 
 
 def _rounded(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -230,7 +314,7 @@ def prune(
         raise ValueError(f"method = {method!r} is not allowed; allowed: {', '.join(METHODS)}")
     with open_stage("prune", params_path, root, overrides, method=method) as st:
         data_ref = st.require(st.paths.prepared, "prepare")
-        if method in ("ice", "iterative"):
+        if method in STEPWISE:
             out = _stepwise(st, method, data_ref, st.require(st.paths.pretrained, "pretrain"))
         elif st.params.schedule.init == "scratch":  # a whole training run of its own: no pre-trained model
             out = _training(st, method, data_ref, None)
@@ -238,7 +322,10 @@ def prune(
             out = _training(st, method, data_ref, st.require(st.paths.pretrained, "pretrain"))
         final = resolve(st.paths, out["ref"])
         publish(final, st.paths.pruned(method), out["ref"]["sha256"])
-        write_csv(st.paths.steps_csv(method), [{"method": method, **r} for r in out["steps"]])
+        rows = [{"method": method, "phase": "step", **r} for r in out["steps"]]
+        last_k = rows[-1]["step"] if rows else 0
+        rows += [{"method": method, "phase": "recovery", "step": last_k, **r} for r in out.get("recovery", [])]
+        write_csv(st.paths.steps_csv(method), rows)
         report = {k: v for k, v in out.items() if k not in ("ref", "steps")} | {
             "method": method,
             "sha256": out["ref"]["sha256"],
@@ -254,7 +341,8 @@ def prune(
                 "work_gmacs": out.get("work_gmacs"),
                 "finetunes": out["finetunes"],
                 "search_seconds": out["search_seconds"],
-            },
+            }
+            | target_metrics(out.get("target")),
             step=last,
         )
         st.tracker.log_artifacts(st.run_id, [st.paths.steps_csv(method), st.paths.prune_report(method)])

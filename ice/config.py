@@ -21,6 +21,7 @@ __all__ = [
     "ModelConfig",
     "TrainConfig",
     "PruneConfig",
+    "TargetConfig",
     "IceConfig",
     "LrConfig",
     "AutotuneConfig",
@@ -88,11 +89,48 @@ class TrainConfig(_Section):
     channels_last: bool | Literal["auto"] = "auto"
 
 
+class TargetConfig(_Section):
+    """Cost to a target: after its last pruning step a step-wise method (ice, iterative,
+    prune_once) recovers in chunks of ``check_every`` epochs, checking the whole ``split``
+    after each, until it is within ``tolerance`` points of the unpruned model or has spent
+    ``max_epochs``. ``tolerance: null`` turns the recovery off (a fixed budget, as before).
+
+    The recovery's lr is the same for every method: SGD from a fresh optimizer each chunk,
+    the lr following a cosine with warm restarts (SGDR) peaking at ``lr``, the first cycle
+    ``cycle_epochs`` long and each next one ``cycle_mult`` times longer. A check that meets
+    the target mid-cycle ends the run there."""
+
+    tolerance: float | None = Field(None, gt=0)  # points below the unpruned model's accuracy on `split`
+    split: Literal["val"] = "val"  # the whole validation split; never test
+    max_epochs: float = Field(10.0, gt=0)  # the most a recovery may spend
+    check_every: float = Field(0.1, gt=0)  # epochs of training between checks
+    lr: float = Field(0.01, gt=0)  # the cosine's peak
+    cycle_epochs: float = Field(1.0, gt=0)  # the first cosine cycle
+    cycle_mult: float = Field(2.0, ge=1.0)  # each next cycle this many times longer
+
+    @model_validator(mode="after")
+    def _chunks(self) -> TargetConfig:
+        if self.check_every > self.max_epochs:
+            raise ValueError(
+                f"check_every: {self.check_every} is not allowed; it must be at most max_epochs ({self.max_epochs})"
+            )
+        return self
+
+
 class PruneConfig(_Section):
     """What is pruned and how a fine-tune looks; shared by ICE and the iterative baseline."""
 
     methods: list[
-        Literal["ice", "iterative", "one_shot", "iterative_schedule", "agp", "one_cycle", "prune_while_training"]
+        Literal[
+            "ice",
+            "iterative",
+            "prune_once",
+            "one_shot",
+            "iterative_schedule",
+            "agp",
+            "one_cycle",
+            "prune_while_training",
+        ]
     ] = [
         "ice",
         "iterative",
@@ -121,6 +159,8 @@ class PruneConfig(_Section):
     eval_images: int | None = Field(None, ge=1)
     # evaluate after each fine-tune (the per-step accuracy curve; every method pays for it)
     eval_after_finetune: bool = True
+    # run every step-wise method until it is good enough, and count what that cost
+    target: TargetConfig = Field(default_factory=TargetConfig)
 
 
 class LrConfig(_Section):
@@ -199,6 +239,8 @@ class IceConfig(_Section):
     # which convs may be frozen: the convs of the prunable units (a residual block's conv1
     # and conv2, as the reference code), or every conv (stem and shortcuts too)
     freeze_candidates: Literal["units", "all"] = "units"
+    # keep the frozen convs frozen during the recovery to the target (the list holds for the whole run)
+    recovery_frozen: bool = True
     lr: LrConfig = Field(default_factory=LrConfig)
     autotune: AutotuneConfig = Field(default_factory=AutotuneConfig)
 

@@ -18,6 +18,7 @@ __all__ = [
     "conv_param_fraction",
     "prunable_conv_params",
     "measure_latency",
+    "bootstrap_interval",
 ]
 
 
@@ -130,3 +131,20 @@ def measure_latency(
         "p90_ms": times[int(0.9 * (len(times) - 1))],
         "batch": float(input_shape[0]),
     }
+
+
+def bootstrap_interval(
+    acc: float, n: int, *, draws: int = 4000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
+    """The ``level`` bootstrap interval (percentile) of an accuracy in percent over ``n`` evaluated images.
+
+    Resampling ``n`` images with replacement from a set in which ``k`` are correct draws
+    Binomial(n, k/n) correct ones, so the bootstrap is drawn from that binomial directly:
+    the same distribution as resampling the per-image results, for a fraction of the work."""
+    if n <= 0:
+        return (acc, acc)
+    p = min(1.0, max(0.0, acc / 100.0))
+    g = torch.Generator().manual_seed(seed)
+    counts = torch.binomial(torch.full((draws,), float(n)), torch.full((draws,), p), generator=g)
+    q = torch.quantile(counts / n * 100.0, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=counts.dtype))
+    return (float(q[0]), float(q[1]))

@@ -51,6 +51,8 @@ __all__ = [
     "evaluate_checkpoint",
     "decide_finetune",
     "finetune_checkpoint",
+    "recover_checkpoint",
+    "check_target",
     "train_with_schedule",
     "autotune_setup",
     "autotune_trial",
@@ -441,6 +443,50 @@ def finetune_checkpoint(
     return {"ref": ref, **stats}
 
 
+def _chunk_run_name() -> str:
+    from prefect.runtime import task_run
+
+    return f"recover-chunk-{int(task_run.parameters['i']) + 1}"
+
+
+@task(name="recover-chunk", tags=["gpu"], task_run_name=_chunk_run_name)
+def recover_checkpoint(
+    root: str,
+    data_ref: dict[str, str],
+    model_ref: dict[str, str],
+    teacher_ref: dict[str, str],
+    run: dict[str, Any],
+    i: int,
+    cfg: dict[str, Any],
+) -> dict[str, Any]:
+    """Recovery chunk ``i`` toward the target (CE + KD, fresh SGD, the recovery's lr)."""
+    from ice.methods.core import recovery_freeze
+    from ice.methods.recovery import recover_chunk
+
+    paths = _paths(root)
+    params = _params(cfg)
+    device = _device(cfg)
+    model = load_model(paths, model_ref, device)
+    recovery_freeze(model, run, params)
+    teacher = _teacher(paths, teacher_ref, device) if params.prune.kd else None
+    stats = recover_chunk(model, teacher, load_data(paths, data_ref), i, params)
+    ref = save_model(
+        paths, model, f"{run['method']}-recover{i:03d}", {"method": run["method"], "recover": i}, store_of(data_ref)
+    )
+    return {"ref": ref, **stats}
+
+
+@task(name="check-target", tags=["gpu"])
+def check_target(
+    root: str, data_ref: dict[str, str], model_ref: dict[str, str], cfg: dict[str, Any]
+) -> dict[str, float]:
+    """Accuracy of a checkpoint on the target's split (the whole of it), with its seconds and work."""
+    from ice.methods.recovery import target_check
+
+    paths = _paths(root)
+    return target_check(load_model(paths, model_ref, _device(cfg)), load_data(paths, data_ref), _params(cfg))
+
+
 @task(name="train-with-pruning", tags=["gpu"])
 def train_with_schedule(
     root: str, data_ref: dict[str, str], model_ref: dict[str, str] | None, method: str, cfg: dict[str, Any]
@@ -576,4 +622,6 @@ def evaluate_model(
         "macs": count_macs(model, shape),
         "weight_sparsity": sparsity(model),  # zeros among conv and linear weights (masks)
         "latency_ms": lat["median_ms"],
+        "val_images": len(data.val),
+        "test_images": len(data.test),
     }

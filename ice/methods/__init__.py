@@ -1,6 +1,7 @@
 """Pruning methods behind one entry point, :func:`run_pruning`.
 
 - ``iterative``: the baseline; prune each unit in turn, always fine-tune at a fixed lr.
+- ``prune_once``: prune every unit in one step, then recover (Torch-Pruning's recipe).
 - ``ice``: ICE-Pruning; auto-tuned, fine-tunes only when accuracy drops, freezes the
   layers that barely move, and uses a pruning-aware lr.
 - ``one_shot``, ``iterative_schedule``, ``agp``, ``one_cycle``, ``prune_while_training``: pruning
@@ -18,12 +19,16 @@ from ice.data import Dataset
 from ice.methods.core import Callbacks, PruningResult, iterate
 from ice.methods.training import TRAINING_METHODS, train_with_pruning
 
-__all__ = ["METHODS", "Method", "Callbacks", "PruningResult", "run_pruning"]
+__all__ = ["METHODS", "STEPWISE", "Method", "Callbacks", "PruningResult", "run_pruning"]
 
 # a method's name, as a type (the Prefect run form shows it as a drop-down)
-Method = Literal["ice", "iterative", "one_shot", "iterative_schedule", "agp", "one_cycle", "prune_while_training"]
+Method = Literal[
+    "ice", "iterative", "prune_once", "one_shot", "iterative_schedule", "agp", "one_cycle", "prune_while_training"
+]
 METHODS: tuple[str, ...] = get_args(Method)
-assert METHODS[2:] == TRAINING_METHODS
+# the methods that prune the pre-trained model step by step (and can recover to a target)
+STEPWISE: tuple[str, ...] = ("ice", "iterative", "prune_once")
+assert METHODS == STEPWISE + TRAINING_METHODS
 
 
 def run_pruning(
@@ -45,8 +50,6 @@ def run_pruning(
     if model is None:
         raise ValueError(f"{method} prunes a pre-trained model; none was given")
     if method == "ice":
-        from ice.methods.core import add_search
-
         search: list[dict] = []
         search_cost = {"seconds": 0.0, "work": 0.0}
         hp = None
@@ -55,15 +58,8 @@ def run_pruning(
 
             hp, search, search_cost = autotune(model, dataset, params, cb)
             cb.log(f"[autotune] best: {hp} ({search_cost['seconds']:.1f}s, {search_cost['work']:.0f} GMACs)")
-        result = iterate(model, dataset, "ice", params, hp=hp, callbacks=cb)
+        result = iterate(model, dataset, "ice", params, hp=hp, callbacks=cb, search_cost=search_cost)
         result.search = search
-        cost = add_search(result.info["cost"], search_cost["seconds"], search_cost["work"])
-        result.seconds = cost["seconds"]
-        result.info.update(
-            cost=cost,
-            work_gmacs=cost["work_gmacs"],
-            search_seconds=search_cost["seconds"],
-            search_work=search_cost["work"],
-        )
+        result.info.update(search_seconds=search_cost["seconds"], search_work=search_cost["work"])
         return result
-    return iterate(model, dataset, "iterative", params, callbacks=cb)
+    return iterate(model, dataset, method, params, callbacks=cb)

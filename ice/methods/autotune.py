@@ -189,6 +189,7 @@ def run_trial(
         resume=resume,
         checkpoint=checkpoint,
         callbacks=callbacks,
+        recover=False,  # a trial is judged by the search's objective, on its subsets
     )
     cost = res.info["cost"]
     # the paper's objective times the steps only, as the reference code (no freeze trial)

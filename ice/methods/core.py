@@ -47,10 +47,11 @@ from ice.methods.ice import (
     select_frozen,
     should_finetune,
 )
+from ice.methods.recovery import cost_to_target, recover_chunk, run_recovery, target_check
 from ice.metrics import count_macs, count_params, prunable_conv_params
 from ice.pruning import prunable_units, prune_unit
 from ice.pruning.importance import DATA_CRITERIA
-from ice.train import evaluate, freeze, frozen_names
+from ice.train import evaluate, freeze, frozen_names, unfreeze
 
 __all__ = [
     "Callbacks",
@@ -76,6 +77,10 @@ __all__ = [
     "unit_by_name",
     "apply_frozen",
     "finetune_after",
+    "plan_steps",
+    "recovery_freeze",
+    "target_goal",
+    "recovery_line",
 ]
 
 G = 1e9
@@ -157,7 +162,7 @@ def evaluate_step(model: nn.Module, data: Dataset, params: Params) -> dict[str, 
 
 def needs_decision_eval(state: dict[str, Any]) -> bool:
     """Whether a freshly pruned model is evaluated: only ICE decides on it."""
-    return state["method"] != "iterative"
+    return bool(state["method"] == "ice")
 
 
 def start_run(
@@ -189,7 +194,7 @@ def start_run(
         "conv_params_original": prunable_conv_params(model),
         "params_original": count_params(model),
         "input_shape": list(data.input_shape()),
-        "plan": [{"step": k, "unit": u.name, "ratio": params.prune.ratio} for k, u in enumerate(units)],
+        "plan": plan_steps(method, [u.name for u in units], params.prune.ratio),
         "frozen": [],
         "hp": {},
         "seconds_setup": 0.0,
@@ -215,6 +220,14 @@ def start_run(
     return state
 
 
+def plan_steps(method: str, units: list[str], ratio: float) -> list[dict[str, Any]]:
+    """The steps of a run: one per unit, in forward order; ``prune_once`` has a single step
+    that prunes every unit, in the same order and at the same ratio (so the same architecture)."""
+    if method == "prune_once":
+        return [{"step": 0, "unit": "all", "units": list(units), "ratio": ratio}]
+    return [{"step": k, "unit": name, "ratio": ratio} for k, name in enumerate(units)]
+
+
 def apply_frozen(model: nn.Module, state: dict[str, Any], params: Params) -> None:
     """(Re)apply the run's freeze list; cheap, and safe after any structural change."""
     if state["frozen"]:
@@ -225,25 +238,26 @@ def prune_only(model: nn.Module, data: Dataset, state: dict[str, Any], k: int, p
     """Apply planned step ``k`` to ``model`` in place (no evaluation); return sizes, time and work."""
     plan = state["plan"][k]
     t0 = time.perf_counter()
-    unit = unit_by_name(model, plan["unit"])
-    batch = None
     work = 0.0
-    if params.prune.criterion in DATA_CRITERIA:
-        batch = probe_batch(data, device=next(model.parameters()).device)
-        work = (
-            len(batch[1]) * count_macs(model, data.input_shape()) * (3 if params.prune.criterion == "taylor" else 1) / G
+    info: dict[str, Any] = {}
+    # prune_once's one step walks every unit; the seed of unit j is the one the j-th step would use
+    for j, name in ((k + j, n) for j, n in enumerate(plan.get("units", [plan["unit"]]))):
+        batch = None
+        if params.prune.criterion in DATA_CRITERIA:
+            batch = probe_batch(data, device=next(model.parameters()).device)
+            passes = 3 if params.prune.criterion == "taylor" else 1
+            work += len(batch[1]) * count_macs(model, data.input_shape()) * passes / G
+        info = prune_unit(
+            model,
+            unit_by_name(model, name),
+            plan["ratio"],
+            params.prune.criterion,
+            data=batch,
+            seed=params.seed * 1000 + j,
+            input_shape=tuple(state["input_shape"]),
+            rounding=params.prune.rounding,
+            round_to=params.prune.round_to,
         )
-    info = prune_unit(
-        model,
-        unit,
-        plan["ratio"],
-        params.prune.criterion,
-        data=batch,
-        seed=params.seed * 1000 + k,
-        input_shape=tuple(state["input_shape"]),
-        rounding=params.prune.rounding,
-        round_to=params.prune.round_to,
-    )
     apply_frozen(model, state, params)
     return {
         "step": k,
@@ -265,16 +279,19 @@ def prune_and_lr(model: nn.Module, data: Dataset, state: dict[str, Any], k: int,
 
 
 def decide(state: dict[str, Any], acc_now: float | None, params: Params) -> bool:
-    """Whether the step calls for a fine-tune (always, for the baseline)."""
+    """Whether the step calls for a fine-tune: always for the baseline, never for prune_once
+    (its recovery does all the training), by ICE's rule for ICE."""
     if state["method"] == "iterative":
         return True
+    if state["method"] == "prune_once":
+        return False
     assert acc_now is not None, "ICE decides on the pruned model's accuracy"
     ref = state["acc_original"] if params.ice.reference == "original" else state["acc_previous"]
     return should_finetune(ref, acc_now, state["hp"]["thre"])
 
 
 def step_lr(model: nn.Module, state: dict[str, Any], params: Params) -> float:
-    if state["method"] == "iterative":
+    if state["method"] != "ice":
         return params.prune.finetune_lr
     hp = state["hp"]
     x = prunable_conv_params(model) / state["conv_params_original"]
@@ -351,6 +368,22 @@ def add_search(cost: dict[str, float], seconds: float, work: float) -> dict[str,
     return out
 
 
+def recovery_freeze(model: nn.Module, state: dict[str, Any], params: Params) -> None:
+    """The layers that train during the recovery: ICE keeps its freeze list when
+    ``ice.recovery_frozen`` (the list holds for the whole run); otherwise every layer trains."""
+    if state["frozen"] and state["method"] == "ice" and params.ice.recovery_frozen:
+        apply_frozen(model, state, params)
+    else:
+        unfreeze(model)
+
+
+def target_goal(acc_reference: float, params: Params) -> float:
+    """The accuracy a recovery must reach: the unpruned model's, less ``prune.target.tolerance``."""
+    tol = params.prune.target.tolerance
+    assert tol is not None, "no target is set"
+    return acc_reference - tol
+
+
 # ----------------------------------------------------------------------------- the loop
 class StepOps(Protocol):
     """The work one step needs, on whatever holds the model (memory, checkpoints, tasks)."""
@@ -391,6 +424,13 @@ class ModelSteps:
 
     def finetune(self, k: int, lr: float) -> dict[str, Any]:
         return finetune_after(self.model, self.teacher, self.data, k, lr, self.params)
+
+    def recover(self, i: int) -> dict[str, Any]:
+        recovery_freeze(self.model, self.state, self.params)
+        return recover_chunk(self.model, self.teacher, self.data, i, self.params)
+
+    def check(self) -> dict[str, float]:
+        return target_check(self.model, self.data, self.params)
 
 
 def run_steps(
@@ -446,6 +486,8 @@ def iterate(
     stop: Callable[[int, dict[str, float], dict[str, Any]], bool] | None = None,
     resume: dict[str, Any] | None = None,
     checkpoint: Callable[[nn.Module, dict[str, Any], list[dict[str, Any]]], None] | None = None,
+    search_cost: dict[str, float] | None = None,
+    recover: bool = True,
 ) -> PruningResult:
     """Run ICE or the iterative baseline in memory on a copy of ``model``.
 
@@ -457,8 +499,14 @@ def iterate(
     ``checkpoint(model, state, steps)`` is called after every step but the last, with
     plain-data state; passing those back as ``resume={"model", "state", "steps"}``
     continues the run where it stopped, with the same result.
+
+    ``search_cost`` (``seconds``, ``work``) is a search's cost, counted in the totals. With
+    ``prune.target.tolerance`` set (and ``recover``), the steps are followed by the
+    recovery to the target (:mod:`ice.methods.recovery`); ``result.info["target"]`` then
+    holds the cost to target and ``result.info["recovery"]`` one record per check.
     """
     cb = callbacks or Callbacks()
+    original = model
     teacher = copy.deepcopy(model).eval() if params.prune.kd else None
     shape = tuple(data.input_shape())
     if resume is not None:
@@ -499,6 +547,22 @@ def iterate(
         result.info["stopped_at"] = stopped
     result.finetunes = sum(1 for r in result.steps if r["finetuned"])
     cost = run_cost(state, result.steps)
+    if search_cost is not None:
+        cost = add_search(cost, search_cost["seconds"], search_cost["work"])
+    if recover and stopped is None and params.prune.target.tolerance is not None:
+        reference = target_check(original, data, params)
+        goal = target_goal(reference["acc"], params)
+        cb.log(f"[{method}] recovery to {goal:.2f}% on {params.prune.target.split} (unpruned {reference['acc']:.2f}%)")
+
+        def on_check(rec: dict[str, Any]) -> None:
+            cb.log(recovery_line(method, rec, goal))
+
+        checks = run_recovery(ops, goal, params, on_check=on_check)
+        target = cost_to_target(cost, reference, checks)
+        target.update(goal=goal, acc_reference=reference["acc"])
+        result.info.update(recovery=checks, target=target)
+        cost = {**cost, **{k: target[k] for k in ("seconds", "work_gmacs")}}
+        cost.update({k: target[k] for k in ("recovery_seconds", "recovery_work", "check_seconds", "check_work")})
     result.seconds = cost["seconds"]
     result.info.update(
         {
@@ -510,6 +574,12 @@ def iterate(
         }
     )
     return result
+
+
+def recovery_line(method: str, rec: dict[str, Any], goal: float) -> str:
+    """One progress line per recovery check."""
+    mark = "reached" if rec["reached"] else f"target {goal:.2f}"
+    return f"[{method}] recovery {rec['epochs']:g} epochs: val {rec['acc']:.2f}% ({mark})"
 
 
 def step_line(method: str, k: int, n: int, rec: dict[str, Any]) -> str:
