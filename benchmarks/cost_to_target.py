@@ -1,0 +1,262 @@
+"""Cost to reach the target: each recipe prunes the reference ResNet-56 to the same architecture,
+then recovers until it is within a point of the unpruned model on the whole validation split.
+
+    .venv/bin/python benchmarks/cost_to_target.py                  # every cell not yet in the results
+    .venv/bin/python benchmarks/cost_to_target.py --cells prune_once ice-0.2
+    .venv/bin/python benchmarks/cost_to_target.py --report         # table + plot from the results alone
+
+Each cell is one run of the real pipeline (``python -m flows.pipeline`` in a scratch project
+``bench/ctt-<cell>``, with ``prune.methods`` set to the cell's method). When a cell
+finishes, one object is appended to ``benchmarks/results/cost_to_target.json`` (with
+``--commit``, the file is committed at once), so the benchmark resumes after any stop: a
+cell already in the file is skipped, and a cell killed midway reuses its finished
+steps and recovery chunks from the scratch project's task cache.
+
+Run it from a ``git worktree`` outside the work tree, in the background:
+
+    git worktree add ../bench-wt HEAD
+    cd ../bench-wt && nohup nice .venv/bin/python benchmarks/cost_to_target.py \\
+        --results /path/to/main/benchmarks/results/cost_to_target.json --commit > ctt.log 2>&1 &
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "cost_to_target.json"
+PRESET = "params/cifar10-resnet56-cpu.yaml"
+
+# what every cell shares on top of the preset: the target (section 4 of the issue)
+COMMON: dict[str, Any] = {
+    "prune.ratio": 0.6,
+    "prune.target.tolerance": 1.0,
+    "prune.target.max_epochs": 10.0,
+    "prune.target.check_every": 0.25,
+}
+
+# name -> method, fine-tune epochs per step (None: the method has no per-step fine-tune), overrides
+CELLS: dict[str, tuple[str, float | None, dict[str, Any]]] = {
+    "prune_once": ("prune_once", None, {}),
+    "ice-prev-thre2-fr0-0.2": (
+        "ice",
+        0.2,
+        {"ice.reference": "previous", "ice.thre": 2.0, "ice.fr": 0.0},
+    ),
+    "iterative-0.2": ("iterative", 0.2, {}),
+    "ice-0.2": ("ice", 0.2, {}),
+    "iterative-0.1": ("iterative", 0.1, {}),
+    "ice-0.1": ("ice", 0.1, {}),
+}
+
+
+def _set(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    node = raw
+    *parents, last = dotted.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[last] = value
+
+
+def _absolute(raw: dict[str, Any], dotted: str) -> None:
+    section, key = dotted.split(".")
+    value = raw.get(section, {}).get(key)
+    if value and "://" not in str(value) and not Path(value).is_absolute():
+        raw[section][key] = str((ROOT / value).resolve())
+
+
+def load(path: Path) -> list[dict[str, Any]]:
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def save(path: Path, rows: list[dict[str, Any]], commit: bool, msg: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(rows, indent=1) + "\n")
+    tmp.replace(path)
+    if commit:  # only this file: whatever else is staged in that work tree stays as it is
+        repo = path.parent
+        for _ in range(10):
+            add = subprocess.run(["git", "-C", str(repo), "add", path.name], capture_output=True, text=True)
+            run = subprocess.run(
+                ["git", "-C", str(repo), "commit", "-q", "-m", msg, "--", path.name], capture_output=True, text=True
+            )
+            if add.returncode == 0 and run.returncode == 0:
+                print(f"[ctt] committed {path.name}: {msg}", flush=True)
+                return
+            time.sleep(3)  # another git command holds the index
+        print(f"[ctt] warning: could not commit {path}: {run.stderr.strip()}", flush=True)
+
+
+def run_cell(name: str, preset: str) -> dict[str, Any]:
+    method, eps, extra = CELLS[name]
+    raw = yaml.safe_load((ROOT / preset).read_text())
+    overrides = {**COMMON, "prune.methods": [method], **extra}
+    if eps is not None:
+        overrides["prune.finetune_epochs"] = eps
+    for k, v in overrides.items():
+        _set(raw, k, v)
+    for dotted in ("data.root", "data.cache_dir", "model.weights"):
+        _absolute(raw, dotted)
+    out = ROOT / "bench" / f"ctt-{name}"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    env = {**os.environ, "DO_NOT_TRACK": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    t0 = time.perf_counter()
+    print(f"[ctt] {name}: {method} with {overrides} in {out}", flush=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "flows.pipeline", "--params", "params.yaml", "--root", str(out)], cwd=ROOT, env=env
+    )
+    if r.returncode != 0:
+        raise SystemExit(f"[ctt] {name}: the pipeline failed ({r.returncode}); rerun to resume")
+    wall = time.perf_counter() - t0
+    m = json.loads((out / "reports" / "metrics.json").read_text())
+    row, pre = m["methods"][method], m["pretrained"]
+    rep = json.loads((out / "reports" / "prune" / f"{method}.json").read_text())
+    target = rep["target"]
+    return {
+        "cell": name,
+        "method": method,
+        "epochs_per_step": eps,
+        "config": {k: v for k, v in extra.items()},
+        "reached": target["reached"],
+        "cost_gmacs": target["cost_gmacs"],
+        "cost_seconds": target["cost_seconds"],
+        "spent_gmacs": target["work_gmacs"],
+        "spent_seconds": target["seconds"],
+        "cost_range_gmacs": row["cost_to_target_range_gmacs"],
+        "fine_tunes": rep["finetunes"],
+        "recovery_epochs": target["recovery_epochs"],
+        "goal": target["goal"],
+        "val_acc": row["val_acc"],
+        "val_acc_ci95": row["val_acc_ci95"],
+        "test_acc": row["test_acc"],
+        "test_acc_ci95": row["test_acc_ci95"],
+        "params": row["params"],
+        "macs": row["macs"],
+        "pretrained": {k: pre[k] for k in ("val_acc", "test_acc", "params", "macs")},
+        "cost_parts": rep["cost"],
+        "steps_curve": [[s["cum_gmacs"], s["cum_seconds"], s["acc_finetuned"]] for s in rep["steps"]],
+        "recovery_curve": [[c["cum_gmacs"], c["cum_seconds"], c["epochs"], c["acc"]] for c in rep["recovery"]],
+        "wall_seconds": wall,
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """The cells ranked by cost to target (those that did not reach it last), with ties by noise."""
+    ranked = sorted(rows, key=lambda r: (not r["reached"], r["cost_gmacs"] or 0.0))
+    head = (
+        "| rank | cell | method | epochs/step | reached | cost to target (GMACs) | noise range (GMACs) "
+        "| cost to target (s) | fine-tunes | recovery epochs | val at stop | test at stop (95% CI) | within noise of |"
+    )
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for i, r in enumerate(ranked, 1):
+        lo, hi = r["cost_range_gmacs"]
+        tie = [
+            o["cell"]
+            for o in rows
+            if o is not r and r["reached"] and o["reached"] and _overlap((lo, hi), tuple(o["cost_range_gmacs"]))
+        ]
+        cost = f"{r['cost_gmacs']:,.0f}" if r["reached"] else f"not reached (max budget; {r['spent_gmacs']:,.0f} spent)"
+        secs = f"{r['cost_seconds']:,.0f}" if r["reached"] else f"({r['spent_seconds']:,.0f} spent)"
+        rng = (
+            f"{lo:,.0f} to {hi:,.0f}" if lo is not None and hi is not None else (f"{lo:,.0f} to >spent" if lo else "-")
+        )
+        ci = r["test_acc_ci95"]
+        lines.append(
+            f"| {i} | {r['cell']} | {r['method']} | {r['epochs_per_step'] if r['epochs_per_step'] is not None else '-'} "
+            f"| {'yes' if r['reached'] else 'no'} | {cost} | {rng} | {secs} | {r['fine_tunes']} | {r['recovery_epochs']:g} "
+            f"| {r['val_acc']:.2f} | {r['test_acc']:.2f} ({ci[0]:.2f}-{ci[1]:.2f}) | {', '.join(tie) or '-'} |"
+        )
+    return "\n".join(lines)
+
+
+def _overlap(a: tuple[Any, Any], b: tuple[Any, Any]) -> bool:
+    if a[0] is None or b[0] is None:
+        return False
+    inf = float("inf")
+    return a[0] <= (b[1] if b[1] is not None else inf) and b[0] <= (a[1] if a[1] is not None else inf)
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """Left: cost to target per cell; right: each cell's validation accuracy against cumulative cost."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(13, 4.8), dpi=100)
+    ranked = sorted(rows, key=lambda r: (not r["reached"], r["cost_gmacs"] or r["spent_gmacs"]))
+    names = [r["cell"] for r in ranked]
+    vals = [(r["cost_gmacs"] if r["reached"] else r["spent_gmacs"]) / 1000 for r in ranked]
+    bars = a.barh(names, vals, color=["tab:blue" if r["reached"] else "lightgrey" for r in ranked])
+    for bar, r in zip(bars, ranked, strict=True):
+        lo, hi = r["cost_range_gmacs"]
+        if r["reached"] and lo is not None:
+            a.plot([lo / 1000, (hi or r["spent_gmacs"]) / 1000], [bar.get_y() + bar.get_height() / 2] * 2, "k-", lw=1)
+        if not r["reached"]:
+            a.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, " not reached", va="center", fontsize=8)
+    a.invert_yaxis()
+    a.set_xlabel("cost to target (thousand GMACs; line: noise range)")
+    a.set_title("Cost to reach the target (lower is better)")
+    a.grid(axis="x", alpha=0.3)
+    for r in ranked:
+        xs = [p[0] / 1000 for p in r["steps_curve"] if p[2] is not None]
+        ys = [p[2] for p in r["steps_curve"] if p[2] is not None]
+        xs += [p[0] / 1000 for p in r["recovery_curve"]]
+        ys += [p[3] for p in r["recovery_curve"]]
+        b.plot(xs, ys, marker=".", ms=3, lw=1, label=r["cell"])
+    if rows:
+        b.axhline(rows[0]["goal"], color="k", ls="--", lw=1, label="target")
+        b.axhline(rows[0]["pretrained"]["val_acc"], color="grey", ls=":", lw=1, label="unpruned")
+    b.set_ylim(bottom=max(0, min(rows[0]["goal"] - 15, 70)) if rows else 0)
+    b.set_xlabel("cumulative cost (thousand GMACs)")
+    b.set_ylabel("validation accuracy (%)")
+    b.set_title("Accuracy against cost (steps, then recovery)")
+    b.legend(fontsize=7)
+    b.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, metadata={"Software": None})
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cells", nargs="*", default=list(CELLS), choices=list(CELLS))
+    ap.add_argument("--preset", default=PRESET)
+    ap.add_argument("--results", type=Path, default=RESULTS)
+    ap.add_argument("--commit", action="store_true", help="git-commit the results file after each cell")
+    ap.add_argument("--report", action="store_true", help="only print the table and draw the plot")
+    args = ap.parse_args()
+    rows = load(args.results)
+    if not args.report:
+        for name in args.cells:
+            if any(r["cell"] == name for r in rows):
+                print(f"[ctt] {name}: already in {args.results.name}, skipped", flush=True)
+                continue
+            row = run_cell(name, args.preset)
+            rows = load(args.results)
+            rows.append(row)
+            save(args.results, rows, args.commit, f"cost_to_target: cell {name}")
+            print(f"[ctt] {name}: done in {row['wall_seconds'] / 60:.1f} min", flush=True)
+    print(table(rows))
+    if rows:
+        png = args.results.with_suffix(".png")
+        plot(rows, png)
+        print(f"plot: {png}")
+
+
+if __name__ == "__main__":
+    main()
