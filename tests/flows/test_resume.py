@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -122,3 +123,65 @@ def test_sigterm_stops_a_running_trial_after_its_step_and_the_rerun_resumes_it(p
     again = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"[autotune] trial 1: resuming after step {max(steps)}" in again.stderr
+
+
+def test_killed_recovery_resumes_from_cache_with_identical_checkpoint(prefect_server, tmp_path):
+    """prune_once, then a recovery toward a target it cannot reach in 1.2 epochs (6 chunks):
+    killed after its second check, the rerun reuses the finished chunks and ends with the same bytes."""
+    from ice.checkpoint import sha256_file
+
+    env = sub_env(
+        PREFECT_API_URL=prefect_server.url, PREFECT_HOME=str(prefect_server.home), PREFECT_LOGGING_LEVEL="INFO"
+    )
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    whole.mkdir()
+    write_params(
+        whole,
+        train={"epochs": 1},
+        prune={
+            "methods": ["prune_once"],
+            "max_units": STEPS,
+            # an lr too small to recover anything: the target stays out of reach
+            "target": {"tolerance": 0.01, "max_epochs": 1.2, "check_every": 0.2, "lr": 1e-6},
+        },
+        tracking={"register_models": False},
+    )
+    run_stages(whole, env, "prepare", "pretrain")
+    shutil.copytree(whole, killed)
+    cmd = [sys.executable, "-m", "flows.prune", "--method", "prune_once"]
+
+    done = subprocess.run(
+        [*cmd, "--root", str(whole)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "[prune_once] target NOT reached (max budget) after 1.2 recovery epochs" in done.stderr
+    reference = sha256_file(whole / "models" / "pruned" / "prune_once.pt")
+
+    proc = subprocess.Popen(
+        [*cmd, "--root", str(killed)],
+        env=env,
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if "[prune_once] recovery 0.4 epochs" in line:
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (killed / "models" / "pruned" / "prune_once.pt").exists()
+
+    again = subprocess.run(
+        [*cmd, "--root", str(killed)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    chunks = _states(again.stderr, "recover-chunk")
+    assert len(chunks) == 6 and chunks[:2] == ["Cached", "Cached"], chunks
+    assert sha256_file(killed / "models" / "pruned" / "prune_once.pt") == reference
+    report = json.loads((killed / "reports" / "prune" / "prune_once.json").read_text())
+    assert report["target"]["reached"] is False and report["target"]["recovery_epochs"] == pytest.approx(1.2)
+    assert [c["epochs"] for c in report["recovery"]] == pytest.approx([0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2])
