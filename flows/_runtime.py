@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import getpass
 import json
 import logging
@@ -26,10 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ice.checkpoint import CheckpointError, sha256_file
-from ice.config import Params, ParamsError, load_params
+from ice.config import Params, ParamsError, load_params, parse_yaml
 from tasks.common import (
     IntegrityError,
     Paths,
@@ -392,6 +391,45 @@ def _check_prefect_api(timeout: float = 5.0) -> None:
         ) from None
 
 
+def _die_with(parent: int) -> Callable[[], None]:
+    """A ``preexec_fn``: the child gets SIGKILL when ``parent`` dies, even by SIGKILL (Linux)."""
+
+    def arm() -> None:
+        import ctypes
+
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):  # not Linux: the atexit stop is all there is
+            return
+        if os.getppid() != parent:  # the parent died before the line above
+            os._exit(1)
+
+    return arm
+
+
+def _bind_ephemeral_server() -> None:
+    """Without ``PREFECT_API_URL`` Prefect starts a temporary server (uvicorn) as a child. A
+    SIGKILLed flow cannot stop it, and it would run on, re-parented to init. Start it here,
+    from the main thread (the death signal follows the thread that made the child), with a
+    death signal bound to this process, so it dies with the flow however the flow ends."""
+    if os.environ.get("PREFECT_API_URL"):
+        return
+    import subprocess
+
+    from prefect.server.api import server as srv
+
+    instance = srv.SubprocessASGIServer()
+    if instance.running:
+        return
+    real = subprocess.Popen
+    subprocess.Popen = functools.partial(real, preexec_fn=_die_with(os.getpid()))  # type: ignore[misc, assignment]
+    try:
+        instance.start()
+    finally:
+        subprocess.Popen = real  # type: ignore[misc]
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with a one-line error (no usage block): `error: argument --method: invalid choice ...`."""
 
@@ -474,7 +512,11 @@ def cli(
         key, sep, value = item.partition("=")
         if not sep:
             ap.error(f"--set {item!r}: expected KEY=VALUE")
-        overrides[key] = yaml.safe_load(value)
+        try:
+            overrides[key] = parse_yaml(value, f"--set {key}")
+        except ParamsError as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
     if args.quiet:
         os.environ["ICE_QUIET"] = "1"
     r = project_root(args.root)
@@ -503,6 +545,7 @@ def cli(
         _quiet_prefect()
         if not args.debug:
             _quiet_failures()
+        _bind_ephemeral_server()
         with temporary_settings(updates={PREFECT_TASKS_REFRESH_CACHE: True} if args.refresh_cache else None):
             run(args, overrides)
     except KeyboardInterrupt:

@@ -10,7 +10,7 @@ from typing import Any
 from prefect import flow
 
 from flows._runtime import cli, open_stage
-from tasks.common import progress, publish, resolve, write_json
+from tasks.common import Publication, json_bytes, progress, resolve
 from tasks.steps import bind, prepare_data
 
 
@@ -20,16 +20,15 @@ def prepare(
 ) -> dict[str, Any]:
     with open_stage("prepare", params_path, root, overrides, track=False) as st:
         out = bind(prepare_data, st.root, st.store_url)(str(st.root), st.cfg("data")["data"], st.store_url)
-        publish(resolve(st.paths, out["ref"]), st.paths.prepared, out["ref"]["sha256"])
-        # the record every later stage verifies the prepared data against
-        write_json(
-            st.paths.prepared_record,
-            {
-                "sha256": out["ref"]["sha256"],
-                "source": st.params.data.source,
-                **{k: out[k] for k in ("train", "val", "test", "classes", "shape")},
-            },
-        )
+        # the data and the record every later stage verifies it against change together, or not at all
+        record = {
+            "sha256": out["ref"]["sha256"],
+            "source": st.params.data.source,
+            **{k: out[k] for k in ("train", "val", "test", "classes", "shape")},
+        }
+        with Publication() as pub:
+            pub.add_file(resolve(st.paths, out["ref"]), st.paths.prepared, out["ref"]["sha256"])
+            pub.add_bytes(st.paths.prepared_record, json_bytes(record))
         progress(
             f"[prepare] {st.params.data.source}: train {out['train']}, val {out['val']}, test {out['test']}, "
             f"{out['classes']} classes, images {'x'.join(map(str, out['shape']))} -> {st.paths.rel(st.paths.prepared)}"

@@ -21,7 +21,7 @@ from typing import Any
 from prefect import flow
 
 from flows._runtime import Stage, cli, open_stage
-from tasks.common import progress, publish, resolve, write_json
+from tasks.common import Publication, json_bytes, progress, resolve
 from tasks.steps import bind, finish_pretrain, pretrain_epoch
 from tasks.tracking import registered_name
 
@@ -62,7 +62,6 @@ def pretrain(
             out = import_weights(st, data_ref)
         else:
             out = _train(st, data_ref)
-        publish(resolve(st.paths, out["ref"]), st.paths.pretrained, out["ref"]["sha256"])
         report = {
             "val_acc": out["val_acc"],
             "test_acc": out["test_acc"],
@@ -72,7 +71,9 @@ def pretrain(
             "sha256": out["ref"]["sha256"],
             "source": out["source"],
         }
-        write_json(st.paths.pretrain_report, report)
+        with Publication() as pub:  # the model and its record change together, or not at all
+            pub.add_file(resolve(st.paths, out["ref"]), st.paths.pretrained, out["ref"]["sha256"])
+            pub.add_bytes(st.paths.pretrain_report, json_bytes(report))
         assert st.tracker is not None and st.run_id is not None
         st.tracker.log_metrics(
             st.run_id,

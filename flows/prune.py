@@ -27,7 +27,7 @@ from prefect import flow
 from flows._runtime import Stage, cli, open_stage, publish_artifact, update_progress
 from ice.config import SEARCHED_ICE_KEYS
 from ice.methods import STEPWISE, Method
-from tasks.common import STEP_SINK, progress, publish, read_json, resolve, write_csv, write_json
+from tasks.common import STEP_SINK, Publication, csv_bytes, json_bytes, progress, read_json, resolve
 from tasks.steps import (
     bind,
     check_target,
@@ -321,17 +321,19 @@ def prune(
         else:
             out = _training(st, method, data_ref, st.require(st.paths.pretrained, "pretrain"))
         final = resolve(st.paths, out["ref"])
-        publish(final, st.paths.pruned(method), out["ref"]["sha256"])
         rows = [{"method": method, "phase": "step", **r} for r in out["steps"]]
         last_k = rows[-1]["step"] if rows else 0
         rows += [{"method": method, "phase": "recovery", "step": last_k, **r} for r in out.get("recovery", [])]
-        write_csv(st.paths.steps_csv(method), rows)
         report = {k: v for k, v in out.items() if k not in ("ref", "steps")} | {
             "method": method,
             "sha256": out["ref"]["sha256"],
             "mlflow_run_id": st.run_id,
         }
-        write_json(st.paths.prune_report(method), report)
+        # the model, its steps and its report are one output: all of them change, or none
+        with Publication() as pub:
+            pub.add_file(final, st.paths.pruned(method), out["ref"]["sha256"])
+            pub.add_bytes(st.paths.steps_csv(method), csv_bytes(rows))
+            pub.add_bytes(st.paths.prune_report(method), json_bytes(report))
         assert st.tracker is not None and st.run_id is not None
         last = max((int(r["step"]) for r in out["steps"]), default=0)  # the totals sit at the end of the curves
         st.tracker.log_metrics(

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ice.models import adopt_shapes, layer_widths, rebuild
+from ice.models import UnsafeSpecError, adopt_shapes, check_spec, layer_widths, rebuild
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "sha256_file", "atomic_write_bytes"]
 
@@ -109,9 +109,17 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any] | N
 
 
 def load_checkpoint(
-    path: str | Path, sha256: str | None = None, map_location: str | torch.device = "cpu"
+    path: str | Path,
+    sha256: str | None = None,
+    map_location: str | torch.device = "cpu",
+    trusted_arch: str | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model saved at ``path``; verify ``sha256`` when given."""
+    """Rebuild the model saved at ``path``; verify ``sha256`` when given.
+
+    The file is untrusted data: its architecture must be a registered one, a torchvision
+    classifier, or a user architecture that trusted configuration names (``trusted_arch``,
+    the params' ``model.arch``; see :func:`ice.models.check_spec`). Anything else is refused
+    as unsafe before any import or call."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -129,6 +137,14 @@ def load_checkpoint(
         raise CheckpointError(
             f"{path}: not an ice checkpoint (format {payload.get('format') if isinstance(payload, dict) else None!r})"
         )
+    try:  # before anything is imported or built: a checkpoint is data, and never chooses code to run
+        check_spec(payload.get("spec"), trusted_arch)
+    except UnsafeSpecError as err:
+        raise CheckpointError(f"{path}: unsafe checkpoint: {err}") from None
+    except ValueError as err:  # a trusted user arch that no longer imports
+        raise CheckpointError(f"{path}: {err}") from None
+    if not isinstance(payload.get("widths", {}), dict) or not isinstance(payload.get("state_dict"), dict):
+        raise CheckpointError(f"{path}: not an ice checkpoint (widths or state_dict missing)")
     model = rebuild(payload["spec"], payload["widths"])
     model.ice_spec = payload["spec"]  # type: ignore[assignment]
     adopt_shapes(model, payload["state_dict"])

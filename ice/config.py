@@ -8,6 +8,7 @@ a typo such as ``prune.ratoi`` never passes silently.
 
 from __future__ import annotations
 
+import reprlib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,6 +32,7 @@ __all__ = [
     "load_params",
     "apply_overrides",
     "parse_params",
+    "parse_yaml",
 ]
 
 
@@ -327,11 +329,53 @@ class Params(_Section):
     scale: ScaleConfig = Field(default_factory=ScaleConfig)
 
 
+MAX_PARAMS_BYTES = 1 << 20  # a params file is configuration: 1 MiB is far beyond any real one
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, built with bounded work and cut to about ``limit`` characters."""
+    r = reprlib.Repr()
+    r.maxstring, r.maxother, r.maxlist, r.maxdict, r.maxlevel = limit, limit, 8, 8, 3
+    text = r.repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class _ParamsLoader(yaml.SafeLoader):
+    """YAML's safe loader without aliases: ``*name`` repeats a node, and nested repeats grow
+    exponentially (a few hundred bytes can expand to gigabytes). Params never need them."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            mark = event.start_mark
+            raise ParamsError(
+                f"{self.name}: YAML alias *{str(event.anchor)[:40]} at line {mark.line + 1} is not allowed in params; "
+                "write the value out"
+            )
+        return super().compose_node(parent, index)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """Parse params YAML (a file, or a ``--set`` value) safely: no tags, no aliases, bounded size."""
+    if len(text) > MAX_PARAMS_BYTES:
+        raise ParamsError(f"{source}: {len(text):,} characters is too large for params (at most {MAX_PARAMS_BYTES:,})")
+    loader = _ParamsLoader(text)
+    loader.name = source
+    try:
+        return loader.get_single_data()
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ParamsError(f"{source}: is not valid YAML{where}") from None
+    finally:
+        loader.dispose()
+
+
 def _one_line(err: ValidationError, source: str) -> str:
     first = err.errors()[0]
     loc = ".".join(str(p) for p in first["loc"])
     kind = first["type"]
-    value = first.get("input")
+    value = _Shown(first.get("input"))
     msg = first["msg"]
     if kind == "extra_forbidden":
         return f"{source}: unknown key '{loc}'; check the spelling against the documented params"
@@ -345,6 +389,16 @@ def _one_line(err: ValidationError, source: str) -> str:
     return f"{source}: {loc} = {value!r} is not allowed: {msg}"
 
 
+class _Shown:
+    """A value as an error message shows it: its repr, at most about 80 characters."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return _short(self.value)
+
+
 def parse_params(raw: Any, source: str = "params") -> Params:
     """Validate an already-parsed mapping (for example from YAML) into :class:`Params`."""
     if raw is None:
@@ -355,9 +409,11 @@ def parse_params(raw: Any, source: str = "params") -> Params:
         params = Params.model_validate(raw)
     except ValidationError as err:
         raise ParamsError(_one_line(err, source)) from None
-    from ice.models import available_archs, is_known_arch
+    from ice.models import available_archs, is_known_arch, trust_arch
 
-    if not is_known_arch(params.model.arch):
+    if is_known_arch(params.model.arch):
+        trust_arch(params.model.arch)  # params are trusted configuration: checkpoints of this arch may load
+    else:
         why = ""
         if ":" in params.model.arch and not params.model.arch.startswith("tv:"):
             from ice.models import _import_arch
@@ -393,15 +449,17 @@ def load_params(path: str | Path, overrides: dict[str, Any] | None = None) -> Pa
     Raises :class:`ParamsError` on any problem."""
     p = Path(path)
     try:
-        text = p.read_text()
+        with open(p, "rb") as f:
+            data = f.read(MAX_PARAMS_BYTES + 1)  # never more than the limit into memory
     except OSError as err:
         raise ParamsError(f"{p}: cannot be read ({err.strerror or err})") from None
+    if len(data) > MAX_PARAMS_BYTES:
+        raise ParamsError(f"{p}: is larger than {MAX_PARAMS_BYTES:,} bytes; a params file is a page of settings")
     try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ParamsError(f"{p}: is not valid YAML{where}") from None
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ParamsError(f"{p}: is not UTF-8 text") from None
+    raw = parse_yaml(text, str(p))
     if raw is None or raw == {}:
         # an empty file is far more likely a mistake (a truncated copy, the wrong path) than a wish for defaults
         raise ParamsError(f"{p}: is empty; give at least one section (params.yaml lists every key)")

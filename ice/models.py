@@ -8,7 +8,11 @@ the recorded widths, so a checkpoint needs nothing but tensors.
 
 from __future__ import annotations
 
+import inspect
 import math
+import os
+import re
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -217,25 +221,130 @@ def is_known_arch(arch: str) -> bool:
     return False
 
 
-def _import_arch(arch: str) -> Any:
-    """The callable behind a user architecture ``"package.module:Name"``."""
+_IMPORT_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+
+
+def _import_arch(arch: str) -> type[nn.Module]:
+    """The ``nn.Module`` class behind a user architecture ``"package.module:Name"``.
+
+    Nothing is called here. The path must be well formed, must not point into the standard
+    library (which holds no network, and whose modules can act on import: ``this`` prints),
+    and must resolve to a subclass of ``torch.nn.Module``: a function (``logging:basicConfig``,
+    ``os:system``) is refused before anything could call it."""
     import importlib
 
+    if not _IMPORT_PATH.match(arch):
+        raise ValueError(f"model.arch {arch!r}: not an import path of the form package.module:Class")
     mod_name, _, attr = arch.partition(":")
+    top = mod_name.split(".")[0]
+    if top in sys.stdlib_module_names or top in sys.builtin_module_names:
+        raise ValueError(f"model.arch {arch!r}: {top} is a standard-library module, which holds no network")
     try:
-        obj = importlib.import_module(mod_name)
+        obj: Any = importlib.import_module(mod_name)
         for part in attr.split("."):
             obj = getattr(obj, part)
     except (ImportError, AttributeError) as err:
         raise ValueError(f"model.arch {arch!r}: cannot import it ({type(err).__name__}: {err})") from None
-    if not callable(obj):
-        raise ValueError(f"model.arch {arch!r}: {type(obj).__name__} is not a class or function")
+    if not (isinstance(obj, type) and issubclass(obj, nn.Module)):
+        what = obj.__name__ if isinstance(obj, type) else type(obj).__name__
+        raise ValueError(f"model.arch {arch!r}: {what} is not a torch.nn.Module subclass")
     return obj
 
 
-def _build_user(arch: str, num_classes: int, in_channels: int, **kwargs: Any) -> nn.Module:
-    import inspect
+# ----------------------------------------------------------------------------- trust
+# user architectures named by trusted configuration (params) in this process; a checkpoint
+# (untrusted data) may name one of these, a registered name or a torchvision classifier
+_TRUSTED: set[str] = set()
+TRUSTED_ENV = "ICE_TRUSTED_ARCHS"
 
+
+def trust_arch(arch: str) -> None:
+    """Let checkpoints name the user architecture ``arch`` (from the user's params) in this
+    process and in the processes it starts (through ``$ICE_TRUSTED_ARCHS``)."""
+    if arch in _BUILDERS or arch.startswith("tv:") or arch in trusted_archs():
+        return
+    _TRUSTED.add(arch)
+    os.environ[TRUSTED_ENV] = ",".join(sorted(trusted_archs()))
+
+
+def trusted_archs() -> set[str]:
+    """The user architectures checkpoints may name here: trusted by params, or by ``$ICE_TRUSTED_ARCHS``."""
+    env = {a.strip() for a in os.environ.get(TRUSTED_ENV, "").split(",") if a.strip()}
+    return _TRUSTED | env
+
+
+def _declared(cls: Any) -> tuple[set[str], bool]:
+    """The keyword arguments ``cls`` declares, and whether it takes any (``**kwargs``)."""
+    try:
+        ps = inspect.signature(cls).parameters.values()
+    except (TypeError, ValueError):
+        return set(), False
+    return {p.name for p in ps if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}, any(
+        p.kind is p.VAR_KEYWORD for p in ps
+    )
+
+
+def _registry_class(arch: str) -> type[nn.Module]:
+    if arch.startswith("cifar_resnet"):
+        return CifarResNet
+    if arch.startswith("vgg"):
+        return VGG
+    return MobileNetV2
+
+
+class UnsafeSpecError(ValueError):
+    """A checkpoint's architecture spec names code that its reader did not choose to run."""
+
+
+def check_spec(spec: Any, trusted_arch: str | None = None) -> None:
+    """Refuse a checkpoint spec that would make :func:`rebuild` run code its reader did not choose.
+
+    The arch must be a registered name, a torchvision classifier (``tv:<name>``), or a user
+    architecture that trusted configuration named (``trusted_arch``, :func:`trust_arch` or
+    ``$ICE_TRUSTED_ARCHS``). Its kwargs must be ones the builder's class declares, with plain
+    values. Nothing is imported or called before this passes."""
+    if not isinstance(spec, dict):
+        raise UnsafeSpecError(f"spec is {type(spec).__name__}, not a mapping")
+    arch = spec.get("arch")
+    if not isinstance(arch, str) or len(arch) > 200:
+        raise UnsafeSpecError(f"arch {str(arch)[:80]!r} is not an architecture name")
+    for key in ("num_classes", "in_channels"):
+        v = spec.get(key, 3)
+        if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 1_000_000:
+            raise UnsafeSpecError(f"{key} {str(v)[:80]!r} is not a positive integer of sane size")
+    kwargs = spec.get("kwargs", {})
+    if not isinstance(kwargs, dict) or any(not isinstance(k, str) for k in kwargs):
+        raise UnsafeSpecError("kwargs is not a mapping of names")
+    for k, v in kwargs.items():
+        if not isinstance(v, str | int | float | bool | type(None) | list | tuple):
+            raise UnsafeSpecError(f"kwargs.{k} is {type(v).__name__}, not a plain value")
+    if arch in _BUILDERS:
+        allowed, _ = _declared(_registry_class(arch))
+        allowed -= {"depth", "num_classes", "in_channels"}
+    elif arch.startswith("tv:"):
+        if arch[3:] not in _torchvision_classifiers():
+            raise UnsafeSpecError(f"arch {arch!r} is not a torchvision classifier")
+        # torchvision's builders pass kwargs to the model class; never let a file ask for weights (a download)
+        bad = {"weights", "weights_backbone", "progress"} & set(kwargs)
+        if bad:
+            raise UnsafeSpecError(f"kwargs.{sorted(bad)[0]} is not allowed in a checkpoint")
+        return
+    elif arch == trusted_arch or arch in trusted_archs():
+        cls = _import_arch(arch)
+        allowed, anything = _declared(cls)
+        if anything:
+            return
+    else:
+        raise UnsafeSpecError(
+            f"arch {arch[:80]!r} is neither a registered architecture nor the model.arch of your params "
+            "(a checkpoint never chooses code to run)"
+        )
+    extra = sorted(set(kwargs) - allowed)
+    if extra:
+        raise UnsafeSpecError(f"kwargs.{extra[0]} is not an argument of {arch!r}")
+
+
+def _build_user(arch: str, num_classes: int, in_channels: int, **kwargs: Any) -> nn.Module:
     builder = _import_arch(arch)
     try:
         accepted = dict(inspect.signature(builder).parameters)

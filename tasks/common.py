@@ -122,7 +122,15 @@ class Paths:
         return self.root / CACHE_DIR / "results"
 
     def rel(self, path: Path) -> str:
-        return path.resolve().relative_to(self.root).as_posix()
+        """``path`` as recorded: relative to the root when it lies in the project (through a
+        symlinked ``.ice-cache``, ``data/`` or store too), else absolute (a cache on another disk)."""
+        p = Path(os.path.abspath(path))  # normalised, symlinks kept: .ice-cache -> /big/disk stays .ice-cache/...
+        for candidate in (p, p.resolve()):
+            try:
+                return candidate.relative_to(self.root).as_posix()
+            except ValueError:
+                continue
+        return p.resolve().as_posix()
 
 
 def make_ref(paths: Paths, path: Path, sha256: str | None = None) -> dict[str, str]:
@@ -183,14 +191,14 @@ def ice_code_hash() -> str:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(path, json_bytes(obj))
 
 
 def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
-def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+def csv_bytes(rows: list[dict[str, Any]]) -> bytes:
     buf = io.StringIO()
     fields: list[str] = []
     for r in rows:
@@ -198,7 +206,91 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     w.writeheader()
     w.writerows(rows)
-    atomic_write_bytes(path, buf.getvalue().encode())
+    return buf.getvalue().encode()
+
+
+def json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    atomic_write_bytes(path, csv_bytes(rows))
+
+
+class Publication:
+    """A stage's outputs, published together: every file is first written in full to a
+    temporary file beside its destination (a full disk or a read-only directory fails
+    here, before any output has changed); only then are they renamed into place, and a
+    rename that fails puts back the ones already done. So either every output is new,
+    or none has changed."""
+
+    def __init__(self) -> None:
+        self.staged: list[tuple[Path, Path]] = []
+
+    def _temp(self, dst: Path) -> tuple[int, Path]:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+        self.staged.append((Path(name), dst))
+        return fd, Path(name)
+
+    def add_bytes(self, dst: Path, data: bytes) -> None:
+        fd, tmp = self._temp(dst)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+
+    def add_file(self, src: Path, dst: Path, sha256: str) -> None:
+        """A copy of ``src``, staged only if its bytes hash to ``sha256``."""
+        fd, tmp = self._temp(dst)
+        h = hashlib.sha256()
+        with os.fdopen(fd, "wb") as out, open(src, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+                out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        if h.hexdigest() != sha256:
+            raise IntegrityError(f"{src}: sha256 is {h.hexdigest()}, expected {sha256}; not published to {dst.name}")
+        os.chmod(tmp, 0o644)
+
+    def commit(self) -> None:
+        done: list[tuple[Path, Path | None]] = []  # (dst, backup of its old content)
+        try:
+            for tmp, dst in self.staged:
+                backup = None
+                if dst.exists():
+                    backup = dst.with_name(f".{dst.name}.{os.getpid()}.bak")
+                    os.link(dst, backup)
+                os.replace(tmp, dst)
+                done.append((dst, backup))
+        except BaseException:
+            for dst, backup in reversed(done):
+                if backup is not None:
+                    os.replace(backup, dst)
+                else:
+                    dst.unlink(missing_ok=True)
+            raise
+        finally:
+            self.abort()
+            for _, backup in done:
+                if backup is not None:
+                    backup.unlink(missing_ok=True)
+
+    def abort(self) -> None:
+        """Remove whatever was staged and not renamed."""
+        for tmp, _ in self.staged:
+            tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> Publication:
+        return self
+
+    def __exit__(self, kind: Any, *_: Any) -> None:
+        if kind is None:
+            self.commit()
+        else:
+            self.abort()
 
 
 class IntegrityError(RuntimeError):

@@ -172,7 +172,22 @@ class Tracker:
             if pid and not _alive(pid):
                 self.client.set_terminated(run.info.run_id, "KILLED")
                 stale.append(run.info.run_id)
+        if stale:
+            self._fail_pending_models(stale)
         return stale
+
+    def _fail_pending_models(self, run_ids: list[str]) -> None:
+        """A model that a killed run was logging stays PENDING for ever: finalise it as FAILED."""
+        ids = ", ".join(f"'{r}'" for r in run_ids)
+        try:
+            models = self.client.search_logged_models(
+                [self.experiment_id], filter_string=f"source_run_id IN ({ids})", max_results=100
+            )
+        except Exception:  # an older server without logged models: nothing to finalise
+            return
+        for m in models:
+            if str(getattr(m.status, "name", m.status)) == "PENDING":
+                self.client.finalize_logged_model(m.model_id, "FAILED")
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, Any], step: int | None = None) -> None:
         from mlflow.entities import Metric
