@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import functools
 import getpass
 import json
@@ -358,8 +359,13 @@ def _quiet_prefect() -> None:
         handler.setLevel(max(handler.level, logging.WARNING))
 
 
-def one_line(err: BaseException) -> str:
-    """An exception as one line: ours already are; others get their type and first line."""
+def one_line(err: BaseException, stage: str | None = None) -> str:
+    """An exception as one line: ours already are; others get their type and first line. A
+    full disk names the file, the bytes it needed where known, and the stage to rerun."""
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        where = err.filename or "a file"
+        rerun = f", then rerun the {stage} stage" if stage else ", then rerun"
+        return f"{where}: {err.strerror or 'no space left on the device'}; free space there{rerun}"
     known = (
         ParamsError,
         TrackingUnavailable,
@@ -467,6 +473,19 @@ def _preflight_inputs(name: str, paths: Paths, params: Params) -> None:
                 raise ParamsError(
                     f"{key} = {value} is not allowed: the prepared training split has {sizes['train']} images"
                 )
+    weights = params.model.weights
+    if name in ("pretrain", "pipeline") and weights and "://" not in weights:
+        # a checkpoint is untrusted data: refuse one that names code before any server starts
+        # (models:/ weights are checked the same way once downloaded)
+        from ice.checkpoint import check_checkpoint
+
+        local = Path(weights).expanduser()
+        local = local if local.is_absolute() else paths.root / local
+        if local.is_file():
+            try:
+                check_checkpoint(local, params.model.arch)
+            except CheckpointError as err:
+                raise WeightsError(f"model.weights: {err}") from None
     for stage in STAGE_INPUTS.get(name, []):
         if where[stage].exists():
             verify_input(paths, where[stage], stage)
@@ -530,7 +549,7 @@ def cli(
         _check_prefect_api()
         check_url(store_url(params))
         _preflight_inputs(name, Paths(r), params)
-    except (ParamsError, TrackingUnavailable, IntegrityError, StoreError) as err:
+    except (ParamsError, TrackingUnavailable, IntegrityError, StoreError, WeightsError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2 if isinstance(err, ParamsError) else 1)
     # SIGTERM (a worker stopping, `kill`) unwinds like Ctrl-C, so the MLflow run ends as KILLED;
@@ -554,7 +573,7 @@ def cli(
     except Exception as err:
         if args.debug:
             raise
-        print(f"error: {one_line(err)}", file=sys.stderr)
+        print(f"error: {one_line(err, name)}", file=sys.stderr)
         sys.exit(1)
     from flows.links import links
 

@@ -9,11 +9,14 @@ return the file's sha256, which loading can verify.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import io
 import os
 import tempfile
 from collections import OrderedDict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +25,15 @@ from torch import nn
 
 from ice.models import UnsafeSpecError, adopt_shapes, check_spec, layer_widths, rebuild
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "sha256_file", "atomic_write_bytes"]
+__all__ = [
+    "CheckpointError",
+    "save_checkpoint",
+    "load_checkpoint",
+    "sha256_file",
+    "atomic_write_bytes",
+    "disk_full_names",
+    "check_checkpoint",
+]
 
 FORMAT = "ice-checkpoint/1"
 
@@ -39,6 +50,19 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+@contextlib.contextmanager
+def disk_full_names(path: str | Path, size: int | None = None) -> Iterator[None]:
+    """A full disk while writing ``path`` raises an OSError (ENOSPC) that names the file and,
+    where known, the bytes it needed: a write to a temporary file descriptor says neither."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        need = f" ({size:,} bytes needed)" if size is not None else ""
+        raise OSError(errno.ENOSPC, f"no space left on the device{need}", str(path)) from None
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so readers see the old file or the whole new one."""
     path = Path(path)
@@ -48,7 +72,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     tmp = Path(name)
     try:
         os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide outputs from other users
-        with os.fdopen(fd, "wb") as f:
+        with disk_full_names(path, len(data)), os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -106,6 +130,28 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any] | N
     data = buf.getvalue()
     atomic_write_bytes(path, data)
     return hashlib.sha256(data).hexdigest()
+
+
+def check_checkpoint(path: str | Path, trusted_arch: str | None = None) -> dict[str, Any]:
+    """The spec of the checkpoint at ``path``, after the checks :func:`load_checkpoint` makes
+    before it builds anything (plain data, an ice checkpoint, a spec that names no code its
+    reader did not choose). Nothing is imported, built or called."""
+    path = Path(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot be read ({err.strerror or err})") from None
+    except Exception as err:
+        raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({type(err).__name__})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not an ice checkpoint")
+    try:
+        check_spec(payload.get("spec"), trusted_arch)
+    except UnsafeSpecError as err:
+        raise CheckpointError(f"{path}: unsafe checkpoint: {err}") from None
+    except ValueError as err:
+        raise CheckpointError(f"{path}: {err}") from None
+    return dict(payload["spec"])
 
 
 def load_checkpoint(

@@ -248,6 +248,9 @@ def _import_arch(arch: str) -> type[nn.Module]:
     if not (isinstance(obj, type) and issubclass(obj, nn.Module)):
         what = obj.__name__ if isinstance(obj, type) else type(obj).__name__
         raise ValueError(f"model.arch {arch!r}: {what} is not a torch.nn.Module subclass")
+    names, anything = _declared(obj)
+    if "num_classes" not in names and not anything:
+        raise ValueError(f"model.arch {arch!r}: {obj.__name__} takes no num_classes argument")
     return obj
 
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ice.checkpoint import atomic_write_bytes, sha256_file
+from ice.checkpoint import atomic_write_bytes, disk_full_names, sha256_file
 
 __all__ = [
     "Paths",
@@ -235,7 +235,7 @@ class Publication:
 
     def add_bytes(self, dst: Path, data: bytes) -> None:
         fd, tmp = self._temp(dst)
-        with os.fdopen(fd, "wb") as f:
+        with disk_full_names(dst, len(data)), os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -245,7 +245,7 @@ class Publication:
         """A copy of ``src``, staged only if its bytes hash to ``sha256``."""
         fd, tmp = self._temp(dst)
         h = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as f:
+        with disk_full_names(dst, src.stat().st_size), os.fdopen(fd, "wb") as out, open(src, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
                 out.write(chunk)
@@ -308,7 +308,7 @@ def publish(src: Path, dst: Path, sha256: str) -> None:
     tmp = Path(name)
     try:
         h = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as f:
+        with disk_full_names(dst, src.stat().st_size), os.fdopen(fd, "wb") as out, open(src, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
                 out.write(chunk)

@@ -125,7 +125,7 @@ def check_weights(path: Path, source: str, arch: str, num_classes: int, in_chann
     from ice.checkpoint import CheckpointError, load_checkpoint
 
     try:
-        model, meta = load_checkpoint(path)
+        model, meta = load_checkpoint(path, trusted_arch=arch)
     except CheckpointError as err:
         raise WeightsError(f"model.weights: {source}: {str(err).split(': ', 1)[-1]}") from None
     spec: dict[str, Any] = getattr(model, "ice_spec", {})
