@@ -15,6 +15,7 @@ import io
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -194,6 +195,77 @@ def stale_run_marked(o: Outcome) -> None:
     assert "RUNNING" not in statuses and "KILLED" in statuses, statuses
 
 
+# ----------------------------------------------------------------------------- hostile input
+def _marker(root: Path) -> Path:
+    """A file outside the project that hostile code would create: it must never exist."""
+    return root.parent / f"{root.name}-PWNED"
+
+
+def hostile_weights(root: Path) -> None:
+    """A plain-data checkpoint whose spec names ``logging:basicConfig`` with a file of our choosing."""
+    import torch
+
+    spec = {
+        "arch": "logging:basicConfig",
+        "num_classes": 10,
+        "in_channels": 1,
+        "kwargs": {"filename": str(_marker(root)), "format": "pwned %(message)s"},
+    }
+    payload = {"format": "ice-checkpoint/1", "spec": spec, "widths": {}, "state_dict": {}, "meta": {}, "versions": {}}
+    torch.save(payload, root / "hostile.pt")
+    write_params(root, **BASE, model={"arch": "cifar_resnet20", "weights": "hostile.pt"})
+
+
+def function_arch(root: Path) -> None:
+    """A user module whose arch is a function: importing it is the user's choice, calling it is not ours."""
+    (root / "evil_arch.py").write_text(
+        f"from pathlib import Path\n\ndef make(num_classes=10, **kw):\n    Path({str(_marker(root))!r}).write_text('called')\n"
+    )
+    write_params(root, **BASE, model={"arch": "evil_arch:make"})
+
+
+def nothing_ran(o: Outcome) -> None:
+    assert not _marker(o.root).exists(), f"{_marker(o.root)} exists: hostile code ran"
+
+
+def alias_bomb(root: Path) -> None:
+    lines = ["seed: 0", "a0: &a0 [1,1,1,1,1,1,1,1,1,1]"]
+    lines += [f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 10)]
+    (root / "params.yaml").write_text("\n".join(lines) + "\nprune:\n  ratio: *a9\n")
+
+
+def huge_params(root: Path) -> None:
+    with open(root / "params.yaml", "a") as f:
+        f.write("# " + "x" * 50_000_000 + "\n")
+
+
+def symlinked_cache(root: Path) -> None:
+    """.ice-cache on 'another disk': a directory outside the project, linked in."""
+    elsewhere = root.parent / f"{root.name}-bigdisk"
+    shutil.move(str(root / ".ice-cache"), str(elsewhere))
+    (root / ".ice-cache").symlink_to(elsewhere)
+
+
+def published_and_loads(o: Outcome) -> None:
+    from ice.checkpoint import load_checkpoint
+
+    report = json.loads((o.root / "reports" / "prune" / "iterative.json").read_text())
+    assert _sha(o.root / "models" / "pruned" / "iterative.pt") == report["sha256"]
+    load_checkpoint(o.root / "models" / "pruned" / "iterative.pt", sha256=report["sha256"])
+    assert (o.root / ".ice-cache").is_symlink()
+    assert not list(o.root.glob(".ice-cache/**/*.pending")), "a stray temporary file was left"
+
+
+def _arch_case(arch: str, why: str) -> Case:
+    return Case(
+        f"hostile model.arch {arch}",
+        "pretrain",
+        ["--set", f"model.arch={arch}"],
+        expect_code=2,
+        expect=rf"model\.arch = '{re.escape(arch)}' is not allowed \(.*{why}",
+    )
+
+
 CASES: list[Case] = [
     Case(
         "corrupt pretrained checkpoint",
@@ -330,6 +402,52 @@ CASES: list[Case] = [
         ["--method", "iterative", "--root", "/nonexistent/ice-root", "--params", "PARAMS_ABS"],
         expect_code=2,
         expect=r"project root /nonexistent/ice-root is not a directory",
+    ),
+    Case(
+        "hostile checkpoint as model.weights",
+        "pretrain",
+        [],
+        hostile_weights,
+        expect=r"model\.weights: .*hostile\.pt: unsafe checkpoint: arch 'logging:basicConfig' is neither",
+        check=nothing_ran,
+    ),
+    Case(
+        "model.arch naming a function",
+        "pretrain",
+        [],
+        function_arch,
+        expect_code=2,
+        expect=r"evil_arch:make.*make \(a function\) is not a torch\.nn\.Module subclass",
+        check=nothing_ran,
+    ),
+    _arch_case("logging:basicConfig", "standard-library"),
+    _arch_case("this:s", "standard-library"),
+    _arch_case("os:getcwd", "standard-library"),
+    _arch_case("subprocess:Popen", "standard-library"),
+    _arch_case("builtins:eval", "standard-library"),
+    Case(
+        "YAML alias bomb under prune.ratio",
+        "prune",
+        ["--method", "iterative"],
+        alias_bomb,
+        expect_code=2,
+        expect=r"params\.yaml: YAML alias \*a0 at line 3 is not allowed",
+    ),
+    Case(
+        "50 MB params file",
+        "prune",
+        ["--method", "iterative"],
+        huge_params,
+        expect_code=2,
+        expect=r"params\.yaml: is larger than 1,048,576 bytes",
+    ),
+    Case(
+        ".ice-cache symlinked to another disk",
+        "prune",
+        ["--method", "iterative", "--refresh-cache"],
+        symlinked_cache,
+        expect_code=0,
+        check=published_and_loads,
     ),
     Case(
         "stale RUNNING run from a SIGKILLed flow",
