@@ -122,6 +122,8 @@ def target_row(target: dict[str, Any], checks: list[dict[str, Any]]) -> dict[str
         "target_val_acc": target["val_acc"],
         "spent_gmacs": target["work_gmacs"],
         "spent_seconds": target["seconds"],
+        # the recovery's accuracy against cumulative cost: [GMACs, seconds, epochs, val acc] per check
+        "recovery_curve": [[r["cum_gmacs"], r["cum_seconds"], r["epochs"], r["acc"]] for r in checks],
     }
 
 
