@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP_QUIET ?= -q
 
-.PHONY: help setup test test-fast lint run pipeline compare bench bench-ice overhead gc clean up down remote pool deploy worker trigger status mlflow-ui
+.PHONY: help setup test test-fast lint run pipeline compare cost-to-target bench bench-ice overhead gc clean up down remote pool deploy worker trigger status mlflow-ui
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -22,6 +22,9 @@ lint:  ## ruff (lint and format) and mypy
 	$(VENV)/bin/ruff check ice tasks flows tests benchmarks scripts
 	$(VENV)/bin/ruff format --check ice tasks flows tests benchmarks scripts
 	$(VENV)/bin/mypy
+
+cost-to-target:  ## cost to reach the target on CIFAR-10 (hours of CPU; resumable; see benchmarks/README.md)
+	$(PY) benchmarks/cost_to_target.py
 
 bench:  ## data-path throughput benchmark
 	$(PY) benchmarks/throughput.py
