@@ -169,9 +169,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         ]
         cost = f"{r['cost_gmacs']:,.0f}" if r["reached"] else f"not reached (max budget; {r['spent_gmacs']:,.0f} spent)"
         secs = f"{r['cost_seconds']:,.0f}" if r["reached"] else f"({r['spent_seconds']:,.0f} spent)"
-        rng = (
-            f"{lo:,.0f} to {hi:,.0f}" if lo is not None and hi is not None else (f"{lo:,.0f} to >spent" if lo else "-")
-        )
+        rng = f"{lo:,.0f} to {hi:,.0f}" if lo is not None and hi is not None else "-"
         ci = r["test_acc_ci95"]
         lines.append(
             f"| {i} | {r['cell']} | {r['method']} | {r['epochs_per_step'] if r['epochs_per_step'] is not None else '-'} "
@@ -182,10 +180,10 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def _overlap(a: tuple[Any, Any], b: tuple[Any, Any]) -> bool:
-    if a[0] is None or b[0] is None:
+    """Noise ranges [earliest plausible, measured] that overlap: a tie."""
+    if None in (*a, *b):
         return False
-    inf = float("inf")
-    return a[0] <= (b[1] if b[1] is not None else inf) and b[0] <= (a[1] if a[1] is not None else inf)
+    return bool(a[0] <= b[1] and b[0] <= a[1])
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
@@ -203,7 +201,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     for bar, r in zip(bars, ranked, strict=True):
         lo, hi = r["cost_range_gmacs"]
         if r["reached"] and lo is not None:
-            a.plot([lo / 1000, (hi or r["spent_gmacs"]) / 1000], [bar.get_y() + bar.get_height() / 2] * 2, "k-", lw=1)
+            a.plot([lo / 1000, hi / 1000], [bar.get_y() + bar.get_height() / 2] * 2, "k-", lw=1)
         if not r["reached"]:
             a.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, " not reached", va="center", fontsize=8)
     a.invert_yaxis()

@@ -99,19 +99,17 @@ def budget_check(rows: list[dict[str, Any]], structured: bool) -> str:
 
 
 def target_row(target: dict[str, Any], checks: list[dict[str, Any]]) -> dict[str, Any]:
-    """A method's cost to target, with the range its noise allows.
+    """A method's cost to target, with the range its check noise allows.
 
     Each check's accuracy carries a 95% bootstrap interval over the images checked. The
-    cost could be as low as the first check whose interval reaches the goal, and as high
-    as the first check whose whole interval is above it (None: no check was clearly above,
-    so the cost could be anything past what was spent)."""
-    lo = hi = None
+    range runs from the first check whose interval reaches the goal (the earliest the
+    method may truly have been there) to the check that met it (its cost to target);
+    None when it never met it."""
+    lo = None
     for r in checks:
-        a, b = bootstrap_interval(r["acc"], int(r["images"]))
-        if lo is None and b >= target["goal"]:
+        if lo is None and bootstrap_interval(r["acc"], int(r["images"]))[1] >= target["goal"]:
             lo = r["cum_gmacs"]
-        if hi is None and a >= target["goal"]:
-            hi = r["cum_gmacs"]
+    hi = target["cost_gmacs"]
     return {
         "target_reached": target["reached"],
         "cost_to_target_gmacs": target["cost_gmacs"],
@@ -128,23 +126,17 @@ def target_row(target: dict[str, Any], checks: list[dict[str, Any]]) -> dict[str
 
 
 def ties(rows: list[dict[str, Any]]) -> dict[str, list[str]]:
-    """For each method that reached the target, the others whose cost range overlaps its own."""
+    """For each method that reached the target, the others whose noise range overlaps its own:
+    the dearer one may truly have been there as early as the cheaper one was measured to be."""
     out: dict[str, list[str]] = {}
     reached = [r for r in rows if r.get("target_reached")]
     for r in reached:
         lo, hi = r["cost_to_target_range_gmacs"]
-        out[r["method"]] = []
-        for o in reached:
-            if o is r:
-                continue
-            olo, ohi = o["cost_to_target_range_gmacs"]
-            if (
-                lo is not None
-                and olo is not None
-                and lo <= (ohi if ohi is not None else float("inf"))
-                and olo <= (hi if hi is not None else float("inf"))
-            ):
-                out[r["method"]].append(o["method"])
+        out[r["method"]] = [
+            o["method"]
+            for o in reached
+            if o is not r and lo <= o["cost_to_target_range_gmacs"][1] and o["cost_to_target_range_gmacs"][0] <= hi
+        ]
     return out
 
 
@@ -167,7 +159,7 @@ def target_table(rows: list[dict[str, Any]], tolerance: float) -> str:
         if r["target_reached"]:
             cost = f"{r['cost_to_target_gmacs']:,.0f}"
             secs = f"{r['cost_to_target_seconds']:,.1f}"
-            rng = f"{_fmt(lo, ',.0f')} to {_fmt(hi, ',.0f', none='>' + format(r['spent_gmacs'], ',.0f'))}"
+            rng = f"{lo:,.0f} to {hi:,.0f}"
         else:
             cost = f"not reached (max budget: {r['spent_gmacs']:,.0f} spent)"
             secs = f"({r['spent_seconds']:,.1f} spent)"
@@ -420,9 +412,10 @@ def evaluate(
                 f"({goal:.2f}%), ranked by cost",
                 "",
                 "Cost to target: everything each recipe spent until its first check at or above the target "
-                "(search, freeze trial, steps, fine-tunes, evaluations, the recovery and its checks). The noise "
-                "range runs from the first check whose 95% interval reaches the target to the first whose whole "
-                "interval is above it; two methods whose ranges overlap are a tie.",
+                "(search, freeze trial, steps, fine-tunes, evaluations, the recovery and its checks). Each check's "
+                "accuracy has a 95% bootstrap interval over the images checked; the noise range runs from the first "
+                "check whose interval reaches the target (the earliest the recipe may truly have been there) to the "
+                "check that met it. Two recipes whose ranges overlap are a tie.",
                 "",
                 target_table(rows, tol),
                 "",
