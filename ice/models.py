@@ -247,7 +247,13 @@ def _import_arch(arch: str) -> type[nn.Module]:
         raise ValueError(f"model.arch {arch!r}: cannot import it ({type(err).__name__}: {err})") from None
     if not (isinstance(obj, type) and issubclass(obj, nn.Module)):
         name = getattr(obj, "__name__", None)
-        what = obj.__name__ if isinstance(obj, type) else f"{name} (a {type(obj).__name__})" if name else type(obj).__name__
+        what = (
+            obj.__name__
+            if isinstance(obj, type)
+            else f"{name} (a {type(obj).__name__})"
+            if name
+            else type(obj).__name__
+        )
         raise ValueError(f"model.arch {arch!r}: {what} is not a torch.nn.Module subclass")
     names, anything = _declared(obj)
     if "num_classes" not in names and not anything:

@@ -416,6 +416,27 @@ def decide_finetune(
     return decide(state, acc_now, _params(cfg))
 
 
+def _train_checkpoint(
+    root: str,
+    data_ref: dict[str, str],
+    model_ref: dict[str, str],
+    teacher_ref: dict[str, str],
+    cfg: dict[str, Any],
+    train: Any,
+    stem: str,
+    meta: dict[str, Any],
+) -> dict[str, Any]:
+    """Load the checkpoint, ``train(model, teacher, data, params)`` it in place (the caller
+    sets what is frozen), and save it to the store its data came from."""
+    paths = _paths(root)
+    params = _params(cfg)
+    device = _device(cfg)
+    model = load_model(paths, model_ref, device)
+    teacher = _teacher(paths, teacher_ref, device) if params.prune.kd else None
+    stats = train(model, teacher, load_data(paths, data_ref), params)
+    return {"ref": save_model(paths, model, stem, meta, store_of(data_ref)), **stats}
+
+
 @task(name="finetune", tags=["gpu"], task_run_name=_step_run_name("finetune"))
 def finetune_checkpoint(
     root: str,
@@ -430,17 +451,14 @@ def finetune_checkpoint(
     """Fine-tune after step ``k`` (fresh SGD, CE + KD, frozen layers left out)."""
     from ice.methods.core import apply_frozen, finetune_after
 
-    paths = _paths(root)
-    params = _params(cfg)
-    device = _device(cfg)
-    model = load_model(paths, model_ref, device)
-    apply_frozen(model, run, params)
-    teacher = _teacher(paths, teacher_ref, device) if params.prune.kd else None
-    stats = finetune_after(model, teacher, load_data(paths, data_ref), k, lr, params)
-    ref = save_model(
-        paths, model, f"{run['method']}-step{k:03d}-finetuned", {"method": run["method"], "step": k}, store_of(data_ref)
+    def train(model: Any, teacher: Any, data: Any, params: Any) -> dict[str, Any]:
+        apply_frozen(model, run, params)
+        return finetune_after(model, teacher, data, k, lr, params)
+
+    meta = {"method": run["method"], "step": k}
+    return _train_checkpoint(
+        root, data_ref, model_ref, teacher_ref, cfg, train, f"{run['method']}-step{k:03d}-finetuned", meta
     )
-    return {"ref": ref, **stats}
 
 
 def _chunk_run_name() -> str:
@@ -463,17 +481,14 @@ def recover_checkpoint(
     from ice.methods.core import recovery_freeze
     from ice.methods.recovery import recover_chunk
 
-    paths = _paths(root)
-    params = _params(cfg)
-    device = _device(cfg)
-    model = load_model(paths, model_ref, device)
-    recovery_freeze(model, run, params)
-    teacher = _teacher(paths, teacher_ref, device) if params.prune.kd else None
-    stats = recover_chunk(model, teacher, load_data(paths, data_ref), i, params)
-    ref = save_model(
-        paths, model, f"{run['method']}-recover{i:03d}", {"method": run["method"], "recover": i}, store_of(data_ref)
+    def train(model: Any, teacher: Any, data: Any, params: Any) -> dict[str, Any]:
+        recovery_freeze(model, run, params)
+        return recover_chunk(model, teacher, data, i, params)
+
+    meta = {"method": run["method"], "recover": i}
+    return _train_checkpoint(
+        root, data_ref, model_ref, teacher_ref, cfg, train, f"{run['method']}-recover{i:03d}", meta
     )
-    return {"ref": ref, **stats}
 
 
 @task(name="check-target", tags=["gpu"])

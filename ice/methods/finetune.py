@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -26,9 +27,12 @@ def finetune(
     teacher: nn.Module | None,
     seed: int,
     epochs: float | None = None,
+    lr_at_epoch: Callable[[float], float] | None = None,
 ) -> dict[str, float]:
     """ICE's fine-tune: SGD (momentum, wd) with a fresh optimizer, CE + KD from the teacher.
 
+    ``lr_at_epoch(e)`` sets the lr before each step, ``e`` the epochs trained so far in
+    this fine-tune (the recovery's schedule); without it the lr stays ``lr``.
     Returns loss, accuracy, images, seconds and ``work`` (GMACs, with the teacher's
     forward pass; frozen layers skip their weight gradients).
     """
@@ -41,7 +45,13 @@ def finetune(
     t0 = time.perf_counter()
     stats: dict[str, float] = {}
     images = 0.0
-    for frac in epoch_fractions(epochs):
+    for e, frac in enumerate(epoch_fractions(epochs)):
+        lr_at = None
+        if lr_at_epoch is not None:
+
+            def lr_at(step: int, n: int, e: int = e, frac: float = frac) -> float:
+                return lr_at_epoch(e + frac * step / max(n, 1))
+
         stats = train_epoch(
             model,
             data,
@@ -54,6 +64,7 @@ def finetune(
             temperature=cfg.kd_temperature,
             kd_t2=cfg.kd_t2,
             channels_last=params.train.channels_last,
+            lr_at=lr_at,
         )
         images += stats["images"]
     stats["seconds"] = time.perf_counter() - t0

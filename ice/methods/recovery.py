@@ -22,13 +22,13 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-import torch
 from torch import nn
 
 from ice.config import Params, TargetConfig
 from ice.data import Dataset
-from ice.metrics import count_macs, train_macs
-from ice.train import epoch_fractions, evaluate, make_optimizer, train_epoch
+from ice.methods.finetune import finetune
+from ice.metrics import count_macs
+from ice.train import evaluate
 
 __all__ = [
     "RecoveryOps",
@@ -83,48 +83,26 @@ def target_check(model: nn.Module, data: Dataset, params: Params) -> dict[str, f
 def recover_chunk(
     model: nn.Module, teacher: nn.Module | None, data: Dataset, i: int, params: Params
 ) -> dict[str, float]:
-    """Train recovery chunk ``i`` in place: CE + KD, fresh SGD, the SGDR lr by position.
-
-    The chunk's batches are drawn with a generator seeded by ``seed`` and ``i``, so a
-    chunk run again from the same checkpoint gives the same bytes."""
+    """Train recovery chunk ``i`` in place: the fine-tune (CE + KD, fresh SGD) with the
+    recovery's lr by position. The chunk's batches are drawn with a generator seeded by
+    ``seed`` and ``i``, so a chunk run again from the same checkpoint gives the same bytes."""
     t = params.prune.target
-    cfg = params.prune
     start, length = chunk_epochs(t, i)
-    shape = data.input_shape()
-    use_teacher = teacher if cfg.kd else None
-    per_image = train_macs(model, shape) + (count_macs(use_teacher, shape) if use_teacher is not None else 0)
-    opt = make_optimizer(model, sgdr_lr(start, t), cfg.momentum, cfg.weight_decay)
-    g = torch.Generator().manual_seed(params.seed * 1000 + 700_003 + i)
-    t0 = time.perf_counter()
-    images, loss, pos = 0.0, 0.0, start
-    for frac in epoch_fractions(length):
-        base = pos
-
-        def lr_at(step: int, n: int, base: float = base, frac: float = frac) -> float:
-            return sgdr_lr(base + frac * step / max(n, 1), t)
-
-        stats = train_epoch(
-            model,
-            data,
-            opt,
-            batch_size=cfg.batch_size,
-            fraction=frac,
-            augment=cfg.augment,
-            generator=g,
-            teacher=use_teacher,
-            temperature=cfg.kd_temperature,
-            kd_t2=cfg.kd_t2,
-            channels_last=params.train.channels_last,
-            lr_at=lr_at,
-        )
-        images += stats["images"]
-        loss = stats["loss"]
-        pos += frac
+    stats = finetune(
+        model,
+        data,
+        params,
+        lr=sgdr_lr(start, t),
+        teacher=teacher,
+        seed=params.seed * 1000 + 700_003 + i,
+        epochs=length,
+        lr_at_epoch=lambda e: sgdr_lr(start + e, t),
+    )
     return {
-        "seconds": time.perf_counter() - t0,
-        "work": images * per_image / G,
-        "images": images,
-        "train_loss": loss,
+        "seconds": stats["seconds"],
+        "work": stats["work"],
+        "images": stats["images"],
+        "train_loss": stats.get("loss", 0.0),
         "lr_start": sgdr_lr(start, t),
     }
 
