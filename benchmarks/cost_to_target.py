@@ -22,6 +22,7 @@ Run it from a ``git worktree`` outside the work tree, in the background:
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import subprocess
@@ -123,6 +124,8 @@ def run_cell(name: str, preset: str) -> dict[str, Any]:
     row, pre = m["methods"][method], m["pretrained"]
     rep = json.loads((out / "reports" / "prune" / f"{method}.json").read_text())
     target = rep["target"]
+    with open(out / "reports" / "steps" / f"{method}.csv") as f:
+        steps = [r for r in csv.DictReader(f) if r.get("phase", "step") == "step"]
     return {
         "cell": name,
         "method": method,
@@ -145,7 +148,10 @@ def run_cell(name: str, preset: str) -> dict[str, Any]:
         "macs": row["macs"],
         "pretrained": {k: pre[k] for k in ("val_acc", "test_acc", "params", "macs")},
         "cost_parts": rep["cost"],
-        "steps_curve": [[s["cum_gmacs"], s["cum_seconds"], s["acc_finetuned"]] for s in rep["steps"]],
+        "steps_curve": [
+            [float(s["cum_gmacs"]), float(s["cum_seconds"]), float(s["acc_finetuned"]) if s["acc_finetuned"] else None]
+            for s in steps
+        ],
         "recovery_curve": [[c["cum_gmacs"], c["cum_seconds"], c["epochs"], c["acc"]] for c in rep["recovery"]],
         "wall_seconds": wall,
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
