@@ -18,10 +18,11 @@ test:  ## run the test suite
 test-fast:  ## the tests without the slow ones
 	$(PY) -m pytest -m "not slow"
 
-lint:  ## ruff (lint and format) and mypy
+lint:  ## ruff (lint and format), mypy and the import contracts (lint-imports)
 	$(VENV)/bin/ruff check ice tasks flows tests benchmarks scripts
 	$(VENV)/bin/ruff format --check ice tasks flows tests benchmarks scripts
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 cost-to-target:  ## cost to reach the target on CIFAR-10 (hours of CPU; resumable; see benchmarks/README.md)
 	$(PY) benchmarks/cost_to_target.py

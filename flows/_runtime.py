@@ -28,8 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ice.checkpoint import CheckpointError, sha256_file
+from ice.checkpoint import CheckpointError
 from ice.config import Params, ParamsError, load_params, parse_yaml
+from ice.files import sha256_file
 from tasks.common import (
     IntegrityError,
     Paths,

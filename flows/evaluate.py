@@ -18,7 +18,7 @@ from typing import Any
 from prefect import flow
 
 from flows._runtime import Stage, cli, open_stage, publish_artifact
-from ice.checkpoint import atomic_write_bytes as _write
+from ice.files import atomic_write_bytes as _write
 from ice.methods import STEPWISE
 from ice.metrics import bootstrap_interval
 from tasks.common import progress, read_json, write_csv, write_json

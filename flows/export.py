@@ -24,7 +24,8 @@ from typing import Any
 
 import torch
 
-from ice.checkpoint import CheckpointError, atomic_write_bytes, load_checkpoint, sha256_file
+from ice.checkpoint import CheckpointError, load_checkpoint
+from ice.files import atomic_write_bytes, sha256_file
 from ice.metrics import count_macs, count_params
 
 FORMATS = ("onnx", "torchscript")

@@ -65,7 +65,7 @@ def main() -> None:
     autotune = json.loads(tuned.read_text()) if args.method == "ice" and tuned.exists() else None
     out = root / "models" / "config" / f"{args.method}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    from ice.checkpoint import atomic_write_bytes
+    from ice.files import atomic_write_bytes
 
     atomic_write_bytes(
         out, (json.dumps(method_config(params, args.method, autotune), indent=2, sort_keys=True) + "\n").encode()

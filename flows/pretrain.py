@@ -15,15 +15,20 @@ and channels (and ``model.weights_sha256`` when given), and evaluated.
 from __future__ import annotations
 
 import math
+import shutil
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from prefect import flow
 
 from flows._runtime import Stage, cli, open_stage
-from tasks.common import Publication, json_bytes, progress, resolve
-from tasks.steps import bind, finish_pretrain, pretrain_epoch
+from ice.files import sha256_file
+from tasks.common import Publication, json_bytes, make_ref, progress, resolve, store_path
+from tasks.steps import bind, finish_pretrain, load_data, pretrain_epoch
 from tasks.tracking import registered_name
+from tasks.weights import WeightsError, check_weights, fetch_weights, import_pretrained
 
 
 def _train(st: Stage, data_ref: dict[str, str]) -> dict[str, Any]:
@@ -50,18 +55,43 @@ def _train(st: Stage, data_ref: dict[str, str]) -> dict[str, Any]:
     return out
 
 
+def _import(st: Stage, data_ref: dict[str, str]) -> dict[str, Any]:
+    """The pretrain stage's import branch: fetch, verify, check, copy into the store, evaluate."""
+    uri = st.params.model.weights
+    assert uri is not None
+    want = st.params.model.weights_sha256
+    st.paths.store.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=st.paths.store, prefix=".weights-") as tmp:
+        tracking = st.tracker.uri if st.tracker is not None else ""
+        path, vouched = fetch_weights(uri, st.root, tracking, Path(tmp))
+        sha = sha256_file(path)
+        if want and sha != want:
+            raise WeightsError(f"model.weights: {uri} has sha256 {sha}, model.weights_sha256 is {want}")
+        if vouched and sha != vouched:
+            raise WeightsError(f"model.weights: {uri} has sha256 {sha}, its registry tag says {vouched}")
+        data = load_data(st.paths, data_ref)
+        meta = check_weights(path, uri, st.params.model.arch, data.num_classes, data.in_channels)
+        dst = store_path(st.paths, "pretrained", sha)
+        if not dst.exists():
+            part = Path(tmp) / "part.pt"
+            shutil.copyfile(path, part)
+            part.replace(dst)
+    ref = make_ref(st.paths, dst, sha)
+    st.inputs[uri] = sha  # the run's config/inputs.json names the weights it imported
+    acc = bind(import_pretrained, st.root, st.store_url)(str(st.root), data_ref, ref, st.device_cfg())
+    progress(
+        f"[pretrain] imported {uri} (sha256 {sha[:12]}…): val acc {acc['val_acc']:.2f}%, test acc {acc['test_acc']:.2f}%"
+    )
+    return {"ref": ref, **acc, "seconds": 0.0, "history": [], "source": f"imported from {uri}", "meta": meta}
+
+
 @flow(name="pretrain", flow_run_name="pretrain-{params_path}")
 def pretrain(
     params_path: str = "params.yaml", root: str | None = None, overrides: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     with open_stage("pretrain", params_path, root, overrides) as st:
         data_ref = st.require(st.paths.prepared, "prepare")
-        if st.params.model.weights:
-            from tasks.weights import import_weights
-
-            out = import_weights(st, data_ref)
-        else:
-            out = _train(st, data_ref)
+        out = _import(st, data_ref) if st.params.model.weights else _train(st, data_ref)
         report = {
             "val_acc": out["val_acc"],
             "test_acc": out["test_acc"],

@@ -9,29 +9,22 @@ return the file's sha256, which loading can verify.
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import hashlib
 import io
-import os
-import tempfile
 from collections import OrderedDict
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from ice.files import atomic_write_bytes
 from ice.models import UnsafeSpecError, adopt_shapes, check_spec, layer_widths, rebuild
 
 __all__ = [
     "CheckpointError",
     "save_checkpoint",
     "load_checkpoint",
-    "sha256_file",
-    "atomic_write_bytes",
-    "disk_full_names",
     "check_checkpoint",
 ]
 
@@ -40,53 +33,6 @@ FORMAT = "ice-checkpoint/1"
 
 class CheckpointError(RuntimeError):
     """The file is missing, truncated, corrupt or not the expected one."""
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-@contextlib.contextmanager
-def disk_full_names(path: str | Path, size: int | None = None) -> Iterator[None]:
-    """A full disk while writing ``path`` raises an OSError (ENOSPC) that names the file and,
-    where known, the bytes it needed: a write to a temporary file descriptor says neither."""
-    try:
-        yield
-    except OSError as err:
-        if err.errno != errno.ENOSPC:
-            raise
-        need = f" ({size:,} bytes needed)" if size is not None else ""
-        raise OSError(errno.ENOSPC, f"no space left on the device{need}", str(path)) from None
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so readers see the old file or the whole new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # a name unique to this write: concurrent writers of the same path never share it
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(name)
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide outputs from other users
-        with disk_full_names(path, len(data)), os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
 
 
 def _check_plain(value: Any, where: str = "meta") -> None:

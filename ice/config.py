@@ -416,10 +416,10 @@ def parse_params(raw: Any, source: str = "params") -> Params:
     else:
         why = ""
         if ":" in params.model.arch and not params.model.arch.startswith("tv:"):
-            from ice.models import _import_arch
+            from ice.models import import_arch
 
             try:
-                _import_arch(params.model.arch)
+                import_arch(params.model.arch)
             except ValueError as err:
                 why = f" ({str(err).split(': ', 1)[-1]})"
         raise ParamsError(

@@ -314,8 +314,11 @@ def _cached(spec: DataConfig, decode: Any) -> dict[str, Any]:
     raw["stats"] = [list(v) for v in _channel_stats(raw["train_x"])]
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(f".tmp{os.getpid()}")
-    torch.save(raw, tmp)
-    os.replace(tmp, cache)
+    try:
+        torch.save(raw, tmp)
+        os.replace(tmp, cache)
+    finally:
+        tmp.unlink(missing_ok=True)
     return raw
 
 
@@ -329,7 +332,7 @@ def save_prepared(ds: Dataset, path: str | Path) -> str:
     The file holds tensors and plain data only, so :func:`load_prepared` reads it with
     ``weights_only=True``. The same dataset always gives the same bytes.
     """
-    from ice.checkpoint import atomic_write_bytes
+    from ice.files import atomic_write_bytes
 
     payload: dict[str, Any] = {
         "format": PREPARED_FORMAT,

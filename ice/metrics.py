@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 __all__ = [
+    "G",
     "count_params",
     "count_macs",
     "module_macs",
@@ -20,6 +21,9 @@ __all__ = [
     "measure_latency",
     "bootstrap_interval",
 ]
+
+
+G = 1e9  # MACs in a GMAC: every cost in GMACs is a MAC count divided by this
 
 
 def count_params(model: nn.Module, nonzero: bool = False) -> int:

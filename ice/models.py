@@ -14,20 +14,19 @@ import os
 import re
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-if TYPE_CHECKING:
-    from ice.data import Dataset
 
 __all__ = [
     "build_model",
     "seeded_model",
     "available_archs",
     "is_known_arch",
+    "import_arch",
+    "DataShape",
     "layer_widths",
     "apply_widths",
     "rebuild",
@@ -214,7 +213,7 @@ def is_known_arch(arch: str) -> bool:
         return arch[3:] in _torchvision_classifiers()
     if ":" in arch:
         try:
-            _import_arch(arch)
+            import_arch(arch)
         except ValueError:
             return False
         return True
@@ -224,7 +223,7 @@ def is_known_arch(arch: str) -> bool:
 _IMPORT_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
 
-def _import_arch(arch: str) -> type[nn.Module]:
+def import_arch(arch: str) -> type[nn.Module]:
     """The ``nn.Module`` class behind a user architecture ``"package.module:Name"``.
 
     Nothing is called here. The path must be well formed, must not point into the standard
@@ -340,7 +339,7 @@ def check_spec(spec: Any, trusted_arch: str | None = None) -> None:
             raise UnsafeSpecError(f"kwargs.{sorted(bad)[0]} is not allowed in a checkpoint")
         return
     elif arch == trusted_arch or arch in trusted_archs():
-        cls = _import_arch(arch)
+        cls = import_arch(arch)
         allowed, anything = _declared(cls)
         if anything:
             return
@@ -355,7 +354,7 @@ def check_spec(spec: Any, trusted_arch: str | None = None) -> None:
 
 
 def _build_user(arch: str, num_classes: int, in_channels: int, **kwargs: Any) -> nn.Module:
-    builder = _import_arch(arch)
+    builder = import_arch(arch)
     try:
         accepted = dict(inspect.signature(builder).parameters)
     except (TypeError, ValueError):
@@ -408,7 +407,20 @@ def build_model(
     return model
 
 
-def seeded_model(arch: str, data: Dataset, seed: int) -> nn.Module:
+class DataShape(Protocol):
+    """What a model is built for: any :class:`ice.data.Dataset` has these."""
+
+    @property
+    def num_classes(self) -> int: ...
+
+    @property
+    def in_channels(self) -> int: ...
+
+    @property
+    def image_size(self) -> tuple[int, int]: ...
+
+
+def seeded_model(arch: str, data: DataShape, seed: int) -> nn.Module:
     """A fresh ``arch`` for ``data``'s classes, channels and image size, initialised under
     ``torch.manual_seed(seed)``: pre-training's first epoch and every from-scratch method start here."""
     torch.manual_seed(seed)

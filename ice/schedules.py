@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["one_shot", "iterative", "agp", "one_cycle", "SCHEDULES"]
+__all__ = ["one_shot", "iterative", "agp", "one_cycle"]
 
 
 def _clip(t: float) -> float:
@@ -43,5 +43,3 @@ def one_cycle(t: float, start: float = 0.0, end: float = 0.8, alpha: float = 14.
     t = _clip(t)
     return start + (end - start) * (1 + math.exp(-alpha + beta)) / (1 + math.exp(-alpha * t + beta))
 
-
-SCHEDULES = {"one_shot": one_shot, "iterative": iterative, "agp": agp, "one_cycle": one_cycle}

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ice.data import Dataset, Split, batches, n_steps
-from ice.metrics import count_macs, train_macs
+from ice.metrics import G, count_macs, train_macs
 
 __all__ = [
     "pick_device",
@@ -347,7 +347,7 @@ def fit_epoch(
     )
     val = evaluate(model, data, "val", device=device)
     shape = data.input_shape()
-    work = (stats["images"] * train_macs(model, shape) + len(data.val) * count_macs(model, shape)) / 1e9
+    work = (stats["images"] * train_macs(model, shape) + len(data.val) * count_macs(model, shape)) / G
     rec = {
         "epoch": epoch + 1,
         "train_loss": stats["loss"],

@@ -28,13 +28,12 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ice.checkpoint import atomic_write_bytes, disk_full_names, sha256_file
+from ice.files import atomic_write_bytes, disk_full_names, sha256_file, staged_copy, temp_beside
 
 __all__ = [
     "Paths",
@@ -161,7 +160,7 @@ def resolve(paths: Paths, ref: dict[str, str]) -> Path:
     """A local, verified-on-read path for ``ref``; a clear one-line error when it has gone."""
     from tasks.store import is_s3
 
-    uri = ref.get("uri") or ref.get("path", "")
+    uri = ref["uri"]
     if is_s3(uri):
         return s3_store(paths, uri).get({"uri": uri, "sha256": ref["sha256"]})  # type: ignore[no-any-return]
     p = paths.root / uri
@@ -228,10 +227,9 @@ class Publication:
         self.staged: list[tuple[Path, Path]] = []
 
     def _temp(self, dst: Path) -> tuple[int, Path]:
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-        self.staged.append((Path(name), dst))
-        return fd, Path(name)
+        fd, tmp = temp_beside(dst)
+        self.staged.append((tmp, dst))
+        return fd, tmp
 
     def add_bytes(self, dst: Path, data: bytes) -> None:
         fd, tmp = self._temp(dst)
@@ -244,15 +242,10 @@ class Publication:
     def add_file(self, src: Path, dst: Path, sha256: str) -> None:
         """A copy of ``src``, staged only if its bytes hash to ``sha256``."""
         fd, tmp = self._temp(dst)
-        h = hashlib.sha256()
-        with disk_full_names(dst, src.stat().st_size), os.fdopen(fd, "wb") as out, open(src, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-                out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-        if h.hexdigest() != sha256:
-            raise IntegrityError(f"{src}: sha256 is {h.hexdigest()}, expected {sha256}; not published to {dst.name}")
+        with os.fdopen(fd, "wb") as out:
+            got = staged_copy(src, out, dst)
+        if got != sha256:
+            raise IntegrityError(f"{src}: sha256 is {got}, expected {sha256}; not published to {dst.name}")
         os.chmod(tmp, 0o644)
 
     def commit(self) -> None:
@@ -303,21 +296,8 @@ def publish(src: Path, dst: Path, sha256: str) -> None:
     The copy is hashed as it is written; on a mismatch nothing is renamed, so ``dst``
     keeps its old content (or stays absent) and no reader ever sees a wrong file.
     """
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    tmp = Path(name)
-    try:
-        h = hashlib.sha256()
-        with disk_full_names(dst, src.stat().st_size), os.fdopen(fd, "wb") as out, open(src, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-                out.write(chunk)
-        if h.hexdigest() != sha256:
-            raise IntegrityError(f"{src}: sha256 is {h.hexdigest()}, expected {sha256}; not published to {dst.name}")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with Publication() as pub:
+        pub.add_file(src, dst, sha256)
 
 
 def recorded_sha(paths: Paths, path: Path) -> tuple[str | None, Path]:
@@ -360,9 +340,7 @@ def verify_refs(paths: Paths, value: Any) -> list[str]:
 
     bad: list[str] = []
     if isinstance(value, dict):
-        if set(value) == {"path", "sha256"}:  # a reference from before the store had uris: recompute
-            bad.append(value["path"])
-        elif set(value) == {"uri", "sha256"}:
+        if set(value) == {"uri", "sha256"}:
             if is_s3(value["uri"]):
                 if not s3_store(paths, value["uri"]).exists(value):
                     bad.append(value["uri"])

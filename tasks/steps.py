@@ -17,12 +17,12 @@ import hashlib
 import inspect
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from prefect import task
 
+from ice.files import temp_beside
 from tasks.common import (
     STEP_SINK,
     IntegrityError,
@@ -160,7 +160,7 @@ def _params(cfg: dict[str, Any]) -> Any:
     return parse_params(cfg, source="task config")
 
 
-def _device(cfg: dict[str, Any]) -> Any:
+def task_device(cfg: dict[str, Any]) -> Any:
     from ice.train import pick_device
 
     return pick_device(cfg.get("train", {}).get("device", "auto"))
@@ -215,10 +215,8 @@ def _store(paths: Paths, stem: str, write: Any, to: str = "") -> dict[str, str]:
     once never share it), and the rename happens only after the hash is known, so a
     sha-named file always holds the bytes its name says.
     """
-    paths.store.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{stem}.", suffix=".pending", dir=paths.store)
+    fd, tmp = temp_beside(paths.store / stem, ".pending")
     os.close(fd)
-    tmp = Path(name)
     try:
         sha = write(tmp)
         if to:
@@ -272,7 +270,7 @@ def pretrain_epoch(
 
     paths = _paths(root)
     params = _params(cfg)
-    device = _device(cfg)
+    device = task_device(cfg)
     data = load_data(paths, data_ref)
     if state_ref is None:
         model = seeded_model(params.model.arch, data, params.seed).to(device)
@@ -312,8 +310,8 @@ def finish_pretrain(
 
     paths = _paths(root)
     params = _params(cfg)
-    model, meta = load_checkpoint(resolve(paths, state_ref), sha256=state_ref["sha256"], map_location=_device(cfg))
-    acc = _accuracies(model, load_data(paths, data_ref))
+    model, meta = load_checkpoint(resolve(paths, state_ref), sha256=state_ref["sha256"], map_location=task_device(cfg))
+    acc = accuracies(model, load_data(paths, data_ref))
     history = meta["fit"]["history"]
     # no timings in the checkpoint: the same params and seed give the same bytes
     ref = save_model(
@@ -326,7 +324,7 @@ def finish_pretrain(
     return {"ref": ref, **acc, "history": history}
 
 
-def _accuracies(model: Any, data: Any, batch_size: int = 512) -> dict[str, float]:
+def accuracies(model: Any, data: Any, batch_size: int = 512) -> dict[str, float]:
     from ice.train import evaluate
 
     return {
@@ -349,7 +347,7 @@ def start_pruning(
 
     paths = _paths(root)
     params = _params(cfg)
-    model = load_model(paths, model_ref, _device(cfg))
+    model = load_model(paths, model_ref, task_device(cfg))
     state = start_run(model, load_data(paths, data_ref), method, params, hp=hp)
     return state
 
@@ -381,7 +379,7 @@ def prune_one_step(
 
     paths = _paths(root)
     params = _params(cfg)
-    model = load_model(paths, model_ref, _device(cfg))
+    model = load_model(paths, model_ref, task_device(cfg))
     apply_frozen(model, run, params)
     info = prune_and_lr(model, load_data(paths, data_ref), run, k, params)
     info["ref"] = save_model(
@@ -398,7 +396,7 @@ def evaluate_checkpoint(
     from ice.methods.core import evaluate_step
 
     paths = _paths(root)
-    return evaluate_step(load_model(paths, model_ref, _device(cfg)), load_data(paths, data_ref), _params(cfg))
+    return evaluate_step(load_model(paths, model_ref, task_device(cfg)), load_data(paths, data_ref), _params(cfg))
 
 
 @task(name="decide-finetune")
@@ -430,7 +428,7 @@ def _train_checkpoint(
     sets what is frozen), and save it to the store its data came from."""
     paths = _paths(root)
     params = _params(cfg)
-    device = _device(cfg)
+    device = task_device(cfg)
     model = load_model(paths, model_ref, device)
     teacher = _teacher(paths, teacher_ref, device) if params.prune.kd else None
     stats = train(model, teacher, load_data(paths, data_ref), params)
@@ -499,7 +497,7 @@ def check_target(
     from ice.methods.recovery import target_check
 
     paths = _paths(root)
-    return target_check(load_model(paths, model_ref, _device(cfg)), load_data(paths, data_ref), _params(cfg))
+    return target_check(load_model(paths, model_ref, task_device(cfg)), load_data(paths, data_ref), _params(cfg))
 
 
 @task(name="train-with-pruning", tags=["gpu"])
@@ -512,7 +510,7 @@ def train_with_schedule(
 
     paths = _paths(root)
     params = _params(cfg)
-    model = load_model(paths, model_ref, _device(cfg)) if model_ref is not None else None
+    model = load_model(paths, model_ref, task_device(cfg)) if model_ref is not None else None
     # each epoch goes to the flow's sink as it ends, so MLflow's curves grow while the method trains
     res = run_pruning(
         model, load_data(paths, data_ref), method, params, Callbacks(on_log=progress, on_step=STEP_SINK.get())
@@ -534,7 +532,7 @@ def autotune_setup(
     from ice.methods.autotune import search_setup
 
     paths = _paths(root)
-    model = load_model(paths, model_ref, _device(cfg))
+    model = load_model(paths, model_ref, task_device(cfg))
     return search_setup(model, load_data(paths, data_ref), _params(cfg))
 
 
@@ -566,7 +564,7 @@ def autotune_trial(
 
     paths = _paths(root)
     params = _params(cfg)
-    device = _device(cfg)
+    device = task_device(cfg)
     model = load_model(paths, model_ref, device)
     key = hashlib.sha256(
         json.dumps(
@@ -620,7 +618,7 @@ def evaluate_model(
 
     paths = _paths(root)
     params = _params(cfg)
-    device = _device(cfg)
+    device = task_device(cfg)
     model = load_model(paths, model_ref, device)
     data = load_data(paths, data_ref)
     bs = params.evaluate.batch_size

@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from ice.files import sha256_file, temp_beside
+
 __all__ = ["StoreError", "StoreUrl", "parse_store_url", "is_s3", "s3_client", "S3Store", "check_url"]
 
 # one connection attempt fails fast; botocore's own retries stay bounded, so an endpoint
@@ -207,20 +209,18 @@ class S3Store:
         uri, sha = ref["uri"], ref["sha256"]
         dst = self.cached(uri)
         if dst.is_file():
-            if _sha256(dst) == sha:
+            if sha256_file(dst) == sha:
                 return dst
             dst.unlink(missing_ok=True)  # a damaged cached copy: fetch it again
         bucket, key = _split(uri)
-        self.cache.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".download", dir=self.cache)
-        tmp = Path(name)
+        fd, tmp = temp_beside(dst, ".download")
         try:
             with os.fdopen(fd, "wb") as out:
                 try:
                     s3_client().download_fileobj(bucket, key, out)
                 except Exception as err:
                     raise _fail(uri, "download", err) from None
-            got = _sha256(tmp)
+            got = sha256_file(tmp)
             if got != sha:
                 raise StoreError(f"{uri}: sha256 is {got}, the reference says {sha}; refused")
             os.chmod(tmp, 0o644)
@@ -233,14 +233,6 @@ class S3Store:
 def _split(uri: str) -> tuple[str, str]:
     p = urlparse(uri)
     return p.netloc, p.path.lstrip("/")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @functools.lru_cache(maxsize=8)

@@ -232,7 +232,8 @@ class Tracker:
         from mlflow.models import infer_signature
 
         import ice
-        from ice.checkpoint import load_checkpoint, sha256_file
+        from ice.checkpoint import load_checkpoint
+        from ice.files import sha256_file
 
         sha = sha256_file(checkpoint)
         existing = self._version_with_sha(name, sha)

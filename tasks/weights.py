@@ -8,26 +8,21 @@ one branch per scheme:
 - ``models:/<name>@<alias>`` or ``models:/<name>/<version>``: that registered version's
   checkpoint, through MLflow (the version's ``sha256`` tag is verified).
 
-A new scheme (``s3://``) is one more branch there. :func:`import_weights` then checks the
-model against params (arch, classes, channels, ``model.weights_sha256``) and evaluates
-it. Every refusal is a :class:`WeightsError` with one line naming both values.
+A new scheme (``s3://``) is one more branch there. :func:`check_weights` checks the
+model against params (arch, classes, channels) and the task :func:`import_pretrained`
+evaluates it; the pretrain flow (``flows.pretrain``) drives both. Every refusal is a :class:`WeightsError` with one line naming both values.
 """
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prefect import task
 
-from tasks.common import Paths, make_ref, store_path
+from tasks.common import Paths
 
-if TYPE_CHECKING:
-    from flows._runtime import Stage
-
-__all__ = ["WeightsError", "fetch_weights", "import_weights", "SCHEMES"]
+__all__ = ["WeightsError", "fetch_weights", "check_weights", "import_pretrained", "SCHEMES"]
 
 SCHEMES = ("<path>", "models:/<name>@<alias>", "models:/<name>/<version>")
 
@@ -114,10 +109,10 @@ def import_pretrained(
     root: str, data_ref: dict[str, str], weights_ref: dict[str, str], cfg: dict[str, Any]
 ) -> dict[str, Any]:
     """Validation and test accuracy of the imported checkpoint."""
-    from tasks.steps import _accuracies, _device, load_data, load_model
+    from tasks.steps import accuracies, load_data, load_model, task_device
 
     paths = Paths(Path(root))
-    return _accuracies(load_model(paths, weights_ref, _device(cfg)), load_data(paths, data_ref))
+    return accuracies(load_model(paths, weights_ref, task_device(cfg)), load_data(paths, data_ref))
 
 
 def check_weights(path: Path, source: str, arch: str, num_classes: int, in_channels: int) -> dict[str, Any]:
@@ -137,37 +132,3 @@ def check_weights(path: Path, source: str, arch: str, num_classes: int, in_chann
         if spec.get(key) != want:
             raise WeightsError(f"model.weights: {source} has {key} {spec.get(key)!r}, {where}: {want!r}")
     return meta
-
-
-def import_weights(st: Stage, data_ref: dict[str, str]) -> dict[str, Any]:
-    """The pretrain stage's import branch: fetch, verify, check, copy into the store, evaluate."""
-    from ice.checkpoint import sha256_file
-    from tasks.common import progress
-    from tasks.steps import bind, load_data
-
-    uri = st.params.model.weights
-    assert uri is not None
-    want = st.params.model.weights_sha256
-    st.paths.store.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=st.paths.store, prefix=".weights-") as tmp:
-        tracking = st.tracker.uri if st.tracker is not None else ""
-        path, vouched = fetch_weights(uri, st.root, tracking, Path(tmp))
-        sha = sha256_file(path)
-        if want and sha != want:
-            raise WeightsError(f"model.weights: {uri} has sha256 {sha}, model.weights_sha256 is {want}")
-        if vouched and sha != vouched:
-            raise WeightsError(f"model.weights: {uri} has sha256 {sha}, its registry tag says {vouched}")
-        data = load_data(st.paths, data_ref)
-        meta = check_weights(path, uri, st.params.model.arch, data.num_classes, data.in_channels)
-        dst = store_path(st.paths, "pretrained", sha)
-        if not dst.exists():
-            part = Path(tmp) / "part.pt"
-            shutil.copyfile(path, part)
-            part.replace(dst)
-    ref = make_ref(st.paths, dst, sha)
-    st.inputs[uri] = sha  # the run's config/inputs.json names the weights it imported
-    acc = bind(import_pretrained, st.root, st.store_url)(str(st.root), data_ref, ref, st.device_cfg())
-    progress(
-        f"[pretrain] imported {uri} (sha256 {sha[:12]}…): val acc {acc['val_acc']:.2f}%, test acc {acc['test_acc']:.2f}%"
-    )
-    return {"ref": ref, **acc, "seconds": 0.0, "history": [], "source": f"imported from {uri}", "meta": meta}

@@ -101,7 +101,7 @@ def truncate_final_cached(root: Path) -> None:
 
 
 def _sha(path: Path) -> str:
-    from ice.checkpoint import sha256_file
+    from ice.files import sha256_file
 
     return sha256_file(path)
 

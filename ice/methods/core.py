@@ -48,7 +48,7 @@ from ice.methods.ice import (
     should_finetune,
 )
 from ice.methods.recovery import cost_to_target, recover_chunk, run_recovery, target_check
-from ice.metrics import count_macs, count_params, prunable_conv_params
+from ice.metrics import G, count_macs, count_params, prunable_conv_params
 from ice.pruning import prunable_units, prune_unit
 from ice.pruning.importance import DATA_CRITERIA
 from ice.train import evaluate, freeze, frozen_names, unfreeze
@@ -82,8 +82,6 @@ __all__ = [
     "target_goal",
     "recovery_line",
 ]
-
-G = 1e9
 
 
 @dataclass

@@ -10,12 +10,10 @@ from torch import nn
 
 from ice.config import Params
 from ice.data import Dataset
-from ice.metrics import count_macs, train_macs
+from ice.metrics import G, count_macs, train_macs
 from ice.train import epoch_fractions, make_optimizer, train_epoch
 
 __all__ = ["finetune"]
-
-G = 1e9
 
 
 def finetune(

@@ -27,7 +27,7 @@ from torch import nn
 from ice.config import Params, TargetConfig
 from ice.data import Dataset
 from ice.methods.finetune import finetune
-from ice.metrics import count_macs
+from ice.metrics import G, count_macs
 from ice.train import evaluate
 
 __all__ = [
@@ -41,7 +41,6 @@ __all__ = [
     "cost_to_target",
 ]
 
-G = 1e9
 _EPS = 1e-9
 
 

@@ -37,7 +37,7 @@ from torch import nn
 from ice.config import Params
 from ice.data import Dataset, n_steps, probe_batch
 from ice.methods.core import Callbacks, PruningResult
-from ice.metrics import count_macs, count_params, sparsity, train_macs
+from ice.metrics import G, count_macs, count_params, sparsity, train_macs
 from ice.pruning import Masks, channel_importance, magnitude_masks, prunable_units, prune_channels
 from ice.pruning.importance import DATA_CRITERIA
 from ice.pruning.structured import n_to_remove, split_lowest
@@ -51,8 +51,6 @@ from ice.train import (
     remap_optimizer,
     train_epoch,
 )
-
-G = 1e9
 
 __all__ = [
     "TRAINING_METHODS",

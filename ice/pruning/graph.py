@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ice.pruning.unit import Member, Unit
+
 __all__ = ["GraphError", "graph_units", "graph_prune", "graph_group", "example_input", "check_supported"]
 
 
@@ -288,10 +290,8 @@ def _all_groups(g: _Graph) -> Iterator[Any]:
             yield group
 
 
-def graph_units(model: nn.Module) -> list[Any]:
+def graph_units(model: nn.Module) -> list[Unit]:
     """One unit per pruning group, in model order; the classifier's outputs are never a unit."""
-    from ice.pruning.units import Member, Unit
-
     g = _graph(model)
     order = {m: i for i, m in enumerate(model.modules())}
     units = []

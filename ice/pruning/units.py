@@ -9,36 +9,12 @@ dimension of each one follows the channels. Other models get Torch-Pruning's gro
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from torch import nn
 
+from ice.pruning.graph import graph_units
+from ice.pruning.unit import Member, Unit
+
 __all__ = ["Member", "Unit", "prunable_units"]
-
-
-@dataclass(frozen=True)
-class Member:
-    name: str  # module path inside the model
-    role: str  # "out" (conv/linear rows), "in" (conv/linear columns), "bn", "dw" (depthwise conv)
-
-
-@dataclass(frozen=True)
-class Unit:
-    name: str  # the producer conv's module path; stable across pruning
-    members: tuple[Member, ...] = field(default_factory=tuple)
-    engine: str = "paper"  # "paper": hand-written members; "graph": a Torch-Pruning group
-    channel_groups: int = 1  # removal keeps the same count in each of these channel groups
-
-    @property
-    def conv(self) -> str:
-        return self.members[0].name
-
-    def width(self, model: nn.Module) -> int:
-        m = model.get_submodule(self.conv)
-        if isinstance(m, nn.Linear):
-            return m.out_features
-        assert isinstance(m, nn.Conv2d)
-        return m.out_channels
 
 
 def _u(*members: tuple[str, str]) -> Unit:
@@ -122,6 +98,4 @@ def prunable_units(model: nn.Module) -> list[Unit]:
             if got is not None and name:
                 units.extend(got)
         return units
-    from ice.pruning.graph import graph_units
-
     return graph_units(model)

@@ -47,7 +47,7 @@ def _copy(base: Path, where: Path) -> Path:
 
 
 def _outputs(root: Path) -> dict[str, str]:
-    from ice.checkpoint import sha256_file
+    from ice.files import sha256_file
 
     rels = ("models/pruned/iterative.pt", "reports/steps/iterative.csv", "reports/prune/iterative.json")
     return {rel: sha256_file(root / rel) for rel in rels}
@@ -198,7 +198,7 @@ def test_a_hostile_checkpoint_in_the_registry_is_refused(base, env, tmp_path):
     import torch
     from mlflow import MlflowClient
 
-    from ice.checkpoint import sha256_file
+    from ice.files import sha256_file
 
     root = _copy(base, tmp_path)
     out = flow("pretrain", root, ["--set", "tracking.register_models=true", "--refresh-cache"], env)

@@ -199,7 +199,8 @@ def test_registered_versions_load_back(project):
     import mlflow.pyfunc
     import yaml
 
-    from ice.checkpoint import load_checkpoint, sha256_file
+    from ice.checkpoint import load_checkpoint
+    from ice.files import sha256_file
 
     root, _ = project
     c = _client(root)
@@ -240,7 +241,7 @@ def test_rerun_reuses_every_task(project):
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     from flows.prune import prune
-    from ice.checkpoint import sha256_file
+    from ice.files import sha256_file
 
     root, _ = project
     before = sha256_file(root / "models/pruned/ice.pt")

@@ -30,7 +30,7 @@ def _epoch_states(log: str) -> list[tuple[int, str]]:
 
 @pytest.mark.integration
 def test_killed_pretraining_resumes_from_its_last_epoch_with_identical_bytes(prefect_server, tmp_path):
-    from ice.checkpoint import sha256_file
+    from ice.files import sha256_file
 
     env = sub_env(
         PREFECT_API_URL=prefect_server.url, PREFECT_HOME=str(prefect_server.home), PREFECT_LOGGING_LEVEL="INFO"
@@ -103,7 +103,7 @@ def trained(harness, tmp_path_factory):
 )
 def test_weights_import_a_path_or_a_registered_version(trained, uri):
     from flows.pretrain import pretrain
-    from ice.checkpoint import sha256_file
+    from ice.files import sha256_file
 
     root, first = trained
     report = pretrain(
@@ -141,7 +141,7 @@ def test_weights_import_a_path_or_a_registered_version(trained, uri):
 )
 def test_bad_weights_are_one_line_refusals(trained, overrides, message):
     from flows.pretrain import pretrain
-    from ice.checkpoint import sha256_file
+    from ice.files import sha256_file
     from tasks.weights import WeightsError
 
     root, first = trained

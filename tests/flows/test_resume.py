@@ -41,7 +41,7 @@ def _states(log: str, task: str) -> list[str]:
 
 
 def test_killed_prune_resumes_from_cache_with_identical_checkpoint(prefect_server, tmp_path):
-    from ice.checkpoint import sha256_file
+    from ice.files import sha256_file
 
     env = sub_env(
         PREFECT_API_URL=prefect_server.url, PREFECT_HOME=str(prefect_server.home), PREFECT_LOGGING_LEVEL="INFO"
@@ -128,7 +128,7 @@ def test_sigterm_stops_a_running_trial_after_its_step_and_the_rerun_resumes_it(p
 def test_killed_recovery_resumes_from_cache_with_identical_checkpoint(prefect_server, tmp_path):
     """prune_once, then a recovery toward a target it cannot reach in 0.6 epoch (3 chunks):
     killed after its first chunk, the rerun reuses the finished chunks and ends with the same bytes."""
-    from ice.checkpoint import sha256_file
+    from ice.files import sha256_file
 
     env = sub_env(
         PREFECT_API_URL=prefect_server.url, PREFECT_HOME=str(prefect_server.home), PREFECT_LOGGING_LEVEL="INFO"

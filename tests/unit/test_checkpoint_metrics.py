@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from ice.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, sha256_file
+from ice.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ice.files import sha256_file
 from ice.metrics import (
     conv_param_fraction,
     count_macs,

@@ -115,3 +115,46 @@ def test_shipped_params_files_spell_out_every_key():
     for f in [root / "params.yaml", *sorted((root / "params").glob("*.yaml"))]:
         missing = every - keys(yaml.safe_load(f.read_text()))
         assert not missing, f"{f.name} does not spell out {sorted(missing)}"
+
+
+# Where params.yaml (the digits default run) departs from ice.config's defaults (the paper's
+# CIFAR settings), and why. A new difference, or one that goes away, fails the test below:
+# defaults live in one place (ice.config) and every departure is a deliberate digits choice.
+DIGITS_DEPARTURES = {
+    "data.val_fraction": "digits has 1,797 images: 25% is 360 val images, one image 0.28 points",
+    "model.arch": "ResNet-56's 27 small units are the regime ICE is for; ResNet-20's 9 steps cost 3-20 points each",
+    "train.epochs": "pre-training the digits model to ~97% takes 30 epochs of 21 steps",
+    "train.batch_size": "1,347 training images: batch 64 gives 21 steps an epoch",
+    "train.augment": "8x8 digits: crops and mirror images hurt more than they help",
+    "prune.batch_size": "the same 21 steps an epoch for the fine-tunes as for pre-training",
+    "prune.augment": "8x8 digits: crops and mirror images hurt more than they help",
+    "prune.finetune_epochs": "a digits epoch is 21 steps; 2 epochs restore accuracy so ICE can skip the next ones",
+    "prune.methods": "the default run compares every method",
+    "prune.target.tolerance": "the default run is target-driven (cost to target, issue 21)",
+    "prune.target.check_every": "a check is a pass over 360 val images; every quarter epoch bounds their cost",
+    "ice.lr.base": "on digits the paper's 0.001 decays to 0.0002 and stage 3 never recovers",
+    "ice.autotune.enabled": "on digits a search costs more than it saves (benchmarks/README.md)",
+    "ice.autotune.subset": "2% of digits is ~30 images; 10% keeps trials meaningful",
+    "schedule.epochs": "15 keeps `make run` under 10 min (30: 11 min 42 s)",
+}
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out: dict = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def test_params_yaml_departs_from_the_defaults_only_where_a_reason_is_pinned():
+    root = Path(__file__).resolve().parents[2]
+    defaults = _flat(parse_params({}).model_dump())
+    digits = _flat(load_params(root / "params.yaml").model_dump())
+    differ = {k for k in defaults.keys() | digits.keys() if defaults.get(k) != digits.get(k)}
+    assert differ == set(DIGITS_DEPARTURES), (
+        f"unexplained: {sorted(differ - set(DIGITS_DEPARTURES))}; no longer different: "
+        f"{sorted(set(DIGITS_DEPARTURES) - differ)}"
+    )

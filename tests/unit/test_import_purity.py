@@ -1,5 +1,8 @@
+import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 
 def test_import_ice_loads_no_orchestration_packages():
@@ -22,3 +25,34 @@ def test_import_ice_is_cheap_and_has_version():
     version, torch_loaded = out.stdout.split()
     assert version
     assert torch_loaded == "False"
+
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def _lint_imports(cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(cwd)}
+    return subprocess.run(
+        [str(BIN / "lint-imports"), "--no-cache"], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_architecture_contracts_hold():
+    """The layers, ice's purity and no import cycles, as pyproject.toml's [tool.importlinter] states them."""
+    out = _lint_imports(ROOT)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert "3 kept, 0 broken" in out.stdout
+
+
+def test_a_planted_cycle_breaks_the_contracts(tmp_path):
+    """The contracts can fail: in a copy of the project, ice.data importing back from ice.models'
+    user (ice.checkpoint, which imports ice.models) and ice reaching for tasks are both caught."""
+    for pkg in ("ice", "tasks", "flows"):
+        shutil.copytree(ROOT / pkg, tmp_path / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    with open(tmp_path / "ice" / "models.py", "a") as f:
+        f.write("\nfrom ice.checkpoint import load_checkpoint  # noqa: E402\nimport tasks.common  # noqa: E402\n")
+    out = _lint_imports(tmp_path)
+    assert out.returncode != 0
+    assert "0 kept, 3 broken" in out.stdout, out.stdout[-3000:]

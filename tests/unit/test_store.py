@@ -40,7 +40,7 @@ print(failed)
 
 
 def test_two_processes_storing_the_same_key_never_collide(tmp_path):
-    from ice.checkpoint import sha256_file
+    from ice.files import sha256_file
 
     go = tmp_path / "go"
     procs = [
