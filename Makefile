@@ -42,7 +42,7 @@ run:  ## the main job: `dvc repro` of the whole pipeline on params.yaml (bundled
 	@cat reports/compare.md
 	@echo
 	@echo "Results: reports/compare.md, reports/metrics.json, reports/figures/, models/ (DVC outs)"
-	@$(PY) -m flows.links
+	@$(PY) -m scripts.links
 	@echo "Plots:             $(VENV)/bin/dvc plots show   (renders offline)"
 
 pipeline:  ## the same stages as one Prefect flow (python -m flows.pipeline)
@@ -55,7 +55,7 @@ overhead:  ## orchestration overhead: flows with tracking vs calling ice directl
 	$(PY) benchmarks/overhead.py --params params.yaml
 
 mlflow-ui:  ## browse runs and model versions of the local sqlite store on 127.0.0.1:5000
-	@$(PY) -m flows.links | head -1
+	@$(PY) -m scripts.links | head -1
 	$(VENV)/bin/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///$(CURDIR)/mlflow.db
 
 up:  ## start S3 (SeaweedFS :8333), a Prefect server (:4200) and an MLflow server (:5000, artifacts in S3) on 127.0.0.1

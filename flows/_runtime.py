@@ -576,9 +576,9 @@ def cli(
             raise
         print(f"error: {one_line(err, name)}", file=sys.stderr)
         sys.exit(1)
-    from flows.links import links
+    from tasks.tracking import project_links
 
-    found = links(str(pfile), str(r))
+    found = project_links(str(pfile), str(r))
     runs = found.get("mlflow_runs", "")
     prefect = found.get("prefect_ui") or "`make up` (http://127.0.0.1:4200)"
     local = "" if found["mlflow_store"].startswith("http") else " (start it with `make mlflow-ui`)"

@@ -299,3 +299,28 @@ class Tracker:
             if self.client.get_model_version(name, version).status == "READY":
                 return
             time.sleep(0.2)
+
+
+def project_links(params_path: str = "params.yaml", root: str | None = None) -> dict[str, str]:
+    """Where to look: the MLflow runs table of this project's experiment (MLflow 3's
+    ``#/experiments/<id>/runs?workflowType=machine_learning``; the bare experiment link opens
+    its GenAI overview, which is empty for this project), and the Prefect UI."""
+    from mlflow import MlflowClient
+
+    from ice.config import load_params
+    from tasks.common import project_root
+
+    r = project_root(root)
+    params = load_params(r / params_path if not os.path.isabs(params_path) else params_path)
+    uri = tracking_uri(r, params.tracking.tracking_uri)
+    out = {"mlflow_store": uri}
+    if uri.startswith("sqlite:///") and not os.path.exists(uri.removeprefix("sqlite:///")):
+        return out  # nothing has run yet
+    exp = MlflowClient(uri).get_experiment_by_name(params.tracking.experiment)
+    if exp is not None:
+        tracker = Tracker.__new__(Tracker)
+        tracker.uri, tracker.experiment_id = uri, exp.experiment_id
+        out["mlflow_runs"] = tracker.runs_url()
+    api = os.environ.get("PREFECT_API_URL", "")
+    out["prefect_ui"] = api.removesuffix("/").removesuffix("/api") if api else ""
+    return out

@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 import torch
 
-from flows.export import export_model, run_exported
 from helpers import free_port, start_group, stop_group, sub_env
 from ice.checkpoint import save_checkpoint
 from ice.models import build_model
 from ice.pruning import prunable_units, prune_unit
+from scripts.export import export_model, run_exported
 
 CLASSES = [f"class-{i}" for i in range(10)]
 
@@ -55,7 +55,7 @@ def test_export_matches_pytorch(pruned, fmt, tmp_path):
 
 def test_export_cli_rejects_a_bad_format_in_one_line(tmp_path):
     r = subprocess.run(
-        [sys.executable, "-m", "flows.export", "--method", "ice", "--format", "tflite"],
+        [sys.executable, "-m", "scripts.export", "--method", "ice", "--format", "tflite"],
         capture_output=True,
         text=True,
         env=sub_env(),

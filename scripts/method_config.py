@@ -1,6 +1,6 @@
 """What one pruning method reads, as a small JSON file: DVC's change detector for prune@<method>.
 
-    python -m flows.method_config --method iterative --params params.yaml   ->  models/config/iterative.json
+    python -m scripts.method_config --method iterative --params params.yaml   ->  models/config/iterative.json
 
 DVC cannot give each ``prune@<method>`` stage of a ``foreach`` its own params list, so each
 method's settings are written here first: the shared pruning settings, plus ICE's
@@ -50,7 +50,7 @@ def method_config(params: Params, method: str, autotune: dict[str, Any] | None) 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(prog="python -m flows.method_config", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m scripts.method_config", description=__doc__.split("\n\n")[0])
     ap.add_argument("--method", required=True)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--root", default=".")

@@ -1,6 +1,6 @@
 """export: ship a pruned model as ONNX or TorchScript, with what a deployer needs beside it.
 
-    python -m flows.export --params params.yaml --method ice --format onnx
+    python -m scripts.export --params params.yaml --method ice --format onnx
         ->  models/export/ice.onnx and models/export/ice.onnx.json
 
 The JSON sidecar names the input (shape ``[batch, C, H, W]``, float32, normalised with the
@@ -127,7 +127,7 @@ def export_model(
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m flows.export", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m scripts.export", description=__doc__.splitlines()[0])
     ap.add_argument("--params", default="params.yaml", help="params file (for the method list and the data)")
     ap.add_argument("--method", required=True, help="a method of params.yaml, or 'pretrained'")
     ap.add_argument("--format", default="onnx", help=f"one of {', '.join(FORMATS)}")
