@@ -42,4 +42,3 @@ def one_cycle(t: float, start: float = 0.0, end: float = 0.8, alpha: float = 14.
     """One-Cycle Pruning (Hubens et al., 2021): s_i + (s_f - s_i)(1 + e^(-α+β)) / (1 + e^(-αt+β))."""
     t = _clip(t)
     return start + (end - start) * (1 + math.exp(-alpha + beta)) / (1 + math.exp(-alpha * t + beta))
-
