@@ -21,9 +21,11 @@ from typing import Any
 
 from prefect import flow
 
-from flows._runtime import cli, open_stage, publish_artifact, task_runner
 from ice.config import SEARCHED_ICE_KEYS
-from tasks.common import progress, write_csv, write_json
+from pipeline.cli import cli
+from pipeline.log import progress
+from pipeline.records import write_csv, write_json
+from pipeline.runtime import open_stage, publish_artifact, task_runner
 from tasks.steps import autotune_setup, autotune_trial, bind
 
 
@@ -31,7 +33,7 @@ def _result(future: Any) -> Any:
     """A trial's result, waited for in half-second slices, so that SIGTERM or Ctrl-C reach the
     main thread at once, and then tell the running trials to stop after their current step
     (the task runner waits for its threads before the flow can end)."""
-    from tasks.common import STOP
+    from pipeline.log import STOP
 
     try:
         while not future.wrapped_future.done():

@@ -17,11 +17,13 @@ from typing import Any
 
 from prefect import flow
 
-from flows._runtime import Stage, cli, open_stage, publish_artifact
 from ice.files import atomic_write_bytes as _write
 from ice.methods import STEPWISE
 from ice.metrics import bootstrap_interval
-from tasks.common import progress, read_json, write_csv, write_json
+from pipeline.cli import cli
+from pipeline.log import progress
+from pipeline.records import read_json, write_csv, write_json
+from pipeline.runtime import Stage, open_stage, publish_artifact
 from tasks.steps import bind, evaluate_model
 
 

@@ -23,13 +23,15 @@ from typing import Any
 
 from prefect import flow, task
 
-from flows._runtime import cli, materialize, open_stage, share, store_url, task_runner
 from flows.autotune import autotune
 from flows.evaluate import evaluate
 from flows.prepare import prepare
 from flows.pretrain import pretrain
 from flows.prune import prune
-from tasks.common import Paths, progress, project_root
+from pipeline.cli import cli
+from pipeline.log import progress
+from pipeline.paths import Paths, project_root
+from pipeline.runtime import materialize, open_stage, share, store_url, task_runner
 
 
 def _outputs(paths: Paths, method: str) -> list[Path]:

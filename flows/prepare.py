@@ -9,8 +9,11 @@ from typing import Any
 
 from prefect import flow
 
-from flows._runtime import cli, open_stage
-from tasks.common import Publication, json_bytes, progress, resolve
+from pipeline.cli import cli
+from pipeline.log import progress
+from pipeline.paths import resolve
+from pipeline.records import Publication, json_bytes
+from pipeline.runtime import open_stage
 from tasks.steps import bind, prepare_data
 
 

@@ -23,12 +23,16 @@ from typing import Any
 
 from prefect import flow
 
-from flows._runtime import Stage, cli, open_stage
 from ice.files import sha256_file
-from tasks.common import Publication, json_bytes, make_ref, progress, resolve, store_path
+from pipeline.cli import cli
+from pipeline.log import progress
+from pipeline.paths import make_ref, resolve, store_path
+from pipeline.records import Publication, json_bytes
+from pipeline.runtime import Stage, open_stage
+from pipeline.tracking import registered_name
+from pipeline.weights import WeightsError, check_weights, fetch_weights
 from tasks.steps import bind, finish_pretrain, load_data, pretrain_epoch
-from tasks.tracking import registered_name
-from tasks.weights import WeightsError, check_weights, fetch_weights, import_pretrained
+from tasks.weights import import_pretrained
 
 
 def _train(st: Stage, data_ref: dict[str, str]) -> dict[str, Any]:

@@ -24,10 +24,14 @@ from typing import Any
 
 from prefect import flow
 
-from flows._runtime import Stage, cli, open_stage, publish_artifact, update_progress
 from ice.config import SEARCHED_ICE_KEYS
 from ice.methods import STEPWISE, Method
-from tasks.common import STEP_SINK, Publication, csv_bytes, json_bytes, progress, read_json, resolve
+from pipeline.cli import cli
+from pipeline.log import STEP_SINK, progress
+from pipeline.paths import resolve
+from pipeline.records import Publication, csv_bytes, json_bytes, read_json
+from pipeline.runtime import Stage, open_stage, publish_artifact, update_progress
+from pipeline.tracking import registered_name
 from tasks.steps import (
     bind,
     check_target,
@@ -40,7 +44,6 @@ from tasks.steps import (
     start_pruning,
     train_with_schedule,
 )
-from tasks.tracking import registered_name
 
 STEP_METRICS = (
     "acc_pruned",
@@ -286,7 +289,7 @@ def _run_name() -> str:
     name = f"prune-{p.get('method', 'method')}"
     try:
         from ice.config import load_params
-        from tasks.common import project_root
+        from pipeline.paths import project_root
 
         pfile = Path(p.get("params_path") or "params.yaml")
         if not pfile.is_absolute():

@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from ice.config import ParamsError
-from tasks.tracking import project_links
+from pipeline.tracking import project_links
 
 
 def main() -> None:

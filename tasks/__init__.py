@@ -1,3 +1,4 @@
-"""Prefect tasks (``tasks.steps``), MLflow tracking (``tasks.tracking``) and the paths and
-references they share (``tasks.common``). Tasks are thin: each calls ``ice`` and moves
-checkpoints by reference."""
+"""The Prefect tasks: ``tasks.steps`` (one cached task per pruning step, evaluation, fine-tune
+decision, fine-tune, recovery chunk and check; pre-training epochs; auto-tune trials) and
+``tasks.weights`` (importing an existing model). Tasks are thin: each calls ``ice`` and
+moves checkpoints by reference through the store (:mod:`pipeline`)."""

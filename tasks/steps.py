@@ -23,22 +23,10 @@ from typing import Any
 from prefect import task
 
 from ice.files import temp_beside
-from tasks.common import (
-    STEP_SINK,
-    IntegrityError,
-    Paths,
-    check_stop,
-    ice_code_hash,
-    make_ref,
-    progress,
-    project_root,
-    resolve,
-    s3_store,
-    store_of,
-    store_path,
-    verify_refs,
-    warn,
-)
+from pipeline.caching import ice_code_hash
+from pipeline.log import STEP_SINK, check_stop, progress, warn
+from pipeline.paths import Paths, make_ref, project_root, resolve, s3_store, store_of, store_path
+from pipeline.records import IntegrityError, verify_refs
 
 __all__ = [
     "bind",
@@ -143,7 +131,7 @@ def result_storage(store_url: str) -> Any:
     if store_url not in _RESULT_BLOCKS:
         from prefect_aws import S3Bucket
 
-        from tasks.store import parse_store_url
+        from pipeline.store import parse_store_url
 
         loc = parse_store_url(store_url)
         block = S3Bucket(bucket_name=loc.bucket, bucket_folder=loc.key("results"))

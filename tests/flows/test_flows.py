@@ -294,7 +294,7 @@ def test_missing_upstream_names_the_stage(harness, tmp_path, monkeypatch):
 def test_unreachable_mlflow_server_fails_fast(harness, tmp_path, monkeypatch):
     from flows.pretrain import pretrain
     from helpers import free_port
-    from tasks.tracking import TrackingUnavailable
+    from pipeline.tracking import TrackingUnavailable
 
     write_params(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
@@ -309,8 +309,8 @@ def test_refresh_cache_flag_recomputes_the_tasks(project, monkeypatch):
     import, so the flag must not rely on setting the environment variable late)."""
     import sys
 
-    from flows._runtime import cli
     from flows.autotune import autotune
+    from pipeline.cli import cli
 
     root, _ = project
     out = root / "models/autotune.json"

@@ -1,0 +1,292 @@
+"""The command line every flow shares (``python -m flows.<name>``): parse, validate before
+Prefect starts (params, inputs, servers), run, and turn any failure into one ``error:`` line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import functools
+import json
+import logging
+import os
+import signal
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ice.checkpoint import CheckpointError
+from ice.config import Params, ParamsError, load_params, parse_yaml
+from pipeline.log import progress
+from pipeline.paths import Paths, project_root
+from pipeline.records import IntegrityError, verify_input
+from pipeline.runtime import (
+    store_url,
+)
+from pipeline.store import StoreError, check_url
+from pipeline.tracking import TrackingUnavailable, check_reachable, tracking_uri
+from pipeline.weights import WeightsError
+
+__all__ = ["one_line", "STAGE_INPUTS", "cli"]
+
+
+class _OneLineFailures(logging.Filter):
+    """Without ``--debug``, a failure is reported once, by the CLI's ``error:`` line.
+
+    Prefect's (and MLflow's) own ERROR records, their tracebacks, the "Finished in state
+    Failed" lines and urllib3's retry warnings are dropped from the console.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith(("prefect", "mlflow", "urllib3")):
+            if record.levelno >= logging.ERROR or record.name.startswith("urllib3"):
+                return False
+            msg = record.getMessage()
+            if "Finished in state Failed" in msg or "Finished in state Crashed" in msg:
+                return False
+        record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _quiet_failures() -> None:
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_OneLineFailures())
+
+
+def _quiet_prefect() -> None:
+    """Prefect's per-task INFO chatter off the console (it stays in the Prefect UI): a flow
+    prints its own progress lines. An explicit PREFECT_LOGGING_LEVEL keeps Prefect's say."""
+    for name in ("distributed", "distributed.scheduler", "distributed.nanny", "distributed.worker"):
+        logging.getLogger(name).setLevel(logging.WARNING)  # Dask's cluster start/stop chatter
+    if "PREFECT_LOGGING_LEVEL" in os.environ:
+        return
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(max(handler.level, logging.WARNING))
+
+
+def one_line(err: BaseException, stage: str | None = None) -> str:
+    """An exception as one line: ours already are; others get their type and first line. A
+    full disk names the file, the bytes it needed where known, and the stage to rerun."""
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        where = err.filename or "a file"
+        rerun = f", then rerun the {stage} stage" if stage else ", then rerun"
+        return f"{where}: {err.strerror or 'no space left on the device'}; free space there{rerun}"
+    known = (
+        ParamsError,
+        TrackingUnavailable,
+        FileNotFoundError,
+        WeightsError,
+        IntegrityError,
+        CheckpointError,
+        StoreError,
+    )
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    if isinstance(err, known):
+        return text or type(err).__name__
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def _check_prefect_api(timeout: float = 5.0) -> None:
+    url = os.environ.get("PREFECT_API_URL")
+    if not url:
+        return
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/health", timeout=timeout) as r:
+            if r.status == 200:
+                return
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise TrackingUnavailable(
+            f"Prefect API at {url} cannot be reached ({reason}); start it (make up) or unset "
+            "PREFECT_API_URL to run without a server"
+        ) from None
+
+
+def _die_with(parent: int) -> Callable[[], None]:
+    """A ``preexec_fn``: the child gets SIGKILL when ``parent`` dies, even by SIGKILL (Linux)."""
+
+    def arm() -> None:
+        import ctypes
+
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):  # not Linux: the atexit stop is all there is
+            return
+        if os.getppid() != parent:  # the parent died before the line above
+            os._exit(1)
+
+    return arm
+
+
+def _bind_ephemeral_server() -> None:
+    """Without ``PREFECT_API_URL`` Prefect starts a temporary server (uvicorn) as a child. A
+    SIGKILLed flow cannot stop it, and it would run on, re-parented to init. Start it here,
+    from the main thread (the death signal follows the thread that made the child), with a
+    death signal bound to this process, so it dies with the flow however the flow ends."""
+    if os.environ.get("PREFECT_API_URL"):
+        return
+    import subprocess
+
+    from prefect.server.api import server as srv
+
+    instance = srv.SubprocessASGIServer()
+    if instance.running:
+        return
+    real = subprocess.Popen
+    subprocess.Popen = functools.partial(real, preexec_fn=_die_with(os.getpid()))  # type: ignore[misc, assignment]
+    try:
+        instance.start()
+    finally:
+        subprocess.Popen = real  # type: ignore[misc]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage block): `error: argument --method: invalid choice ...`."""
+
+    def error(self, message: str) -> Any:
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def _on_stop_signal(signum: int, frame: Any) -> None:
+    from pipeline.log import STOP
+
+    STOP.set()  # worker threads stop after their current step
+    raise KeyboardInterrupt("terminated" if signum == signal.SIGTERM else "interrupted")
+
+
+STAGE_INPUTS: dict[str, list[str]] = {
+    "prepare": [],
+    "pretrain": ["prepare"],
+    "autotune": ["prepare", "pretrain"],
+    "prune": ["prepare", "pretrain"],
+    "evaluate": ["prepare", "pretrain"],
+    "pipeline": [],
+}
+
+
+def _preflight_inputs(name: str, paths: Paths, params: Params) -> None:
+    """Verify the stage's inputs against their producers' records before Prefect starts."""
+    where = {"prepare": paths.prepared, "pretrain": paths.pretrained}
+    if "prepare" in STAGE_INPUTS.get(name, []) and paths.prepared_record.exists():
+        sizes = json.loads(paths.prepared_record.read_text())
+        for key, value in (
+            ("train.batch_size", params.train.batch_size),
+            ("prune.batch_size", params.prune.batch_size),
+        ):
+            if value > sizes.get("train", value):
+                raise ParamsError(
+                    f"{key} = {value} is not allowed: the prepared training split has {sizes['train']} images"
+                )
+    weights = params.model.weights
+    if name in ("pretrain", "pipeline") and weights and "://" not in weights:
+        # a checkpoint is untrusted data: refuse one that names code before any server starts
+        # (models:/ weights are checked the same way once downloaded)
+        from ice.checkpoint import check_checkpoint
+
+        local = Path(weights).expanduser()
+        local = local if local.is_absolute() else paths.root / local
+        if local.is_file():
+            try:
+                check_checkpoint(local, params.model.arch)
+            except CheckpointError as err:
+                raise WeightsError(f"model.weights: {err}") from None
+    for stage in STAGE_INPUTS.get(name, []):
+        if where[stage].exists():
+            verify_input(paths, where[stage], stage)
+    if name == "evaluate":
+        for method in params.prune.methods:
+            if paths.pruned(method).exists():
+                verify_input(paths, paths.pruned(method), f"prune --method {method}")
+
+
+def cli(
+    name: str,
+    description: str,
+    run: Callable[[argparse.Namespace, dict[str, Any]], Any],
+    extra: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> None:
+    """``python -m flows.<name>``: parse, validate before Prefect starts, run, report.
+
+    Every failure ends with one ``error:`` line and a non-zero exit (2 for bad params or
+    arguments, 1 otherwise), and nothing is created before params, the project root and
+    the servers have been checked. ``--debug`` (or ``ICE_DEBUG=1``) shows full tracebacks.
+    """
+    ap = _Parser(prog=f"python -m flows.{name}", description=description)
+    ap.add_argument("--params", default="params.yaml", help="params file, relative to the project root")
+    ap.add_argument("--root", default=None, help="project root (default: $ICE_PROJECT_DIR or the working directory)")
+    ap.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a param, dotted (YAML value)"
+    )
+    ap.add_argument(
+        "--refresh-cache", action="store_true", help="recompute every task instead of reusing cached results"
+    )
+    ap.add_argument("--quiet", action="store_true", help="no progress lines")
+    ap.add_argument(
+        "--debug",
+        action="store_true",
+        default=os.environ.get("ICE_DEBUG") in ("1", "true", "yes"),
+        help="full tracebacks on failure (also ICE_DEBUG=1)",
+    )
+    if extra is not None:
+        extra(ap)
+    args = ap.parse_args()
+    overrides: dict[str, Any] = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            ap.error(f"--set {item!r}: expected KEY=VALUE")
+        try:
+            overrides[key] = parse_yaml(value, f"--set {key}")
+        except ParamsError as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+    if args.quiet:
+        os.environ["ICE_QUIET"] = "1"
+    r = project_root(args.root)
+    if not r.is_dir():
+        print(f"error: project root {r} is not a directory (--root or $ICE_PROJECT_DIR)", file=sys.stderr)
+        sys.exit(2)
+    pfile = Path(args.params) if Path(args.params).is_absolute() else r / args.params
+    try:
+        params = load_params(pfile, overrides)  # fail before Prefect, torch or MLflow spend a second
+        check_reachable(tracking_uri(r, params.tracking.tracking_uri))
+        _check_prefect_api()
+        check_url(store_url(params))
+        _preflight_inputs(name, Paths(r), params)
+    except (ParamsError, TrackingUnavailable, IntegrityError, StoreError, WeightsError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2 if isinstance(err, ParamsError) else 1)
+    # SIGTERM (a worker stopping, `kill`) unwinds like Ctrl-C, so the MLflow run ends as KILLED;
+    # both also tell worker threads to stop after their current step
+    signal.signal(signal.SIGTERM, _on_stop_signal)
+    signal.signal(signal.SIGINT, _on_stop_signal)
+    try:
+        # prefect read its settings at import, so setting the environment variable here
+        # would be too late: refresh through a settings context instead
+        from prefect.settings import PREFECT_TASKS_REFRESH_CACHE, temporary_settings
+
+        _quiet_prefect()
+        if not args.debug:
+            _quiet_failures()
+        _bind_ephemeral_server()
+        with temporary_settings(updates={PREFECT_TASKS_REFRESH_CACHE: True} if args.refresh_cache else None):
+            run(args, overrides)
+    except KeyboardInterrupt:
+        print(f"error: {name} interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as err:
+        if args.debug:
+            raise
+        print(f"error: {one_line(err, name)}", file=sys.stderr)
+        sys.exit(1)
+    from pipeline.tracking import project_links
+
+    found = project_links(str(pfile), str(r))
+    runs = found.get("mlflow_runs", "")
+    prefect = found.get("prefect_ui") or "`make up` (http://127.0.0.1:4200)"
+    local = "" if found["mlflow_store"].startswith("http") else " (start it with `make mlflow-ui`)"
+    progress(f"[{name}] done. Results under {r} (models/, reports/). MLflow runs: {runs}{local}; Prefect UI: {prefect}")
