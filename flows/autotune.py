@@ -22,11 +22,12 @@ from typing import Any
 from prefect import flow
 
 from ice.config import SEARCHED_ICE_KEYS
+from pipeline.caching import bind
 from pipeline.cli import cli
 from pipeline.log import progress
 from pipeline.records import write_csv, write_json
 from pipeline.runtime import open_stage, publish_artifact, task_runner
-from tasks.steps import autotune_setup, autotune_trial, bind
+from tasks.autotune import autotune_setup, autotune_trial
 
 
 def _result(future: Any) -> Any:

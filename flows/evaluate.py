@@ -20,11 +20,12 @@ from prefect import flow
 from ice.files import atomic_write_bytes as _write
 from ice.methods import STEPWISE
 from ice.metrics import bootstrap_interval
+from pipeline.caching import bind
 from pipeline.cli import cli
 from pipeline.log import progress
 from pipeline.records import read_json, write_csv, write_json
 from pipeline.runtime import Stage, open_stage, publish_artifact
-from tasks.steps import bind, evaluate_model
+from tasks.evaluate import evaluate_model
 
 
 def _round(obj: Any, places: int = 4) -> Any:

@@ -9,12 +9,13 @@ from typing import Any
 
 from prefect import flow
 
+from pipeline.caching import bind
 from pipeline.cli import cli
 from pipeline.log import progress
 from pipeline.paths import resolve
 from pipeline.records import Publication, json_bytes
 from pipeline.runtime import open_stage
-from tasks.steps import bind, prepare_data
+from tasks.prepare import prepare_data
 
 
 @flow(name="prepare", flow_run_name="prepare-{params_path}", log_prints=False)

@@ -24,6 +24,8 @@ from typing import Any
 from prefect import flow
 
 from ice.files import sha256_file
+from pipeline.artifacts import load_data
+from pipeline.caching import bind
 from pipeline.cli import cli
 from pipeline.log import progress
 from pipeline.paths import make_ref, resolve, store_path
@@ -31,8 +33,7 @@ from pipeline.records import Publication, json_bytes
 from pipeline.runtime import Stage, open_stage
 from pipeline.tracking import registered_name
 from pipeline.weights import WeightsError, check_weights, fetch_weights
-from tasks.steps import bind, finish_pretrain, load_data, pretrain_epoch
-from tasks.weights import import_pretrained
+from tasks.pretrain import finish_pretrain, import_pretrained, pretrain_epoch
 
 
 def _train(st: Stage, data_ref: dict[str, str]) -> dict[str, Any]:

@@ -26,14 +26,14 @@ from prefect import flow
 
 from ice.config import SEARCHED_ICE_KEYS
 from ice.methods import STEPWISE, Method
+from pipeline.caching import bind
 from pipeline.cli import cli
 from pipeline.log import STEP_SINK, progress
 from pipeline.paths import resolve
 from pipeline.records import Publication, csv_bytes, json_bytes, read_json
 from pipeline.runtime import Stage, open_stage, publish_artifact, update_progress
 from pipeline.tracking import registered_name
-from tasks.steps import (
-    bind,
+from tasks.prune import (
     check_target,
     decide_finetune,
     evaluate_checkpoint,

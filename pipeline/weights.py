@@ -9,7 +9,7 @@ one branch per scheme:
   checkpoint, through MLflow (the version's ``sha256`` tag is verified).
 
 A new scheme (``s3://``) is one more branch there. :func:`check_weights` checks the
-model against params (arch, classes, channels); the task ``tasks.weights.import_pretrained``
+model against params (arch, classes, channels); the task ``tasks.pretrain.import_pretrained``
 evaluates it, and the pretrain flow drives both. Every refusal is a :class:`WeightsError`
 with one line naming both values.
 """

@@ -15,7 +15,7 @@ WRITER = r"""
 import hashlib, sys, time
 from pathlib import Path
 from pipeline.paths import Paths
-from tasks.steps import _store
+from pipeline.artifacts import store_file
 
 root, tag, go = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
 while not go.exists():
@@ -29,7 +29,7 @@ for i in range(int(sys.argv[4])):
         return hashlib.sha256(tmp.read_bytes()).hexdigest()
 
     try:
-        ref = _store(paths, "step-0001-finetuned", write)
+        ref = store_file(paths, "step-0001-finetuned", write)
         if hashlib.sha256((root / ref["uri"]).read_bytes()).hexdigest() != ref["sha256"]:
             failed += 1
     except Exception as err:  # noqa: BLE001 - counted, and the count is what the test asserts

@@ -1,0 +1,105 @@
+"""Data and models as tasks see them: loaded from references (decoded once per process),
+saved to the content store under their sha256, and the device and params a task's config names."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ice.files import temp_beside
+from pipeline.paths import Paths, make_ref, project_root, resolve, s3_store, store_path
+
+__all__ = ["task_device", "load_data", "load_model", "save_model", "accuracies"]
+
+_DATA: dict[str, Any] = {}
+
+
+_MODELS: dict[str, Any] = {}
+
+
+# ----------------------------------------------------------------------------- loading
+def params_of(cfg: dict[str, Any]) -> Any:
+    from ice.config import parse_params
+
+    return parse_params(cfg, source="task config")
+
+
+def task_device(cfg: dict[str, Any]) -> Any:
+    from ice.train import pick_device
+
+    return pick_device(cfg.get("train", {}).get("device", "auto"))
+
+
+def load_data(paths: Paths, ref: dict[str, str]) -> Any:
+    """The prepared dataset, decoded once per process."""
+    from ice.data import load_prepared
+
+    key = ref["sha256"]
+    if key not in _DATA:
+        _DATA.clear()  # one dataset at a time
+        _DATA[key] = load_prepared(resolve(paths, ref), sha256=key)
+    return _DATA[key]
+
+
+def load_model(paths: Paths, ref: dict[str, str], device: Any) -> Any:
+    from ice.checkpoint import load_checkpoint
+
+    model, _ = load_checkpoint(resolve(paths, ref), sha256=ref["sha256"], map_location=device)
+    return model
+
+
+def load_teacher(paths: Paths, ref: dict[str, str], device: Any) -> Any:
+    """The unpruned model, for distillation; kept in memory across steps."""
+    key = ref["sha256"]
+    if key not in _MODELS:
+        _MODELS.clear()
+        _MODELS[key] = load_model(paths, ref, device).eval()
+    return _MODELS[key]
+
+
+def save_model(paths: Paths, model: Any, stem: str, meta: dict[str, Any], to: str = "") -> dict[str, str]:
+    """Save to the content store ``to`` ("" local, else an S3 store url); the name carries the sha256."""
+    from ice.checkpoint import save_checkpoint
+
+    return store_file(paths, stem, lambda tmp: save_checkpoint(tmp, model, meta), to)
+
+
+def project_paths(root: str) -> Paths:
+    """The project's paths on this machine: ``root`` where it exists here, else this worker's
+    own project (``$ICE_PROJECT_DIR`` or the working directory), e.g. on a Dask worker on
+    another machine, where only the local download cache is used."""
+    return Paths(Path(root)) if Path(root).is_dir() else Paths(project_root(None))
+
+
+def store_file(paths: Paths, stem: str, write: Any, to: str = "") -> dict[str, str]:
+    """Write through ``write(tmp_path) -> sha256`` and move the file to its sha-named place;
+    with an S3 store ``to``, upload it too (it stays in the local cache, already verified).
+
+    The temporary name is unique to this write (two processes storing the same step at
+    once never share it), and the rename happens only after the hash is known, so a
+    sha-named file always holds the bytes its name says.
+    """
+    fd, tmp = temp_beside(paths.store / stem, ".pending")
+    os.close(fd)
+    try:
+        sha = write(tmp)
+        if to:
+            store = s3_store(paths, to)
+            dst = store.cached(store.object_uri(sha, ".pt"))
+            os.replace(tmp, dst)
+            return store.put(dst, sha, ".pt", name=stem)  # type: ignore[no-any-return]
+        dst = store_path(paths, stem, sha)
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return make_ref(paths, dst, sha)
+
+
+def accuracies(model: Any, data: Any, batch_size: int = 512) -> dict[str, float]:
+    from ice.train import evaluate
+
+    return {
+        "val_acc": evaluate(model, data, "val", batch_size=batch_size)["acc"],
+        "test_acc": evaluate(model, data, "test", batch_size=batch_size)["acc"],
+    }

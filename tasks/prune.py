@@ -1,0 +1,223 @@
+"""The prune stage's tasks: one cached task per step (prune, evaluate, decide, fine-tune), per
+recovery chunk and check, and the training-time methods as one task each."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+
+from pipeline.artifacts import (
+    load_data,
+    load_model,
+    load_teacher,
+    params_of,
+    project_paths,
+    save_model,
+    task_device,
+)
+from pipeline.log import STEP_SINK, progress
+from pipeline.paths import store_of
+
+__all__ = [
+    "start_pruning",
+    "run_view",
+    "prune_one_step",
+    "evaluate_checkpoint",
+    "decide_finetune",
+    "finetune_checkpoint",
+    "recover_checkpoint",
+    "check_target",
+    "train_with_schedule",
+]
+
+
+@task(name="start-pruning", tags=["gpu"])
+def start_pruning(
+    root: str,
+    data_ref: dict[str, str],
+    model_ref: dict[str, str],
+    method: str,
+    hp: dict[str, float] | None,
+    cfg: dict[str, Any],
+) -> dict[str, Any]:
+    """Plan the steps and measure the reference accuracy; ICE also runs its freeze trial."""
+    from ice.methods.core import start_run
+
+    paths = project_paths(root)
+    params = params_of(cfg)
+    model = load_model(paths, model_ref, task_device(cfg))
+    state = start_run(model, load_data(paths, data_ref), method, params, hp=hp)
+    return state
+
+
+def run_view(state: dict[str, Any]) -> dict[str, Any]:
+    """The part of a run's state that a step depends on (no timings, no running accuracy)."""
+    return {k: state[k] for k in ("method", "plan", "frozen", "hp", "input_shape", "conv_params_original")}
+
+
+def _step_run_name(kind: str) -> Any:
+    """A task-run name with the step number and unit, e.g. ``prune-step-3-layer1.2.conv1``."""
+
+    def name() -> str:
+        from prefect.runtime import task_run
+
+        params = task_run.parameters
+        k = int(params["k"])
+        return f"{kind}-{k + 1}-{params['run']['plan'][k]['unit']}"
+
+    return name
+
+
+@task(name="prune-step", tags=["gpu"], task_run_name=_step_run_name("prune-step"))
+def prune_one_step(
+    root: str, data_ref: dict[str, str], model_ref: dict[str, str], run: dict[str, Any], k: int, cfg: dict[str, Any]
+) -> dict[str, Any]:
+    """Apply planned step ``k`` to the checkpoint; return the new reference, sizes and the step's lr."""
+    from ice.methods.core import apply_frozen, prune_and_lr
+
+    paths = project_paths(root)
+    params = params_of(cfg)
+    model = load_model(paths, model_ref, task_device(cfg))
+    apply_frozen(model, run, params)
+    info = prune_and_lr(model, load_data(paths, data_ref), run, k, params)
+    info["ref"] = save_model(
+        paths, model, f"{run['method']}-step{k:03d}-pruned", {"method": run["method"], "step": k}, store_of(data_ref)
+    )
+    return info
+
+
+@task(name="evaluate-step", tags=["gpu"])
+def evaluate_checkpoint(
+    root: str, data_ref: dict[str, str], model_ref: dict[str, str], cfg: dict[str, Any]
+) -> dict[str, float]:
+    """Accuracy of a checkpoint on the decision split (validation), with its seconds and work."""
+    from ice.methods.core import evaluate_step
+
+    paths = project_paths(root)
+    return evaluate_step(load_model(paths, model_ref, task_device(cfg)), load_data(paths, data_ref), params_of(cfg))
+
+
+@task(name="decide-finetune")
+def decide_finetune(
+    run: dict[str, Any],
+    acc_original: float | None,
+    acc_previous: float | None,
+    acc_now: float | None,
+    cfg: dict[str, Any],
+) -> bool:
+    """ICE's rule (or always, for the baseline): fine-tune when the drop reaches ``thre``."""
+    from ice.methods.core import decide
+
+    state = {**run, "acc_original": acc_original, "acc_previous": acc_previous}
+    return decide(state, acc_now, params_of(cfg))
+
+
+def _train_checkpoint(
+    root: str,
+    data_ref: dict[str, str],
+    model_ref: dict[str, str],
+    teacher_ref: dict[str, str],
+    cfg: dict[str, Any],
+    train: Any,
+    stem: str,
+    meta: dict[str, Any],
+) -> dict[str, Any]:
+    """Load the checkpoint, ``train(model, teacher, data, params)`` it in place (the caller
+    sets what is frozen), and save it to the store its data came from."""
+    paths = project_paths(root)
+    params = params_of(cfg)
+    device = task_device(cfg)
+    model = load_model(paths, model_ref, device)
+    teacher = load_teacher(paths, teacher_ref, device) if params.prune.kd else None
+    stats = train(model, teacher, load_data(paths, data_ref), params)
+    return {"ref": save_model(paths, model, stem, meta, store_of(data_ref)), **stats}
+
+
+@task(name="finetune", tags=["gpu"], task_run_name=_step_run_name("finetune"))
+def finetune_checkpoint(
+    root: str,
+    data_ref: dict[str, str],
+    model_ref: dict[str, str],
+    teacher_ref: dict[str, str],
+    run: dict[str, Any],
+    k: int,
+    lr: float,
+    cfg: dict[str, Any],
+) -> dict[str, Any]:
+    """Fine-tune after step ``k`` (fresh SGD, CE + KD, frozen layers left out)."""
+    from ice.methods.core import apply_frozen, finetune_after
+
+    def train(model: Any, teacher: Any, data: Any, params: Any) -> dict[str, Any]:
+        apply_frozen(model, run, params)
+        return finetune_after(model, teacher, data, k, lr, params)
+
+    meta = {"method": run["method"], "step": k}
+    return _train_checkpoint(
+        root, data_ref, model_ref, teacher_ref, cfg, train, f"{run['method']}-step{k:03d}-finetuned", meta
+    )
+
+
+def _chunk_run_name() -> str:
+    from prefect.runtime import task_run
+
+    return f"recover-chunk-{int(task_run.parameters['i']) + 1}"
+
+
+@task(name="recover-chunk", tags=["gpu"], task_run_name=_chunk_run_name)
+def recover_checkpoint(
+    root: str,
+    data_ref: dict[str, str],
+    model_ref: dict[str, str],
+    teacher_ref: dict[str, str],
+    run: dict[str, Any],
+    i: int,
+    cfg: dict[str, Any],
+) -> dict[str, Any]:
+    """Recovery chunk ``i`` toward the target (CE + KD, fresh SGD, the recovery's lr)."""
+    from ice.methods.core import recovery_freeze
+    from ice.methods.recovery import recover_chunk
+
+    def train(model: Any, teacher: Any, data: Any, params: Any) -> dict[str, Any]:
+        recovery_freeze(model, run, params)
+        return recover_chunk(model, teacher, data, i, params)
+
+    meta = {"method": run["method"], "recover": i}
+    return _train_checkpoint(
+        root, data_ref, model_ref, teacher_ref, cfg, train, f"{run['method']}-recover{i:03d}", meta
+    )
+
+
+@task(name="check-target", tags=["gpu"])
+def check_target(
+    root: str, data_ref: dict[str, str], model_ref: dict[str, str], cfg: dict[str, Any]
+) -> dict[str, float]:
+    """Accuracy of a checkpoint on the target's split (the whole of it), with its seconds and work."""
+    from ice.methods.recovery import target_check
+
+    paths = project_paths(root)
+    return target_check(load_model(paths, model_ref, task_device(cfg)), load_data(paths, data_ref), params_of(cfg))
+
+
+@task(name="train-with-pruning", tags=["gpu"])
+def train_with_schedule(
+    root: str, data_ref: dict[str, str], model_ref: dict[str, str] | None, method: str, cfg: dict[str, Any]
+) -> dict[str, Any]:
+    """A training-time method (one_shot, iterative_schedule, agp, one_cycle, prune_while_training),
+    epoch by epoch: from scratch (``model_ref`` None) or from the pre-trained checkpoint."""
+    from ice.methods import Callbacks, run_pruning
+
+    paths = project_paths(root)
+    params = params_of(cfg)
+    model = load_model(paths, model_ref, task_device(cfg)) if model_ref is not None else None
+    # each epoch goes to the flow's sink as it ends, so MLflow's curves grow while the method trains
+    res = run_pruning(
+        model, load_data(paths, data_ref), method, params, Callbacks(on_log=progress, on_step=STEP_SINK.get())
+    )
+    ref = save_model(paths, res.model, f"{method}-final", {"method": method}, store_of(data_ref))
+    return {
+        "ref": ref,
+        "steps": res.steps,
+        "seconds": res.seconds,
+        "info": {k: v for k, v in res.info.items() if isinstance(v, int | float | str)},
+    }
