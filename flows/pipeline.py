@@ -47,7 +47,7 @@ def prune_method(
     method: str, params_path: str, root: str, overrides: dict[str, Any] | None, inputs: dict[str, dict[str, str]]
 ) -> dict[str, Any]:
     """``prune@method`` on whichever worker runs it: inputs from the store, outputs back to it."""
-    from flows.prune import prune as prune_flow  # imported here, on the worker: a flow pickles badly
+    from flows.prune import prune as prune_flow
     from ice.config import load_params
 
     here = project_root(root if Path(root).is_dir() else None)  # this worker's own project

@@ -32,6 +32,7 @@ from pipeline.log import STEP_SINK, progress
 from pipeline.paths import resolve
 from pipeline.records import Publication, csv_bytes, json_bytes, read_json
 from pipeline.runtime import Stage, open_stage, publish_artifact, update_progress
+from pipeline.steptable import cumulative_cost, rounded_rows, step_metrics, target_metrics
 from pipeline.tracking import registered_name
 from tasks.prune import (
     check_target,
@@ -45,30 +46,7 @@ from tasks.prune import (
     train_with_schedule,
 )
 
-STEP_METRICS = (
-    "acc_pruned",
-    "acc_finetuned",
-    "params",
-    "sparsity",
-    "macs",
-    "frozen",
-    "finetuned",
-    "t_prune",
-    "t_eval",
-    "t_finetune",
-    "work_eval",
-    "work_finetune",
-)
-
-
-def step_metrics(rec: dict[str, Any]) -> dict[str, float]:
-    """A step's MLflow metrics. The lr is logged as ``lr_x1000`` and only where a fine-tune used
-    it: MLflow plots a constant series on a +-1 axis, where 0.001 reads as 0, and a step that
-    did not fine-tune has no lr to show."""
-    out = {m: rec[m] for m in STEP_METRICS}
-    if rec["finetuned"]:
-        out["lr_x1000"] = rec["lr"] * 1000
-    return out
+__all__ = ["prune"]
 
 
 class _TaskSteps:
@@ -223,15 +201,6 @@ def _stepwise(st: Stage, method: str, data_ref: dict[str, str], pre_ref: dict[st
     }
 
 
-def cumulative_cost(rows: list[dict[str, Any]], seconds: float, work: float) -> None:
-    """Each step's cumulative cost (``cum_seconds``, ``cum_gmacs``) from ``seconds`` and ``work`` on:
-    the accuracy-against-cost curve of the steps."""
-    for r in rows:
-        seconds += r["t_prune"] + r["t_eval"] + r["t_finetune"]
-        work += r["work_eval"] + r["work_finetune"]
-        r["cum_seconds"], r["cum_gmacs"] = seconds, work
-
-
 def _training(st: Stage, method: str, data_ref: dict[str, str], pre_ref: dict[str, str] | None) -> dict[str, Any]:
     live: list[int] = []
     # from scratch the method is a whole training run: it reads the model and training settings
@@ -264,20 +233,6 @@ def _training(st: Stage, method: str, data_ref: dict[str, str], pre_ref: dict[st
         "finetunes": 0,
         "info": out["info"],
     }
-
-
-def target_metrics(target: dict[str, Any] | None) -> dict[str, float]:
-    """The cost to target as MLflow metrics (nothing when no target is set)."""
-    if not target:
-        return {}
-    out = {"target_reached": float(target["reached"]), "recovery_epochs_total": target["recovery_epochs"]}
-    if target["reached"]:
-        out |= {"cost_to_target_gmacs": target["cost_gmacs"], "cost_to_target_seconds": target["cost_seconds"]}
-    return out
-
-
-def _rounded(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in rows]
 
 
 def _run_name() -> str:
@@ -365,7 +320,7 @@ def prune(
         publish_artifact(
             "table",
             f"prune-{method.replace('_', '-')}-steps",
-            _rounded(out["steps"]),
+            rounded_rows(out["steps"]),
             f"{method}: one row per step; MLflow run: {link}",
         )
         progress(
