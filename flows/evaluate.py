@@ -19,6 +19,7 @@ from prefect import flow
 
 from ice.files import atomic_write_bytes as _write
 from ice.methods import STEPWISE
+from ice.methods.registry import BASELINE
 from ice.metrics import bootstrap_interval
 from pipeline.caching import bind
 from pipeline.cli import cli
@@ -228,7 +229,7 @@ def evaluate(
                 f"[evaluate] {method}: test {m['test_acc']:.2f}%, {m['params_nonzero']:,} non-zero params, "
                 f"{report['seconds']:.1f}s"
             )
-        base = next((r for r in rows if r["method"] == "iterative"), None)
+        base = next((r for r in rows if r["method"] == BASELINE), None)
         for r in rows:  # pruning cost against the baseline's, for the methods that prune the pre-trained model
             r["speedup_vs_iterative"] = r["work_speedup_vs_iterative"] = None
             if base is None or r["init"] != "pretrained":

@@ -25,7 +25,8 @@ from typing import Any
 from prefect import flow
 
 from ice.config import SEARCHED_ICE_KEYS
-from ice.methods import STEPWISE, Method
+from ice.methods import STEPWISE, Method, spec
+from ice.methods.registry import method_inputs
 from pipeline.caching import bind
 from pipeline.cli import cli
 from pipeline.log import STEP_SINK, progress
@@ -117,14 +118,15 @@ def _stepwise(st: Stage, method: str, data_ref: dict[str, str], pre_ref: dict[st
     from ice.methods.core import add_search, recovery_line, run_cost, run_steps, step_line, target_goal
     from ice.methods.recovery import cost_to_target, run_recovery
 
-    # the baseline reads no ICE key: leaving the section out of its tasks' config keeps its
-    # cache valid when only ICE's settings change; likewise only the recovery reads prune.target
-    recovery_cfg = st.device_cfg("seed", "prune", *(["ice"] if method == "ice" else []))
+    # only what the method reads (the baseline reads no ICE key: its cache stays valid when only
+    # ICE's settings change); likewise only the recovery reads prune.target
+    how = spec(method)
+    recovery_cfg = method_inputs(st.params, method)
     cfg = copy.deepcopy(recovery_cfg)
     cfg["prune"].pop("target")
     hp = None
     search = {"seconds": 0.0, "work": 0.0}
-    if method == "ice":
+    if how.searches:
         st.require(st.paths.autotune, "autotune")
         tuned = read_json(st.paths.autotune)
         hp, search = (
@@ -140,7 +142,7 @@ def _stepwise(st: Stage, method: str, data_ref: dict[str, str], pre_ref: dict[st
     if state["frozen"]:
         progress(f"[{method}] freeze trial: {len(state['frozen'])} convs frozen")
     ref_acc = f", reference accuracy {state['acc_original']:.2f}%" if state["acc_original"] is not None else ""
-    what = "1 step pruning every unit" if method == "prune_once" else f"{n} steps"
+    what = "1 step pruning every unit" if how.one_step else f"{n} steps"
     progress(f"[{method}] {what} at ratio {st.params.prune.ratio}{ref_acc}")
     bar = publish_artifact("progress", f"prune-{method.replace('_', '-')}-progress", 0.0, f"{method}: steps done")
     t0 = time.perf_counter()
@@ -206,7 +208,7 @@ def _training(st: Stage, method: str, data_ref: dict[str, str], pre_ref: dict[st
     # from scratch the method is a whole training run: it reads the model and training settings
     # (and no pre-trained checkpoint); from the pre-trained model only the device keys of train
     scratch = st.params.schedule.init == "scratch"
-    cfg = st.device_cfg("seed", "prune", "schedule") | (st.cfg("model", "train") if scratch else {})
+    cfg = method_inputs(st.params, method)
 
     def log_epoch(rec: dict[str, Any]) -> None:
         if st.tracker is not None and st.run_id is not None:

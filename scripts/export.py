@@ -144,18 +144,20 @@ def main(argv: list[str] | None = None) -> int:
 def _main(args: argparse.Namespace) -> int:
     from ice.config import load_params
     from ice.data import load_prepared, normalize
+    from pipeline.paths import Paths
 
     root = Path(args.root)
     params = load_params(root / args.params)
     if args.format not in FORMATS:
         raise ExportError(f"--format {args.format!r} is not allowed; allowed: {', '.join(FORMATS)}")
-    allowed = ["pretrained", *params.prune.methods]
-    if args.method not in allowed:
-        raise ExportError(f"--method {args.method!r} is not allowed; allowed: {', '.join(allowed)}")
-    ckpt = root / ("models/pretrained.pt" if args.method == "pretrained" else f"models/pruned/{args.method}.pt")
+    paths = Paths(root)
+    models = {"pretrained": paths.pretrained} | {m: paths.pruned(m) for m in params.prune.methods}
+    if args.method not in models:
+        raise ExportError(f"--method {args.method!r} is not allowed; allowed: {', '.join(models)}")
+    ckpt = models[args.method]
     if not ckpt.exists():
         raise ExportError(f"{ckpt} does not exist; run `dvc repro` (or make run) first")
-    data = load_prepared(root / "data/prepared/dataset.pt")
+    data = load_prepared(paths.prepared)
     x = normalize(data.test.x[:64], data.mean, data.std)
     out = Path(args.out) if args.out else root / "models/export" / f"{args.method}{SUFFIX[args.format]}"
     side = export_model(

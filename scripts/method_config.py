@@ -20,32 +20,19 @@ from pathlib import Path
 from typing import Any
 
 from ice.config import SEARCHED_ICE_KEYS, Params, ParamsError, load_params
-from ice.methods import STEPWISE
-
-TRAINING_KEYS = ("device", "channels_last")
+from ice.methods.registry import method_inputs, spec
 
 
 def method_config(params: Params, method: str, autotune: dict[str, Any] | None) -> dict[str, Any]:
     """The settings ``method`` reads, and nothing else."""
-    dump = params.model_dump(mode="json")
-    prune = {k: v for k, v in dump["prune"].items() if k != "methods"}
-    out: dict[str, Any] = {
-        "method": method,
-        "seed": params.seed,
-        "train": {k: dump["train"][k] for k in TRAINING_KEYS},
-        "prune": prune,
-    }
-    if method == "ice":
-        ice = {k: v for k, v in dump["ice"].items() if k not in ("autotune", *SEARCHED_ICE_KEYS)}
+    out: dict[str, Any] = {"method": method} | method_inputs(params, method)
+    if spec(method).searches:  # the search's outcome stands in for the keys it chooses
+        ice = {k: v for k, v in out["ice"].items() if k not in ("autotune", *SEARCHED_ICE_KEYS)}
         tuned = autotune or {}
         out["ice"] = ice | {
             "hp": tuned.get("hp"),
             "search": {k: tuned.get(k) for k in ("enabled", "search_seconds", "search_work")},
         }
-    elif method not in STEPWISE:
-        out["schedule"] = dump["schedule"]
-        if params.schedule.init == "scratch":  # a whole training run: the model and training settings too
-            out["model"], out["train"] = dump["model"], dump["train"]
     return out
 
 
@@ -62,7 +49,7 @@ def main() -> None:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     tuned = root / "models" / "autotune.json"
-    autotune = json.loads(tuned.read_text()) if args.method == "ice" and tuned.exists() else None
+    autotune = json.loads(tuned.read_text()) if spec(args.method).searches and tuned.exists() else None
     out = root / "models" / "config" / f"{args.method}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     from ice.files import atomic_write_bytes

@@ -10,25 +10,24 @@
 
 from __future__ import annotations
 
-from typing import Literal, get_args
-
 from torch import nn
 
 from ice.config import Params
 from ice.data import Dataset
 from ice.methods.core import Callbacks, PruningResult, iterate
-from ice.methods.training import TRAINING_METHODS, train_with_pruning
+from ice.methods.registry import METHODS, STEPWISE, TRAINING_METHODS, Method, spec
+from ice.methods.training import train_with_pruning
 
-__all__ = ["METHODS", "STEPWISE", "Method", "Callbacks", "PruningResult", "run_pruning"]
-
-# a method's name, as a type (the Prefect run form shows it as a drop-down)
-Method = Literal[
-    "ice", "iterative", "prune_once", "one_shot", "iterative_schedule", "agp", "one_cycle", "prune_while_training"
+__all__ = [
+    "METHODS",
+    "STEPWISE",
+    "TRAINING_METHODS",
+    "Method",
+    "spec",
+    "Callbacks",
+    "PruningResult",
+    "run_pruning",
 ]
-METHODS: tuple[str, ...] = get_args(Method)
-# the methods that prune the pre-trained model step by step (and can recover to a target)
-STEPWISE: tuple[str, ...] = ("ice", "iterative", "prune_once")
-assert METHODS == STEPWISE + TRAINING_METHODS
 
 
 def run_pruning(
@@ -43,13 +42,12 @@ def run_pruning(
     ``result.seconds``; its trials are in ``result.search``.
     """
     cb = callbacks or Callbacks()
-    if method in TRAINING_METHODS:
+    how = spec(method)
+    if not how.stepwise:
         return train_with_pruning(model, dataset, method, params, cb)
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if model is None:
         raise ValueError(f"{method} prunes a pre-trained model; none was given")
-    if method == "ice":
+    if how.searches:
         search: list[dict] = []
         search_cost = {"seconds": 0.0, "work": 0.0}
         hp = None
@@ -58,7 +56,7 @@ def run_pruning(
 
             hp, search, search_cost = autotune(model, dataset, params, cb)
             cb.log(f"[autotune] best: {hp} ({search_cost['seconds']:.1f}s, {search_cost['work']:.0f} GMACs)")
-        result = iterate(model, dataset, "ice", params, hp=hp, callbacks=cb, search_cost=search_cost)
+        result = iterate(model, dataset, method, params, hp=hp, callbacks=cb, search_cost=search_cost)
         result.search = search
         result.info.update(search_seconds=search_cost["seconds"], search_work=search_cost["work"])
         return result

@@ -48,6 +48,7 @@ from ice.methods.ice import (
     should_finetune,
 )
 from ice.methods.recovery import cost_to_target, recover_chunk, run_recovery, target_check
+from ice.methods.registry import spec
 from ice.metrics import G, count_macs, count_params, prunable_conv_params
 from ice.pruning import prunable_units, prune_unit
 from ice.pruning.importance import DATA_CRITERIA
@@ -160,7 +161,7 @@ def evaluate_step(model: nn.Module, data: Dataset, params: Params) -> dict[str, 
 
 def needs_decision_eval(state: dict[str, Any]) -> bool:
     """Whether a freshly pruned model is evaluated: only ICE decides on it."""
-    return bool(state["method"] == "ice")
+    return spec(state["method"]).finetune == "decide"
 
 
 def start_run(
@@ -199,11 +200,14 @@ def start_run(
         "work_setup": 0.0,
         "seconds_freeze_trial": 0.0,
     }
-    if method == "ice":
+    how = spec(method)
+    if how.finetune == "decide":  # the rule's reference accuracy and thresholds
         ev = evaluate_step(model, data, params)
         state["acc_original"] = state["acc_previous"] = ev["acc"]
         state["work_setup"] += ev["work"]
         state["hp"] = ice_hparams(params, hp)
+    if how.freezes:
+        state["hp"] = state["hp"] or ice_hparams(params, hp)
         if state["hp"]["fr"] > 0:
             t1 = time.perf_counter()
             if freeze_scores is None:
@@ -221,7 +225,7 @@ def start_run(
 def plan_steps(method: str, units: list[str], ratio: float) -> list[dict[str, Any]]:
     """The steps of a run: one per unit, in forward order; ``prune_once`` has a single step
     that prunes every unit, in the same order and at the same ratio (so the same architecture)."""
-    if method == "prune_once":
+    if spec(method).one_step:
         return [{"step": 0, "unit": "all", "units": list(units), "ratio": ratio}]
     return [{"step": k, "unit": name, "ratio": ratio} for k, name in enumerate(units)]
 
@@ -279,17 +283,16 @@ def prune_and_lr(model: nn.Module, data: Dataset, state: dict[str, Any], k: int,
 def decide(state: dict[str, Any], acc_now: float | None, params: Params) -> bool:
     """Whether the step calls for a fine-tune: always for the baseline, never for prune_once
     (its recovery does all the training), by ICE's rule for ICE."""
-    if state["method"] == "iterative":
-        return True
-    if state["method"] == "prune_once":
-        return False
+    rule = spec(state["method"]).finetune
+    if rule != "decide":
+        return rule == "always"
     assert acc_now is not None, "ICE decides on the pruned model's accuracy"
     ref = state["acc_original"] if params.ice.reference == "original" else state["acc_previous"]
     return should_finetune(ref, acc_now, state["hp"]["thre"])
 
 
 def step_lr(model: nn.Module, state: dict[str, Any], params: Params) -> float:
-    if state["method"] != "ice":
+    if not spec(state["method"]).pruning_aware_lr:
         return params.prune.finetune_lr
     hp = state["hp"]
     x = prunable_conv_params(model) / state["conv_params_original"]
@@ -298,7 +301,8 @@ def step_lr(model: nn.Module, state: dict[str, Any], params: Params) -> float:
 
 def eval_after_finetune(state: dict[str, Any], params: Params) -> bool:
     """Evaluate after a fine-tune: for the curve (both methods), or for ICE's ``previous`` reference."""
-    return params.prune.eval_after_finetune or (state["method"] == "ice" and params.ice.reference == "previous")
+    decides = spec(state["method"]).finetune == "decide"
+    return params.prune.eval_after_finetune or (decides and params.ice.reference == "previous")
 
 
 def finetune_after(
@@ -369,7 +373,7 @@ def add_search(cost: dict[str, float], seconds: float, work: float) -> dict[str,
 def recovery_freeze(model: nn.Module, state: dict[str, Any], params: Params) -> None:
     """The layers that train during the recovery: ICE keeps its freeze list when
     ``ice.recovery_frozen`` (the list holds for the whole run); otherwise every layer trains."""
-    if state["frozen"] and state["method"] == "ice" and params.ice.recovery_frozen:
+    if state["frozen"] and spec(state["method"]).freezes and params.ice.recovery_frozen:
         apply_frozen(model, state, params)
     else:
         unfreeze(model)

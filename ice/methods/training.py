@@ -37,6 +37,7 @@ from torch import nn
 from ice.config import Params
 from ice.data import Dataset, n_steps, probe_batch
 from ice.methods.core import Callbacks, PruningResult
+from ice.methods.registry import TRAINING_METHODS, spec
 from ice.metrics import G, count_macs, count_params, sparsity, train_macs
 from ice.pruning import Masks, channel_importance, magnitude_masks, prunable_units, prune_channels
 from ice.pruning.importance import DATA_CRITERIA
@@ -62,12 +63,10 @@ __all__ = [
     "train_with_pruning",
 ]
 
-TRAINING_METHODS = ("one_shot", "iterative_schedule", "agp", "one_cycle", "prune_while_training")
-
 
 def granularity_of(method: str, params: Params) -> str:
     """``filter`` for prune_while_training (it removes filters by definition), else ``schedule.granularity``."""
-    return "filter" if method == "prune_while_training" else params.schedule.granularity
+    return "filter" if spec(method).filters else params.schedule.granularity
 
 
 def final_target(method: str, params: Params) -> float:
@@ -80,17 +79,17 @@ def schedule_for(method: str, params: Params) -> Callable[[float], float]:
     """Target sparsity (or filter fraction) as a function of training progress, for a training-time method."""
     s = params.schedule
     end = final_target(method, params)
-    if method == "one_shot":
-        return lambda t: one_shot(t, 0.0, end, s.one_shot_at)
-    if method == "iterative_schedule":
-        return lambda t: iterative(t, 0.0, end, s.n_steps, s.start, s.end)
-    if method == "agp":
-        return lambda t: agp(t, 0.0, end, s.start, s.end)
-    if method == "one_cycle":
-        return lambda t: one_cycle(t, 0.0, end, s.alpha, s.beta)
-    raise ValueError(
-        f"no sparsity schedule for method {method!r}; choose one of one_shot, iterative_schedule, agp, one_cycle"
-    )
+    schedules: dict[str, Callable[[float], float]] = {
+        "one_shot": lambda t: one_shot(t, 0.0, end, s.one_shot_at),
+        "iterative": lambda t: iterative(t, 0.0, end, s.n_steps, s.start, s.end),
+        "agp": lambda t: agp(t, 0.0, end, s.start, s.end),
+        "one_cycle": lambda t: one_cycle(t, 0.0, end, s.alpha, s.beta),
+    }
+    name = spec(method).schedule
+    if name not in schedules:
+        with_one = [m for m in TRAINING_METHODS if spec(m).schedule is not None]
+        raise ValueError(f"no sparsity schedule for method {method!r}; choose one of {', '.join(with_one)}")
+    return schedules[name]
 
 
 def initial_model(model: nn.Module | None, data: Dataset, params: Params) -> nn.Module:
@@ -182,7 +181,8 @@ def train_with_pruning(
     probe = probe_batch(data, device=device)  # for data-driven criteria
 
     granularity = granularity_of(method, params)
-    criterion = cfg.pwt_criterion if method == "prune_while_training" else params.prune.criterion
+    interval_cuts = spec(method).schedule is None  # prune_while_training: equal cuts every `interval` steps
+    criterion = cfg.pwt_criterion if interval_cuts else params.prune.criterion
     filters = (
         FilterPruner(
             model, criterion, params.seed, params.prune.max_units, params.prune.rounding, params.prune.round_to
@@ -193,7 +193,7 @@ def train_with_pruning(
     masks: Masks | None = None
     state: dict[str, Any] = {"global": 0, "level": 0.0, "work": 0.0, "per_image": train_macs(model, shape) / G}
     end = final_target(method, params)
-    if method == "prune_while_training":
+    if interval_cuts:
         until = max(1, math.ceil(cfg.pwt_until * total))  # the step by which the whole cut is made
         n_events = max(1, until // cfg.interval)
         per_event = end / n_events
@@ -212,7 +212,7 @@ def train_with_pruning(
         state["work"] += batch_size * state["per_image"]  # the step just taken, at the model's size before pruning
         gstep = state["global"]
         t = gstep / total
-        if method == "prune_while_training":
+        if interval_cuts:
             due = (gstep % cfg.interval == 0 or gstep == until) and state["level"] < end - 1e-9
         else:
             due = gstep % cfg.update_every == 0 or gstep == total

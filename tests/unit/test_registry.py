@@ -1,0 +1,64 @@
+"""The method registry is the one list of methods, and method_inputs the one answer to
+"what does this method read" for DVC and the task cache keys alike."""
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+from ice.config import parse_params
+from ice.methods.registry import METHODS, SPECS, STEPWISE, TRAINING_METHODS, method_inputs, spec
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_every_method_has_exactly_one_spec():
+    assert set(SPECS) == set(METHODS)
+    assert set(STEPWISE) | set(TRAINING_METHODS) == set(METHODS)
+    assert not set(STEPWISE) & set(TRAINING_METHODS)
+    with pytest.raises(ValueError, match="unknown method 'nope'; choose one of ice, iterative"):
+        spec("nope")
+
+
+def test_method_inputs_name_only_what_each_method_reads():
+    params = parse_params({"prune": {"methods": ["ice", "iterative", "one_cycle"]}})
+    ice, iterative, one_cycle = (method_inputs(params, m) for m in ("ice", "iterative", "one_cycle"))
+    assert set(iterative) == {"seed", "prune", "train"} and "methods" not in iterative["prune"]
+    assert set(iterative["train"]) == {"device", "channels_last"}  # pre-training keys stay out of its keys
+    assert set(ice) == {"seed", "prune", "train", "ice"}
+    assert set(one_cycle) == {"seed", "prune", "train", "schedule", "model"}  # from scratch: a whole training run
+    assert one_cycle["train"]["epochs"] == params.train.epochs
+    pretrained = parse_params({"schedule": {"init": "pretrained"}})
+    assert set(method_inputs(pretrained, "one_cycle")) == {"seed", "prune", "train", "schedule"}
+
+
+def _string_dispatch(path: Path, root: Path = ROOT) -> list[str]:
+    """Comparisons of a name containing 'method' with a string literal (==, !=, in, not in)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, ast.Compare):
+            continue
+        text = ast.unparse(node.left)
+        literals = [c for c in node.comparators if isinstance(c, ast.Constant | ast.Tuple | ast.List | ast.Set)]
+        if re.search(r"(^|\.)method$|\[.method.\]$", text) and literals:
+            found.append(f"{path.relative_to(root)}:{node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_no_string_dispatch_on_method_names_outside_the_registry():
+    files = [p for pkg in ("ice", "pipeline", "tasks", "flows", "scripts") for p in (ROOT / pkg).rglob("*.py")]
+    found = [hit for p in files if p.name != "registry.py" for hit in _string_dispatch(p)]
+    assert not found, "dispatch through ice.methods.registry.spec instead:\n" + "\n".join(found)
+
+
+def test_the_dispatch_check_can_fail(tmp_path):
+    planted = tmp_path / "planted.py"
+    planted.write_text(
+        "def f(method, state, args):\n"
+        "    if method == 'ice' or state['method'] in ('iterative', 'prune_once') or args.method != 'agp':\n"
+        "        return spec(method).finetune == 'decide'\n"
+    )
+    ROOT_ = tmp_path
+    hits = [h.split(": ", 1)[1] for h in _string_dispatch(planted, ROOT_)]
+    assert hits == ["method == 'ice'", "state['method'] in ('iterative', 'prune_once')", "args.method != 'agp'"]
