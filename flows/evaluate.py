@@ -242,7 +242,7 @@ def evaluate(
             {"pretrained": pre, "methods": {r["method"]: {k: v for k, v in r.items() if k != "method"} for r in rows}}
         )
         write_json(st.paths.metrics, metrics)
-        write_csv(st.paths.root / "reports" / "plots" / "steps.csv", steps)
+        write_csv(st.paths.plots_steps, steps)
         figs = _figures(st, steps, pre)
         groups = {g: [r for r in rows if r["group"] == g] for g in (STRUCTURED, UNSTRUCTURED)}
         header = compare_header(st, groups, pre, pre_report, pre_cost)

@@ -32,14 +32,17 @@ from pipeline.cli import cli
 from pipeline.log import progress
 from pipeline.paths import Paths, project_root
 from pipeline.runtime import materialize, open_stage, share, store_url, task_runner
+from pipeline.stages import outputs
 
 
 def _outputs(paths: Paths, method: str) -> list[Path]:
-    return [paths.pruned(method), paths.steps_csv(method), paths.prune_report(method)]
+    """What a method's task hands back: prune@method's outputs."""
+    return outputs("prune", paths, method)
 
 
 def _inputs(paths: Paths) -> list[Path]:
-    return [paths.prepared, paths.prepared_record, paths.pretrained, paths.pretrain_report, paths.autotune]
+    """What a method's task needs: the outputs of the stages prune@method reads, before it."""
+    return [p for s in ("prepare", "pretrain", "autotune") for p in outputs(s, paths)]
 
 
 @task(name="prune-method", task_run_name="prune@{method}")

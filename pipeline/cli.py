@@ -26,11 +26,12 @@ from pipeline.records import IntegrityError, verify_input
 from pipeline.runtime import (
     store_url,
 )
+from pipeline.stages import verified_upstream
 from pipeline.store import StoreError, check_url
 from pipeline.tracking import TrackingUnavailable, check_reachable, tracking_uri
 from pipeline.weights import WeightsError
 
-__all__ = ["one_line", "STAGE_INPUTS", "cli"]
+__all__ = ["one_line", "cli"]
 
 
 class _OneLineFailures(logging.Filter):
@@ -158,20 +159,10 @@ def _on_stop_signal(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt("terminated" if signum == signal.SIGTERM else "interrupted")
 
 
-STAGE_INPUTS: dict[str, list[str]] = {
-    "prepare": [],
-    "pretrain": ["prepare"],
-    "autotune": ["prepare", "pretrain"],
-    "prune": ["prepare", "pretrain"],
-    "evaluate": ["prepare", "pretrain"],
-    "pipeline": [],
-}
-
-
 def _preflight_inputs(name: str, paths: Paths, params: Params) -> None:
     """Verify the stage's inputs against their producers' records before Prefect starts."""
     where = {"prepare": paths.prepared, "pretrain": paths.pretrained}
-    if "prepare" in STAGE_INPUTS.get(name, []) and paths.prepared_record.exists():
+    if "prepare" in verified_upstream(name) and paths.prepared_record.exists():
         sizes = json.loads(paths.prepared_record.read_text())
         for key, value in (
             ("train.batch_size", params.train.batch_size),
@@ -194,7 +185,7 @@ def _preflight_inputs(name: str, paths: Paths, params: Params) -> None:
                 check_checkpoint(local, params.model.arch)
             except CheckpointError as err:
                 raise WeightsError(f"model.weights: {err}") from None
-    for stage in STAGE_INPUTS.get(name, []):
+    for stage in verified_upstream(name):
         if where[stage].exists():
             verify_input(paths, where[stage], stage)
     if name == "evaluate":

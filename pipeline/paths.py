@@ -82,6 +82,18 @@ class Paths:
         return self.root / "reports" / "figures"
 
     @property
+    def plots_steps(self) -> Path:
+        """Every method's steps in one CSV, for ``dvc plots``."""
+        return self.root / "reports" / "plots" / "steps.csv"
+
+    def method_config(self, method: str) -> Path:
+        """What ``method`` reads (``scripts.method_config``): DVC's change detector for prune@method."""
+        return self.root / "models" / "config" / f"{method}.json"
+
+    def export(self, name: str, suffix: str) -> Path:
+        return self.root / "models" / "export" / f"{name}{suffix}"
+
+    @property
     def store(self) -> Path:
         return self.root / CACHE_DIR / "store"
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from ice.files import atomic_write_bytes, disk_full_names, sha256_file, staged_copy, temp_beside
 from pipeline.paths import Paths, make_ref, s3_store
+from pipeline.stages import record_of
 
 __all__ = [
     "write_json",
@@ -141,13 +142,8 @@ def publish(src: Path, dst: Path, sha256: str) -> None:
 
 def recorded_sha(paths: Paths, path: Path) -> tuple[str | None, Path]:
     """The sha256 that ``path``'s producer recorded, and where it recorded it."""
-    if path == paths.prepared:
-        record = paths.prepared_record
-    elif path == paths.pretrained:
-        record = paths.pretrain_report
-    elif path.parent == paths.root / "models" / "pruned":
-        record = paths.prune_report(path.stem)
-    else:
+    record = record_of(paths, path)
+    if record is None:
         return None, path
     try:
         return str(json.loads(record.read_text())["sha256"]), record

@@ -159,7 +159,7 @@ def _main(args: argparse.Namespace) -> int:
         raise ExportError(f"{ckpt} does not exist; run `dvc repro` (or make run) first")
     data = load_prepared(paths.prepared)
     x = normalize(data.test.x[:64], data.mean, data.std)
-    out = Path(args.out) if args.out else root / "models/export" / f"{args.method}{SUFFIX[args.format]}"
+    out = Path(args.out) if args.out else paths.export(args.method, SUFFIX[args.format])
     side = export_model(
         ckpt, args.format, out, classes=list(data.classes), mean=list(data.mean), std=list(data.std), check_images=x
     )

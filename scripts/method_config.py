@@ -21,6 +21,7 @@ from typing import Any
 
 from ice.config import SEARCHED_ICE_KEYS, Params, ParamsError, load_params
 from ice.methods.registry import method_inputs, spec
+from pipeline.paths import Paths
 
 
 def method_config(params: Params, method: str, autotune: dict[str, Any] | None) -> dict[str, Any]:
@@ -48,9 +49,10 @@ def main() -> None:
     except ParamsError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    tuned = root / "models" / "autotune.json"
+    paths = Paths(root)
+    tuned = paths.autotune
     autotune = json.loads(tuned.read_text()) if spec(args.method).searches and tuned.exists() else None
-    out = root / "models" / "config" / f"{args.method}.json"
+    out = paths.method_config(args.method)
     out.parent.mkdir(parents=True, exist_ok=True)
     from ice.files import atomic_write_bytes
 
