@@ -22,6 +22,7 @@ from typing import Any
 from prefect import flow
 
 from ice.config import SEARCHED_ICE_KEYS
+from ice.methods.registry import method_inputs
 from pipeline.caching import bind
 from pipeline.cli import cli
 from pipeline.log import progress
@@ -50,13 +51,7 @@ def autotune(
     params_path: str = "params.yaml", root: str | None = None, overrides: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     from ice.config import parse_params
-    from ice.methods.autotune import (
-        TrialResult,
-        objective_of,
-        sample_trials,
-        select_best,
-        trial_line,
-    )
+    from ice.methods.autotune import TrialResult, run_search, sample_trials, trial_line, trial_of
     from ice.methods.ice import ice_hparams
 
     with open_stage("autotune", params_path, root, overrides) as st:
@@ -80,59 +75,65 @@ def autotune(
                 "are used only with ice.autotune.enabled: false"
             )
         points = sample_trials(st.params)
-        task_cfg = st.device_cfg("seed", "prune", "ice")
+        task_cfg = method_inputs(st.params, "ice")
         for key in SEARCHED_ICE_KEYS:  # each trial gets its own from the grid
             task_cfg["ice"].pop(key)
         setup = bind(autotune_setup, st.root, st.store_url)(str(st.root), data_ref, model_ref, task_cfg)
         progress(f"[autotune] shared freeze trial: {setup['seconds']:.1f}s, {setup['work']:.0f} GMACs")
-        trial = bind(autotune_trial, st.root, st.store_url)
-        rows: list[dict[str, Any]] = []
-        results: list[TrialResult] = []
         assert st.tracker is not None and st.run_id is not None
+        trial = bind(autotune_trial, st.root, st.store_url)
+        tracker, parent = st.tracker, st.run_id
         children: dict[int, str] = {}
-        t0 = time.perf_counter()
-        with task_runner(st.params, threads=cfg.workers) as runner:  # threads, or Dask (scale.runner)
-            for start in range(0, len(points), cfg.workers):  # at most `workers` trials in flight
-                # early stopping's bound: the best objective among the trials finished so far
-                bound = min((objective_of(r, st.params) for r in results if r.stopped_at is None), default=None)
-                batch = list(enumerate(points[start : start + cfg.workers], start))
+
+        class _Tasks:
+            """Trials as cached tasks, a batch in flight at once, each with its child run."""
+
+            def __init__(self, runner: Any) -> None:
+                self.runner = runner
+
+            def run_batch(self, batch: list[tuple[int, dict[str, float]]], bound: float | None) -> list[TrialResult]:
                 for i, hp in batch:  # a trial's child run opens when the trial starts, so its duration is real
-                    children[i] = st.tracker.start_run(
-                        f"trial-{i + 1}", {"ice.stage": "autotune-trial"}, hp, parent=st.run_id
+                    children[i] = tracker.start_run(
+                        f"trial-{i + 1}", {"ice.stage": "autotune-trial"}, hp, parent=parent
                     )
                 futures = [
                     trial.submit(
-                        str(st.root), data_ref, model_ref, hp, i, task_cfg, setup["freeze_scores"], bound, runner=runner
+                        str(st.root),
+                        data_ref,
+                        model_ref,
+                        hp,
+                        i,
+                        task_cfg,
+                        setup["freeze_scores"],
+                        bound,
+                        runner=self.runner,
                     )
                     for i, hp in batch
                 ]
+                out = []
                 for f in futures:
                     row = _result(f)
-                    rows.append(row)
-                    st.tracker.log_metrics(
+                    tracker.log_metrics(
                         children[row["trial"]], {k: v for k, v in row.items() if k not in points[0] and k != "trial"}
                     )
-                    st.tracker.end_run(children[row["trial"]])
-                    results.append(
-                        TrialResult(
-                            row["trial"],
-                            {k: row[k] for k in points[0]},
-                            row["seconds"],
-                            row["acc_original"],
-                            row["acc_final"],
-                            row["finetunes"],
-                            row["work_gmacs"],
-                            row["stopped_at"],
-                        )
-                    )
-                    progress(trial_line(row, len(points)))
-        best = select_best([r for r in results if r.stopped_at is None], cfg.objective, cfg.acc_tolerance, cfg.cost)
-        for r in rows:
-            r["best"] = r["trial"] == best.number
+                    tracker.end_run(children[row["trial"]])
+                    out.append(trial_of(row, list(points[0])))
+                return out
+
+        t0 = time.perf_counter()
+        with task_runner(st.params, threads=cfg.workers) as runner:  # threads, or Dask (scale.runner)
+            found = run_search(
+                _Tasks(runner),
+                st.params,
+                points,
+                setup,
+                workers=cfg.workers,
+                on_trial=lambda r, row: progress(trial_line(row, len(points))),
+            )
+        best, rows = found.best, found.table
         st.tracker.set_tags(children[best.number], {"best": "true"})
         wall = setup["seconds"] + time.perf_counter() - t0  # the shared freeze trial ran before, alone
-        search_seconds = setup["seconds"] + sum(r["seconds"] for r in rows)
-        search_work = setup["work"] + sum(r["work_gmacs"] for r in rows)
+        search_seconds, search_work = found.seconds, found.work
         out = {
             "enabled": True,
             "hp": ice_hparams(st.params, best.hp),

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -62,6 +62,10 @@ __all__ = [
     "select_best",
     "objective_of",
     "autotune",
+    "SearchOps",
+    "SearchOutcome",
+    "run_search",
+    "trial_of",
     "trial_row",
     "trial_line",
 ]
@@ -227,31 +231,97 @@ def select_best(
     return min(results, key=lambda r: (score(cost_of(r, objective, cost), r.drop, objective, acc_tolerance), r.number))
 
 
+class SearchOps(Protocol):
+    """How trials run: in turn in memory (:func:`autotune`), or as cached tasks in flight
+    together (the autotune flow). The search loop itself is :func:`run_search`, written once."""
+
+    def run_batch(self, batch: list[tuple[int, dict[str, float]]], bound: float | None) -> list[TrialResult]:
+        """Run these (number, hyperparameters) trials under early stopping's ``bound``; their
+        results in the batch's order."""
+        ...
+
+
+@dataclass
+class SearchOutcome:
+    best: TrialResult
+    results: list[TrialResult]
+    table: list[dict[str, Any]]  # one row per trial, the best marked
+    seconds: float  # compute: the shared freeze trial plus every trial
+    work: float  # GMACs, the same parts
+
+
+def run_search(
+    ops: SearchOps,
+    params: Params,
+    points: list[dict[str, float]],
+    setup: dict[str, Any],
+    workers: int = 1,
+    on_trial: Any = None,
+) -> SearchOutcome:
+    """Every trial, ``workers`` at a time; each batch is bounded by the best objective among the
+    trials finished before it (early stopping); the best of the trials that ran to the end wins."""
+    cfg = params.ice.autotune
+    results: list[TrialResult] = []
+    for start in range(0, len(points), workers):
+        bound = min((objective_of(r, params) for r in results if r.stopped_at is None), default=None)
+        for r in ops.run_batch(list(enumerate(points[start : start + workers], start)), bound):
+            results.append(r)
+            if on_trial is not None:
+                on_trial(r, trial_row(r, cfg.objective, cfg.acc_tolerance, cfg.cost))
+    best = select_best([r for r in results if r.stopped_at is None], cfg.objective, cfg.acc_tolerance, cfg.cost)
+    table = [trial_row(r, cfg.objective, cfg.acc_tolerance, cfg.cost) | {"best": r is best} for r in results]
+    return SearchOutcome(
+        best,
+        results,
+        table,
+        setup["seconds"] + sum(r.seconds for r in results),
+        setup["work"] + sum(r.work for r in results),
+    )
+
+
+class _InMemory:
+    def __init__(self, model: nn.Module, data: Dataset, params: Params, setup: dict[str, Any]) -> None:
+        self.model, self.data, self.params, self.setup = model, data, params, setup
+
+    def run_batch(self, batch: list[tuple[int, dict[str, float]]], bound: float | None) -> list[TrialResult]:
+        return [
+            run_trial(
+                self.model, self.data, self.params, hp, number=i, freeze_scores=self.setup["freeze_scores"], bound=bound
+            )
+            for i, hp in batch
+        ]
+
+
 def autotune(
     model: nn.Module, data: Dataset, params: Params, callbacks: Any = None
 ) -> tuple[dict[str, float], list[dict[str, Any]], dict[str, float]]:
     """Run every trial in turn; return the best hyperparameters, the trial table and the
     search's cost (``seconds`` and ``work``: the shared freeze trial plus every trial)."""
-    cfg = params.ice.autotune
     setup = search_setup(model, data, params)
-    results: list[TrialResult] = []
     points = sample_trials(params)
-    for i, hp in enumerate(points):
-        bound = min((objective_of(r, params) for r in results if r.stopped_at is None), default=None)
-        r = run_trial(model, data, params, hp, number=i, freeze_scores=setup["freeze_scores"], bound=bound)
-        results.append(r)
-        row = trial_row(r, cfg.objective, cfg.acc_tolerance, cfg.cost)
+
+    def on_trial(_r: TrialResult, row: dict[str, Any]) -> None:
         if callbacks is not None:
             callbacks.log(trial_line(row, len(points)))
             if callbacks.on_trial is not None:
                 callbacks.on_trial(row)
-    best = select_best([r for r in results if r.stopped_at is None], cfg.objective, cfg.acc_tolerance, cfg.cost)
-    table = [trial_row(r, cfg.objective, cfg.acc_tolerance, cfg.cost) | {"best": r is best} for r in results]
-    cost = {
-        "seconds": setup["seconds"] + sum(r.seconds for r in results),
-        "work": setup["work"] + sum(r.work for r in results),
-    }
-    return best.hp, table, cost
+
+    out = run_search(_InMemory(model, data, params, setup), params, points, setup, on_trial=on_trial)
+    return out.best.hp, out.table, {"seconds": out.seconds, "work": out.work}
+
+
+def trial_of(row: dict[str, Any], hp_keys: list[str]) -> TrialResult:
+    """A trial's result from its table row (what a trial task returns)."""
+    return TrialResult(
+        row["trial"],
+        {k: row[k] for k in hp_keys},
+        row["seconds"],
+        row["acc_original"],
+        row["acc_final"],
+        row["finetunes"],
+        row["work_gmacs"],
+        row["stopped_at"],
+    )
 
 
 def objective_of(r: TrialResult, params: Params) -> float:
