@@ -12,9 +12,9 @@ from prefect import flow
 from pipeline.caching import bind
 from pipeline.cli import cli
 from pipeline.log import progress
-from pipeline.paths import resolve
 from pipeline.records import Publication, json_bytes
 from pipeline.runtime import open_stage
+from pipeline.store import resolve
 from tasks.prepare import prepare_data
 
 

@@ -28,9 +28,10 @@ from pipeline.artifacts import load_data
 from pipeline.caching import bind
 from pipeline.cli import cli
 from pipeline.log import progress
-from pipeline.paths import make_ref, resolve, store_path
+from pipeline.paths import make_ref
 from pipeline.records import Publication, json_bytes
 from pipeline.runtime import Stage, open_stage
+from pipeline.store import resolve, store_path
 from pipeline.tracking import registered_name
 from pipeline.weights import WeightsError, check_weights, fetch_weights
 from tasks.pretrain import finish_pretrain, import_pretrained, pretrain_epoch

@@ -30,10 +30,10 @@ from ice.methods.registry import method_inputs
 from pipeline.caching import bind
 from pipeline.cli import cli
 from pipeline.log import STEP_SINK, progress
-from pipeline.paths import resolve
 from pipeline.records import Publication, csv_bytes, json_bytes, read_json
 from pipeline.runtime import Stage, open_stage, publish_artifact, update_progress
 from pipeline.steptable import cumulative_cost, rounded_rows, step_metrics, target_metrics
+from pipeline.store import resolve
 from pipeline.tracking import registered_name
 from tasks.prune import (
     check_target,

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from ice.files import temp_beside
-from pipeline.paths import Paths, make_ref, project_root, resolve, s3_store, store_path
+from pipeline.paths import Paths, project_root
+from pipeline.store import resolve, store_for
 
 __all__ = ["task_device", "load_data", "load_model", "save_model", "accuracies"]
 
@@ -83,17 +84,9 @@ def store_file(paths: Paths, stem: str, write: Any, to: str = "") -> dict[str, s
     fd, tmp = temp_beside(paths.store / stem, ".pending")
     os.close(fd)
     try:
-        sha = write(tmp)
-        if to:
-            store = s3_store(paths, to)
-            dst = store.cached(store.object_uri(sha, ".pt"))
-            os.replace(tmp, dst)
-            return store.put(dst, sha, ".pt", name=stem)  # type: ignore[no-any-return]
-        dst = store_path(paths, stem, sha)
-        os.replace(tmp, dst)
+        return store_for(paths, to).save(stem, tmp, write(tmp))
     finally:
         tmp.unlink(missing_ok=True)
-    return make_ref(paths, dst, sha)
 
 
 def accuracies(model: Any, data: Any, batch_size: int = 512) -> dict[str, float]:

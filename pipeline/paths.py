@@ -5,11 +5,7 @@ Every path is relative to the project root: the ``root`` argument, else
 from another directory therefore still reads and writes the project's files.
 
 Tasks pass checkpoints and data by reference, ``{"uri": ..., "sha256": <hex>}``, never as
-tensors. Task outputs go to the content store (:mod:`pipeline.store`): by default
-``.ice-cache/store`` under the project (the uri is then the path relative to the root),
-or ``s3://bucket/prefix`` when ``store.url`` says so. Neither DVC nor git tracks the
-store, so a cached result stays valid after ``dvc repro`` has removed a stage's outs;
-the flows copy the final files to their DVC outs.
+tensors; where a reference's bytes live is :mod:`pipeline.store`'s business.
 """
 
 from __future__ import annotations
@@ -17,11 +13,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ice.files import sha256_file
 
-__all__ = ["CACHE_DIR", "project_root", "Paths", "make_ref", "s3_store", "store_of", "resolve", "store_path"]
+__all__ = ["CACHE_DIR", "project_root", "Paths", "make_ref"]
 
 CACHE_DIR = ".ice-cache"
 
@@ -116,42 +111,3 @@ class Paths:
 def make_ref(paths: Paths, path: Path, sha256: str | None = None) -> dict[str, str]:
     """A reference to a file under the project: its path relative to the root, plus sha256."""
     return {"uri": paths.rel(path), "sha256": sha256 or sha256_file(path)}
-
-
-def s3_store(paths: Paths, where: str) -> Any:
-    """The S3 store that ``where`` (a store url, or an object's uri in it) belongs to, cached under ``paths``."""
-    from pipeline.store import S3Store, StoreUrl, parse_store_url
-
-    loc = parse_store_url(where)
-    head, sep, _ = loc.prefix.rpartition("objects/") if "/objects/" in f"/{loc.prefix}" else ("", "", "")
-    if sep:  # an object's uri: the store is what comes before objects/
-        loc = StoreUrl(loc.bucket, head.rstrip("/"))
-    return S3Store(loc, paths.store)
-
-
-def store_of(ref: dict[str, str] | None) -> str:
-    """The store url a reference lives in ("" for the local store), where a task's outputs go too."""
-    from pipeline.store import is_s3
-
-    uri = (ref or {}).get("uri", "")
-    return s3_store(Paths(Path(".")), uri).url if is_s3(uri) else ""
-
-
-def resolve(paths: Paths, ref: dict[str, str]) -> Path:
-    """A local, verified-on-read path for ``ref``; a clear one-line error when it has gone."""
-    from pipeline.store import is_s3
-
-    uri = ref["uri"]
-    if is_s3(uri):
-        return s3_store(paths, uri).get({"uri": uri, "sha256": ref["sha256"]})  # type: ignore[no-any-return]
-    p = paths.root / uri
-    if not p.exists():
-        raise FileNotFoundError(
-            f"{uri} (sha256 {ref['sha256'][:12]}…) is missing; a cached result points at it. "
-            f"Rerun with --refresh-cache, or remove {CACHE_DIR}/ to start clean."
-        )
-    return p
-
-
-def store_path(paths: Paths, stem: str, sha256: str, suffix: str = ".pt") -> Path:
-    return paths.store / f"{stem}-{sha256[:16]}{suffix}"

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ice.files import atomic_write_bytes, disk_full_names, sha256_file, staged_copy, temp_beside
-from pipeline.paths import Paths, make_ref, s3_store
+from pipeline.paths import Paths, make_ref
 from pipeline.stages import record_of
 
 __all__ = [
@@ -171,18 +171,13 @@ def verify_input(paths: Paths, path: Path, stage: str) -> dict[str, str]:
 
 def verify_refs(paths: Paths, value: Any) -> list[str]:
     """The references inside a task's result whose files are missing or do not hash to their sha256."""
-    from pipeline.store import is_s3
+    from pipeline.store import store_for
 
     bad: list[str] = []
     if isinstance(value, dict):
         if set(value) == {"uri", "sha256"}:
-            if is_s3(value["uri"]):
-                if not s3_store(paths, value["uri"]).exists(value):
-                    bad.append(value["uri"])
-            else:
-                p = paths.root / value["uri"]
-                if not p.is_file() or sha256_file(p) != value["sha256"]:
-                    bad.append(value["uri"])
+            if not store_for(paths, value["uri"]).exists(value):
+                bad.append(value["uri"])
         else:
             for v in value.values():
                 bad += verify_refs(paths, v)

@@ -23,8 +23,9 @@ from typing import Any
 
 from ice.config import Params, load_params
 from ice.files import sha256_file
-from pipeline.paths import Paths, make_ref, project_root, resolve, s3_store
+from pipeline.paths import Paths, make_ref, project_root
 from pipeline.records import publish, verify_input
+from pipeline.store import resolve, store_for
 from pipeline.tracking import Tracker, git_commit
 
 __all__ = [
@@ -94,10 +95,7 @@ def store_url(params: Params) -> str:
 def share(paths: Paths, url: str, path: Path, sha256: str | None = None) -> dict[str, str]:
     """A reference to a project file that any worker can read: the file itself with the
     local store (``url`` empty), the same bytes in the bucket with an S3 store."""
-    ref = make_ref(paths, path, sha256)
-    if not url:
-        return ref
-    return s3_store(paths, url).put(path, ref["sha256"], path.suffix, name=ref["uri"])  # type: ignore[no-any-return]
+    return store_for(paths, url).share(path, make_ref(paths, path, sha256))
 
 
 def task_runner(params: Params, threads: int = 8) -> Any:

@@ -29,12 +29,27 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlparse
 
 from ice.files import sha256_file, temp_beside
+from pipeline.paths import CACHE_DIR, Paths, make_ref
 
-__all__ = ["StoreError", "StoreUrl", "parse_store_url", "is_s3", "s3_client", "S3Store", "check_url"]
+__all__ = [
+    "StoreError",
+    "StoreUrl",
+    "parse_store_url",
+    "is_s3",
+    "s3_client",
+    "Store",
+    "LocalStore",
+    "S3Store",
+    "store_for",
+    "store_of",
+    "resolve",
+    "store_path",
+    "check_url",
+]
 
 # one connection attempt fails fast; botocore's own retries stay bounded, so an endpoint
 # that does not answer gives its one-line error within 10 s
@@ -181,6 +196,16 @@ class S3Store:
         finally:
             Path(tmp).unlink(missing_ok=True)
 
+    def save(self, stem: str, tmp: Path, sha256: str) -> dict[str, str]:
+        """Adopt ``tmp`` (whole, hashing to ``sha256``) into the local cache and upload it."""
+        dst = self.cached(self.object_uri(sha256, ".pt"))
+        os.replace(tmp, dst)
+        return self.put(dst, sha256, ".pt", name=stem)
+
+    def share(self, path: Path, ref: dict[str, str]) -> dict[str, str]:
+        """The same bytes as the project file ``ref``, in the bucket, where any worker can read them."""
+        return self.put(path, ref["sha256"], path.suffix, name=ref["uri"])
+
     # ------------------------------------------------------------------ reads
     def _recorded_sha(self, uri: str) -> str | None:
         """The sha256 recorded with the object, or None when there is no such object."""
@@ -248,3 +273,88 @@ def check_url(url: str) -> None:
     """Fail fast, in one line, when an S3 store is misnamed, unreachable or lacks its bucket."""
     if is_s3(url):
         _checked(url, _endpoint())
+
+
+class Store(Protocol):
+    """Where task outputs live. Two implementations: :class:`LocalStore` (a directory of the
+    project) and :class:`S3Store` (a bucket); :func:`store_for` picks one, and no other code
+    asks which."""
+
+    @property
+    def url(self) -> str: ...
+
+    def get(self, ref: dict[str, str]) -> Path:
+        """A local path holding ``ref``'s bytes (an S3 object is downloaded and verified)."""
+        ...
+
+    def exists(self, ref: dict[str, str]) -> bool:
+        """Whether ``ref``'s bytes are there."""
+        ...
+
+    def save(self, stem: str, tmp: Path, sha256: str) -> dict[str, str]:
+        """Adopt the whole temporary file ``tmp`` under its sha256; its reference."""
+        ...
+
+    def share(self, path: Path, ref: dict[str, str]) -> dict[str, str]:
+        """A reference to the project file ``path`` (``ref``) that any worker can read."""
+        ...
+
+
+class LocalStore:
+    """``.ice-cache/store`` under the project; a reference's uri is the path relative to the root."""
+
+    def __init__(self, paths: Paths) -> None:
+        self.paths = paths
+
+    @property
+    def url(self) -> str:
+        return ""
+
+    def get(self, ref: dict[str, str]) -> Path:
+        p = self.paths.root / ref["uri"]
+        if not p.exists():
+            raise FileNotFoundError(
+                f"{ref['uri']} (sha256 {ref['sha256'][:12]}…) is missing; a cached result points at it. "
+                f"Rerun with --refresh-cache, or remove {CACHE_DIR}/ to start clean."
+            )
+        return p  # the loaders verify the sha256 as they read
+
+    def exists(self, ref: dict[str, str]) -> bool:
+        p = self.paths.root / ref["uri"]
+        return p.is_file() and sha256_file(p) == ref["sha256"]
+
+    def save(self, stem: str, tmp: Path, sha256: str) -> dict[str, str]:
+        dst = store_path(self.paths, stem, sha256)
+        os.replace(tmp, dst)
+        return make_ref(self.paths, dst, sha256)
+
+    def share(self, path: Path, ref: dict[str, str]) -> dict[str, str]:
+        return ref  # every worker of a local store shares this disk
+
+
+def s3_store(paths: Paths, where: str) -> S3Store:
+    """The S3 store that ``where`` (a store url, or an object's uri in it) belongs to, cached under ``paths``."""
+    loc = parse_store_url(where)
+    head, sep, _ = loc.prefix.rpartition("objects/") if "/objects/" in f"/{loc.prefix}" else ("", "", "")
+    if sep:  # an object's uri: the store is what comes before objects/
+        loc = StoreUrl(loc.bucket, head.rstrip("/"))
+    return S3Store(loc, paths.store)
+
+
+def store_for(paths: Paths, where: str) -> Store:
+    """The store that ``where`` names: a store url (``""``: the local one) or a reference's uri."""
+    return s3_store(paths, where) if is_s3(where) else LocalStore(paths)
+
+
+def store_of(ref: dict[str, str] | None) -> str:
+    """The store url a reference lives in ("" for the local store), where a task's outputs go too."""
+    return store_for(Paths(Path(".")), (ref or {}).get("uri", "")).url
+
+
+def resolve(paths: Paths, ref: dict[str, str]) -> Path:
+    """A local, verified-on-read path for ``ref``; a clear one-line error when it has gone."""
+    return store_for(paths, ref["uri"]).get({"uri": ref["uri"], "sha256": ref["sha256"]})
+
+
+def store_path(paths: Paths, stem: str, sha256: str, suffix: str = ".pt") -> Path:
+    return paths.store / f"{stem}-{sha256[:16]}{suffix}"

@@ -17,7 +17,7 @@ from pipeline.artifacts import (
     save_model,
     task_device,
 )
-from pipeline.paths import resolve, store_of
+from pipeline.store import resolve, store_of
 
 __all__ = ["import_pretrained", "pretrain_epoch", "finish_pretrain"]
 

@@ -17,7 +17,7 @@ from pipeline.artifacts import (
     task_device,
 )
 from pipeline.log import STEP_SINK, progress
-from pipeline.paths import store_of
+from pipeline.store import store_of
 
 __all__ = [
     "start_pruning",

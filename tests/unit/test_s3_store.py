@@ -50,8 +50,8 @@ def test_a_sha_mismatch_on_read_is_refused(s3_env, tmp_path):
 
 
 def test_a_missing_key_is_one_line_naming_the_uri(s3_env, tmp_path):
-    from pipeline.paths import Paths, resolve
-    from pipeline.store import StoreError
+    from pipeline.paths import Paths
+    from pipeline.store import StoreError, resolve
 
     ref = {"uri": "s3://ice/unit/objects/" + "0" * 64 + ".pt", "sha256": "0" * 64}
     with pytest.raises(StoreError) as err:
