@@ -115,8 +115,8 @@ class _TaskSteps:
 
 
 def _stepwise(st: Stage, method: str, data_ref: dict[str, str], pre_ref: dict[str, str]) -> dict[str, Any]:
-    from ice.methods.core import add_search, recovery_line, run_cost, run_steps, step_line, target_goal
-    from ice.methods.recovery import cost_to_target, run_recovery
+    from ice.methods.core import add_search, run_cost, run_steps, step_line
+    from ice.methods.recovery import recover_to_target
 
     # only what the method reads (the baseline reads no ICE key: its cache stays valid when only
     # ICE's settings change); likewise only the recovery reads prune.target
@@ -161,33 +161,18 @@ def _stepwise(st: Stage, method: str, data_ref: dict[str, str], pre_ref: dict[st
     cumulative_cost(steps, cost["search_seconds"] + cost["setup_seconds"], cost["search_work"] + cost["setup_work"])
     extra: dict[str, Any] = {}
     if st.params.prune.target.tolerance is not None:
-        reference = ops.reference()
-        goal = target_goal(reference["acc"], st.params)
-        t = st.params.prune.target
-        progress(
-            f"[{method}] recovery: to {goal:.2f}% on {t.split} (unpruned {reference['acc']:.2f}%, tolerance "
-            f"{t.tolerance:g}), checks every {t.check_every:g} epoch, at most {t.max_epochs:g} epochs"
-        )
 
-        def on_check(rec: dict[str, Any]) -> None:
+        def on_check(rec: dict[str, Any], line: str) -> None:
             if st.tracker is not None and st.run_id is not None:
                 st.tracker.log_metrics(
                     st.run_id,
                     {"recovery_val_acc": rec["acc"], "recovery_epochs": rec["epochs"]},
                     step=rec["check"],
                 )
-            progress(recovery_line(method, rec, goal) + f"  [{(time.perf_counter() - t0) / 60:.1f} min]")
+            progress(line + f"  [{(time.perf_counter() - t0) / 60:.1f} min]")
 
-        checks = run_recovery(ops, goal, st.params, on_check=on_check)
-        target = cost_to_target(cost, reference, checks) | {"goal": goal, "acc_reference": reference["acc"]}
-        cost = {**cost, **{k: target[k] for k in ("seconds", "work_gmacs")}}
-        cost.update({k: target[k] for k in ("recovery_seconds", "recovery_work", "check_seconds", "check_work")})
+        cost, target, checks = recover_to_target(ops, ops.reference(), cost, st.params, method, progress, on_check)
         extra = {"target": target, "recovery": checks}
-        progress(
-            f"[{method}] target {'reached' if target['reached'] else 'NOT reached (max budget)'} after "
-            f"{target['recovery_epochs']:g} recovery epochs: {target['work_gmacs']:,.0f} GMACs, "
-            f"{target['seconds']:,.0f} s"
-        )
     return {
         "ref": ops.ref,
         "steps": steps,

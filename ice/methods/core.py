@@ -47,7 +47,7 @@ from ice.methods.ice import (
     select_frozen,
     should_finetune,
 )
-from ice.methods.recovery import cost_to_target, recover_chunk, run_recovery, target_check
+from ice.methods.recovery import recover_chunk, recover_to_target, target_check
 from ice.methods.registry import spec
 from ice.metrics import G, count_macs, count_params, prunable_conv_params
 from ice.pruning import prunable_units, prune_unit
@@ -80,8 +80,6 @@ __all__ = [
     "finetune_after",
     "plan_steps",
     "recovery_freeze",
-    "target_goal",
-    "recovery_line",
 ]
 
 
@@ -379,13 +377,6 @@ def recovery_freeze(model: nn.Module, state: dict[str, Any], params: Params) -> 
         unfreeze(model)
 
 
-def target_goal(acc_reference: float, params: Params) -> float:
-    """The accuracy a recovery must reach: the unpruned model's, less ``prune.target.tolerance``."""
-    tol = params.prune.target.tolerance
-    assert tol is not None, "no target is set"
-    return acc_reference - tol
-
-
 # ----------------------------------------------------------------------------- the loop
 class StepOps(Protocol):
     """The work one step needs, on whatever holds the model (memory, checkpoints, tasks)."""
@@ -553,18 +544,10 @@ def iterate(
         cost = add_search(cost, search_cost["seconds"], search_cost["work"])
     if recover and stopped is None and params.prune.target.tolerance is not None:
         reference = target_check(original, data, params)
-        goal = target_goal(reference["acc"], params)
-        cb.log(f"[{method}] recovery to {goal:.2f}% on {params.prune.target.split} (unpruned {reference['acc']:.2f}%)")
-
-        def on_check(rec: dict[str, Any]) -> None:
-            cb.log(recovery_line(method, rec, goal))
-
-        checks = run_recovery(ops, goal, params, on_check=on_check)
-        target = cost_to_target(cost, reference, checks)
-        target.update(goal=goal, acc_reference=reference["acc"])
+        cost, target, checks = recover_to_target(
+            ops, reference, cost, params, method, cb.log, on_check=lambda rec, line: cb.log(line)
+        )
         result.info.update(recovery=checks, target=target)
-        cost = {**cost, **{k: target[k] for k in ("seconds", "work_gmacs")}}
-        cost.update({k: target[k] for k in ("recovery_seconds", "recovery_work", "check_seconds", "check_work")})
     result.seconds = cost["seconds"]
     result.info.update(
         {
@@ -576,12 +559,6 @@ def iterate(
         }
     )
     return result
-
-
-def recovery_line(method: str, rec: dict[str, Any], goal: float) -> str:
-    """One progress line per recovery check."""
-    mark = "reached" if rec["reached"] else f"target {goal:.2f}"
-    return f"[{method}] recovery {rec['epochs']:g} epochs: val {rec['acc']:.2f}% ({mark})"
 
 
 def step_line(method: str, k: int, n: int, rec: dict[str, Any]) -> str:

@@ -39,6 +39,9 @@ __all__ = [
     "recover_chunk",
     "run_recovery",
     "cost_to_target",
+    "target_goal",
+    "recovery_line",
+    "recover_to_target",
 ]
 
 _EPS = 1e-9
@@ -180,3 +183,54 @@ def cost_to_target(base: dict[str, float], reference: dict[str, float], checks: 
         "recovery_epochs": checks[-1]["epochs"] if checks else 0.0,
         "val_acc": checks[-1]["acc"] if checks else None,
     }
+
+
+def target_goal(acc_reference: float, params: Params) -> float:
+    """The accuracy a recovery must reach: the unpruned model's, less ``prune.target.tolerance``."""
+    tol = params.prune.target.tolerance
+    assert tol is not None, "no target is set"
+    return acc_reference - tol
+
+
+def recovery_line(method: str, rec: dict[str, Any], goal: float) -> str:
+    """One progress line per recovery check."""
+    mark = "reached" if rec["reached"] else f"target {goal:.2f}"
+    return f"[{method}] recovery {rec['epochs']:g} epochs: val {rec['acc']:.2f}% ({mark})"
+
+
+def recover_to_target(
+    ops: RecoveryOps,
+    reference: dict[str, float],
+    cost: dict[str, float],
+    params: Params,
+    method: str,
+    log: Callable[[str], None],
+    on_check: Callable[[dict[str, Any], str], None] | None = None,
+) -> tuple[dict[str, float], dict[str, Any], list[dict[str, Any]]]:
+    """After a run's last step: recover until val is within the tolerance of ``reference`` (the
+    unpruned model's :func:`target_check`) or ``max_epochs`` are spent. Returns the run's
+    ``cost`` up to the check that met the target (everything, when none did), the target's
+    record (:func:`cost_to_target`, with ``goal`` and ``acc_reference``) and every check.
+    ``on_check(record, line)`` sees each check with its progress line. Written once for the
+    in-memory run (:func:`ice.methods.core.iterate`) and the prune flow's cached tasks."""
+    goal = target_goal(reference["acc"], params)
+    t = params.prune.target
+    log(
+        f"[{method}] recovery: to {goal:.2f}% on {t.split} (unpruned {reference['acc']:.2f}%, tolerance "
+        f"{t.tolerance:g}), checks every {t.check_every:g} epoch, at most {t.max_epochs:g} epochs"
+    )
+    checks = run_recovery(
+        ops,
+        goal,
+        params,
+        on_check=None if on_check is None else lambda rec: on_check(rec, recovery_line(method, rec, goal)),
+    )
+    target = cost_to_target(cost, reference, checks) | {"goal": goal, "acc_reference": reference["acc"]}
+    cost = {**cost, **{k: target[k] for k in ("seconds", "work_gmacs")}}
+    cost.update({k: target[k] for k in ("recovery_seconds", "recovery_work", "check_seconds", "check_work")})
+    log(
+        f"[{method}] target {'reached' if target['reached'] else 'NOT reached (max budget)'} after "
+        f"{target['recovery_epochs']:g} recovery epochs: {target['work_gmacs']:,.0f} GMACs, "
+        f"{target['seconds']:,.0f} s"
+    )
+    return cost, target, checks
