@@ -44,7 +44,7 @@ from tasks.prune import (
     recover_checkpoint,
     run_view,
     start_pruning,
-    train_with_schedule,
+    train_with_pruning,
 )
 
 __all__ = ["prune"]
@@ -203,7 +203,7 @@ def _training(st: Stage, method: str, data_ref: dict[str, str], pre_ref: dict[st
 
     token = STEP_SINK.set(log_epoch)  # the task reports each epoch as it ends: live curves in MLflow
     try:
-        out = bind(train_with_schedule, st.root, st.store_url)(
+        out = bind(train_with_pruning, st.root, st.store_url)(
             str(st.root), data_ref, None if scratch else pre_ref, method, cfg
         )
     finally:

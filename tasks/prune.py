@@ -28,7 +28,7 @@ __all__ = [
     "finetune_checkpoint",
     "recover_checkpoint",
     "check_target",
-    "train_with_schedule",
+    "train_with_pruning",
 ]
 
 
@@ -200,7 +200,7 @@ def check_target(
 
 
 @task(name="train-with-pruning", tags=["gpu"])
-def train_with_schedule(
+def train_with_pruning(
     root: str, data_ref: dict[str, str], model_ref: dict[str, str] | None, method: str, cfg: dict[str, Any]
 ) -> dict[str, Any]:
     """A training-time method (one_shot, iterative_schedule, agp, one_cycle, prune_while_training),
