@@ -19,8 +19,8 @@ test-fast:  ## the tests without the slow ones
 	$(PY) -m pytest -m "not slow"
 
 lint:  ## ruff (lint and format), mypy and the import contracts (lint-imports)
-	$(VENV)/bin/ruff check ice tasks flows tests benchmarks scripts
-	$(VENV)/bin/ruff format --check ice tasks flows tests benchmarks scripts
+	$(VENV)/bin/ruff check ice plumbing tasks flows tests benchmarks scripts
+	$(VENV)/bin/ruff format --check ice plumbing tasks flows tests benchmarks scripts
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 

@@ -23,11 +23,11 @@ from prefect import flow
 
 from ice.config import SEARCHED_ICE_KEYS
 from ice.methods.registry import method_inputs
-from pipeline.caching import bind
-from pipeline.cli import cli
-from pipeline.log import progress
-from pipeline.records import write_csv, write_json
-from pipeline.runtime import open_stage, publish_artifact, task_runner
+from plumbing.caching import bind
+from plumbing.cli import cli
+from plumbing.log import progress
+from plumbing.records import write_csv, write_json
+from plumbing.runtime import open_stage, publish_artifact, task_runner
 from tasks.autotune import autotune_setup, autotune_trial
 
 
@@ -35,7 +35,7 @@ def _result(future: Any) -> Any:
     """A trial's result, waited for in half-second slices, so that SIGTERM or Ctrl-C reach the
     main thread at once, and then tell the running trials to stop after their current step
     (the task runner waits for its threads before the flow can end)."""
-    from pipeline.log import STOP
+    from plumbing.log import STOP
 
     try:
         while not future.wrapped_future.done():

@@ -21,9 +21,9 @@ from ice.files import atomic_write_bytes as _write
 from ice.methods import STEPWISE
 from ice.methods.registry import BASELINE
 from ice.metrics import bootstrap_interval
-from pipeline.caching import bind
-from pipeline.cli import cli
-from pipeline.compare import (
+from plumbing.caching import bind
+from plumbing.cli import cli
+from plumbing.compare import (
     STRUCTURED,
     UNSTRUCTURED,
     budget_check,
@@ -34,9 +34,9 @@ from pipeline.compare import (
     target_row,
     target_table,
 )
-from pipeline.log import progress
-from pipeline.records import read_json, write_csv, write_json
-from pipeline.runtime import Stage, open_stage, publish_artifact
+from plumbing.log import progress
+from plumbing.records import read_json, write_csv, write_json
+from plumbing.runtime import Stage, open_stage, publish_artifact
 from tasks.evaluate import evaluate_model
 
 __all__ = ["compare_header", "evaluate"]

@@ -28,11 +28,11 @@ from flows.evaluate import evaluate
 from flows.prepare import prepare
 from flows.pretrain import pretrain
 from flows.prune import prune
-from pipeline.cli import cli
-from pipeline.log import progress
-from pipeline.paths import Paths, project_root
-from pipeline.runtime import materialize, open_stage, share, store_url, task_runner
-from pipeline.stages import outputs
+from plumbing.cli import cli
+from plumbing.log import progress
+from plumbing.paths import Paths, project_root
+from plumbing.runtime import materialize, open_stage, share, store_url, task_runner
+from plumbing.stages import outputs
 
 
 def _outputs(paths: Paths, method: str) -> list[Path]:

@@ -9,12 +9,12 @@ from typing import Any
 
 from prefect import flow
 
-from pipeline.caching import bind
-from pipeline.cli import cli
-from pipeline.log import progress
-from pipeline.records import Publication, json_bytes
-from pipeline.runtime import open_stage
-from pipeline.store import resolve
+from plumbing.caching import bind
+from plumbing.cli import cli
+from plumbing.log import progress
+from plumbing.records import Publication, json_bytes
+from plumbing.runtime import open_stage
+from plumbing.store import resolve
 from tasks.prepare import prepare_data
 
 

@@ -24,16 +24,16 @@ from typing import Any
 from prefect import flow
 
 from ice.files import sha256_file
-from pipeline.artifacts import load_data
-from pipeline.caching import bind
-from pipeline.cli import cli
-from pipeline.log import progress
-from pipeline.paths import make_ref
-from pipeline.records import Publication, json_bytes
-from pipeline.runtime import Stage, open_stage
-from pipeline.store import resolve, store_path
-from pipeline.tracking import registered_name
-from pipeline.weights import WeightsError, check_weights, fetch_weights
+from plumbing.artifacts import load_data
+from plumbing.caching import bind
+from plumbing.cli import cli
+from plumbing.log import progress
+from plumbing.paths import make_ref
+from plumbing.records import Publication, json_bytes
+from plumbing.runtime import Stage, open_stage
+from plumbing.store import resolve, store_path
+from plumbing.tracking import registered_name
+from plumbing.weights import WeightsError, check_weights, fetch_weights
 from tasks.pretrain import finish_pretrain, import_pretrained, pretrain_epoch
 
 

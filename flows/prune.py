@@ -27,14 +27,14 @@ from prefect import flow
 from ice.config import SEARCHED_ICE_KEYS
 from ice.methods import STEPWISE, Method, spec
 from ice.methods.registry import method_inputs
-from pipeline.caching import bind
-from pipeline.cli import cli
-from pipeline.log import STEP_SINK, progress
-from pipeline.records import Publication, csv_bytes, json_bytes, read_json
-from pipeline.runtime import Stage, open_stage, publish_artifact, update_progress
-from pipeline.steptable import cumulative_cost, rounded_rows, step_metrics, target_metrics
-from pipeline.store import resolve
-from pipeline.tracking import registered_name
+from plumbing.caching import bind
+from plumbing.cli import cli
+from plumbing.log import STEP_SINK, progress
+from plumbing.records import Publication, csv_bytes, json_bytes, read_json
+from plumbing.runtime import Stage, open_stage, publish_artifact, update_progress
+from plumbing.steptable import cumulative_cost, rounded_rows, step_metrics, target_metrics
+from plumbing.store import resolve
+from plumbing.tracking import registered_name
 from tasks.prune import (
     check_target,
     decide_finetune,
@@ -231,7 +231,7 @@ def _run_name() -> str:
     name = f"prune-{p.get('method', 'method')}"
     try:
         from ice.config import load_params
-        from pipeline.paths import project_root
+        from plumbing.paths import project_root
 
         pfile = Path(p.get("params_path") or "params.yaml")
         if not pfile.is_absolute():

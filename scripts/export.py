@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
 def _main(args: argparse.Namespace) -> int:
     from ice.config import load_params
     from ice.data import load_prepared, normalize
-    from pipeline.paths import Paths
+    from plumbing.paths import Paths
 
     root = Path(args.root)
     params = load_params(root / args.params)

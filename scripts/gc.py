@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.paths import Paths, project_root  # noqa: E402
+from plumbing.paths import Paths, project_root  # noqa: E402
 
 
 def _sha_in(path: Path) -> set[str]:

@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from ice.config import ParamsError
-from pipeline.tracking import project_links
+from plumbing.tracking import project_links
 
 
 def main() -> None:

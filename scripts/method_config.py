@@ -21,7 +21,7 @@ from typing import Any
 
 from ice.config import SEARCHED_ICE_KEYS, Params, ParamsError, load_params
 from ice.methods.registry import method_inputs, spec
-from pipeline.paths import Paths
+from plumbing.paths import Paths
 
 
 def method_config(params: Params, method: str, autotune: dict[str, Any] | None) -> dict[str, Any]:

@@ -8,15 +8,15 @@ from typing import Any
 
 from prefect import task
 
-from pipeline.artifacts import (
+from plumbing.artifacts import (
     load_data,
     load_model,
     params_of,
     project_paths,
     task_device,
 )
-from pipeline.caching import ice_code_hash
-from pipeline.log import check_stop, progress
+from plumbing.caching import ice_code_hash
+from plumbing.log import check_stop, progress
 
 __all__ = ["autotune_setup", "autotune_trial"]
 

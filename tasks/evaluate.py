@@ -6,7 +6,7 @@ from typing import Any
 
 from prefect import task
 
-from pipeline.artifacts import (
+from plumbing.artifacts import (
     load_data,
     load_model,
     params_of,

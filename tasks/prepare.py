@@ -7,7 +7,7 @@ from typing import Any
 
 from prefect import task
 
-from pipeline.artifacts import (
+from plumbing.artifacts import (
     project_paths,
     store_file,
 )

@@ -1,6 +1,6 @@
 """Pre-training as tasks: one cached task per epoch (weights, optimizer, lr position and RNG
 states), so a killed pre-training continues from its last finished epoch; and the evaluation
-of an imported model (``model.weights``; fetching and checking it is :mod:`pipeline.weights`)."""
+of an imported model (``model.weights``; fetching and checking it is :mod:`plumbing.weights`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 from prefect import task
 
-from pipeline.artifacts import (
+from plumbing.artifacts import (
     accuracies,
     load_data,
     params_of,
@@ -17,7 +17,7 @@ from pipeline.artifacts import (
     save_model,
     task_device,
 )
-from pipeline.store import resolve, store_of
+from plumbing.store import resolve, store_of
 
 __all__ = ["import_pretrained", "pretrain_epoch", "finish_pretrain"]
 
@@ -97,8 +97,8 @@ def import_pretrained(
     root: str, data_ref: dict[str, str], weights_ref: dict[str, str], cfg: dict[str, Any]
 ) -> dict[str, Any]:
     """Validation and test accuracy of the imported checkpoint."""
-    from pipeline.artifacts import accuracies, load_data, load_model, task_device
-    from pipeline.paths import Paths
+    from plumbing.artifacts import accuracies, load_data, load_model, task_device
+    from plumbing.paths import Paths
 
     paths = Paths(Path(root))
     return accuracies(load_model(paths, weights_ref, task_device(cfg)), load_data(paths, data_ref))

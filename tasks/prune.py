@@ -7,7 +7,7 @@ from typing import Any
 
 from prefect import task
 
-from pipeline.artifacts import (
+from plumbing.artifacts import (
     load_data,
     load_model,
     load_teacher,
@@ -16,8 +16,8 @@ from pipeline.artifacts import (
     save_model,
     task_device,
 )
-from pipeline.log import STEP_SINK, progress
-from pipeline.store import store_of
+from plumbing.log import STEP_SINK, progress
+from plumbing.store import store_of
 
 __all__ = [
     "start_pruning",

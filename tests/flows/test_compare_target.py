@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.compare import target_row, target_table, ties
+from plumbing.compare import target_row, target_table, ties
 
 
 def _checks(accs, gmacs_per_check=100.0, images=360):

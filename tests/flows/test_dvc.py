@@ -30,7 +30,7 @@ def _ran(out: str) -> list[str]:
 @pytest.fixture(scope="module")
 def repo(prefect_server, tmp_path_factory):
     repo = tmp_path_factory.mktemp("repo")
-    for d in ("ice", "pipeline", "tasks", "flows", "scripts", "infra/plots", "weights"):
+    for d in ("ice", "plumbing", "tasks", "flows", "scripts", "infra/plots", "weights"):
         shutil.copytree(ROOT / d, repo / d, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
     shutil.copy(ROOT / ".dvcignore", repo / ".dvcignore")

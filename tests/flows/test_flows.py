@@ -294,7 +294,7 @@ def test_missing_upstream_names_the_stage(harness, tmp_path, monkeypatch):
 def test_unreachable_mlflow_server_fails_fast(harness, tmp_path, monkeypatch):
     from flows.pretrain import pretrain
     from helpers import free_port
-    from pipeline.tracking import TrackingUnavailable
+    from plumbing.tracking import TrackingUnavailable
 
     write_params(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
@@ -310,7 +310,7 @@ def test_refresh_cache_flag_recomputes_the_tasks(project, monkeypatch):
     import sys
 
     from flows.autotune import autotune
-    from pipeline.cli import cli
+    from plumbing.cli import cli
 
     root, _ = project
     out = root / "models/autotune.json"

@@ -142,7 +142,7 @@ def test_weights_import_a_path_or_a_registered_version(trained, uri):
 def test_bad_weights_are_one_line_refusals(trained, overrides, message):
     from flows.pretrain import pretrain
     from ice.files import sha256_file
-    from pipeline.weights import WeightsError
+    from plumbing.weights import WeightsError
 
     root, first = trained
     with pytest.raises(WeightsError, match=message) as err:
@@ -153,7 +153,7 @@ def test_bad_weights_are_one_line_refusals(trained, overrides, message):
 
 def test_a_file_that_is_not_a_checkpoint_is_refused(trained):
     from flows.pretrain import pretrain
-    from pipeline.weights import WeightsError
+    from plumbing.weights import WeightsError
 
     root, _ = trained
     (root / "weights" / "junk.pt").write_bytes(b"not a checkpoint")

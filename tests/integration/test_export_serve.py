@@ -68,7 +68,7 @@ def test_export_cli_rejects_a_bad_format_in_one_line(tmp_path):
 @pytest.mark.integration
 @pytest.mark.slow
 def test_mlflow_models_serve_answers_like_pytorch(pruned, tmp_path):
-    from pipeline.tracking import Tracker
+    from plumbing.tracking import Tracker
 
     model, path = pruned
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -47,7 +47,7 @@ def _string_dispatch(path: Path, root: Path = ROOT) -> list[str]:
 
 
 def test_no_string_dispatch_on_method_names_outside_the_registry():
-    files = [p for pkg in ("ice", "pipeline", "tasks", "flows", "scripts") for p in (ROOT / pkg).rglob("*.py")]
+    files = [p for pkg in ("ice", "plumbing", "tasks", "flows", "scripts") for p in (ROOT / pkg).rglob("*.py")]
     found = [hit for p in files if p.name != "registry.py" for hit in _string_dispatch(p)]
     assert not found, "dispatch through ice.methods.registry.spec instead:\n" + "\n".join(found)
 

@@ -1,13 +1,13 @@
-"""dvc.yaml and pipeline.stages describe the same graph: a stage added, rewired or given a new
+"""dvc.yaml and plumbing.stages describe the same graph: a stage added, rewired or given a new
 output in one and not the other fails here."""
 
 from pathlib import Path
 
 import yaml
 
-from pipeline.paths import Paths
-from pipeline.records import recorded_sha
-from pipeline.stages import STAGES, outputs, record_of, verified_upstream
+from plumbing.paths import Paths
+from plumbing.records import recorded_sha
+from plumbing.stages import STAGES, outputs, record_of, verified_upstream
 
 ROOT = Path(__file__).resolve().parents[2]
 M = "somemethod"

@@ -14,8 +14,8 @@ WRITES = 300
 WRITER = r"""
 import hashlib, sys, time
 from pathlib import Path
-from pipeline.paths import Paths
-from pipeline.artifacts import store_file
+from plumbing.paths import Paths
+from plumbing.artifacts import store_file
 
 root, tag, go = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
 while not go.exists():
@@ -68,7 +68,7 @@ def test_two_processes_storing_the_same_key_never_collide(tmp_path):
 
 
 def test_metrics_are_shown_readable_and_counts_stay_exact():
-    from pipeline.tracking import readable
+    from plumbing.tracking import readable
 
     assert readable(97.22222222222223) == 97.2222
     assert readable(0.0101116540026851) == 0.0101117

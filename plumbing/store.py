@@ -33,7 +33,7 @@ from typing import Any, Protocol
 from urllib.parse import urlparse
 
 from ice.files import sha256_file, temp_beside
-from pipeline.paths import CACHE_DIR, Paths, make_ref
+from plumbing.paths import CACHE_DIR, Paths, make_ref
 
 __all__ = [
     "StoreError",

@@ -23,10 +23,10 @@ from typing import Any
 
 from ice.config import Params, load_params
 from ice.files import sha256_file
-from pipeline.paths import Paths, make_ref, project_root
-from pipeline.records import publish, verify_input
-from pipeline.store import resolve, store_for
-from pipeline.tracking import Tracker, git_commit
+from plumbing.paths import Paths, make_ref, project_root
+from plumbing.records import publish, verify_input
+from plumbing.store import resolve, store_for
+from plumbing.tracking import Tracker, git_commit
 
 __all__ = [
     "Stage",

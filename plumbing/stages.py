@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.paths import Paths
+from plumbing.paths import Paths
 
 __all__ = ["StageSpec", "STAGES", "stage", "outputs", "record_of", "verified_upstream"]
 

@@ -5,7 +5,7 @@ Every path is relative to the project root: the ``root`` argument, else
 from another directory therefore still reads and writes the project's files.
 
 Tasks pass checkpoints and data by reference, ``{"uri": ..., "sha256": <hex>}``, never as
-tensors; where a reference's bytes live is :mod:`pipeline.store`'s business.
+tensors; where a reference's bytes live is :mod:`plumbing.store`'s business.
 """
 
 from __future__ import annotations

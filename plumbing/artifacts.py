@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from ice.files import temp_beside
-from pipeline.paths import Paths, project_root
-from pipeline.store import resolve, store_for
+from plumbing.paths import Paths, project_root
+from plumbing.store import resolve, store_for
 
 __all__ = ["task_device", "load_data", "load_model", "save_model", "accuracies"]
 

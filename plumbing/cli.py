@@ -20,16 +20,16 @@ from typing import Any
 
 from ice.checkpoint import CheckpointError
 from ice.config import Params, ParamsError, load_params, parse_yaml
-from pipeline.log import progress
-from pipeline.paths import Paths, project_root
-from pipeline.records import IntegrityError, verify_input
-from pipeline.runtime import (
+from plumbing.log import progress
+from plumbing.paths import Paths, project_root
+from plumbing.records import IntegrityError, verify_input
+from plumbing.runtime import (
     store_url,
 )
-from pipeline.stages import verified_upstream
-from pipeline.store import StoreError, check_url
-from pipeline.tracking import TrackingUnavailable, check_reachable, tracking_uri
-from pipeline.weights import WeightsError
+from plumbing.stages import verified_upstream
+from plumbing.store import StoreError, check_url
+from plumbing.tracking import TrackingUnavailable, check_reachable, tracking_uri
+from plumbing.weights import WeightsError
 
 __all__ = ["one_line", "cli"]
 
@@ -153,7 +153,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _on_stop_signal(signum: int, frame: Any) -> None:
-    from pipeline.log import STOP
+    from plumbing.log import STOP
 
     STOP.set()  # worker threads stop after their current step
     raise KeyboardInterrupt("terminated" if signum == signal.SIGTERM else "interrupted")
@@ -274,7 +274,7 @@ def cli(
             raise
         print(f"error: {one_line(err, name)}", file=sys.stderr)
         sys.exit(1)
-    from pipeline.tracking import project_links
+    from plumbing.tracking import project_links
 
     found = project_links(str(pfile), str(r))
     runs = found.get("mlflow_runs", "")

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from ice.files import atomic_write_bytes, disk_full_names, sha256_file, staged_copy, temp_beside
-from pipeline.paths import Paths, make_ref
-from pipeline.stages import record_of
+from plumbing.paths import Paths, make_ref
+from plumbing.stages import record_of
 
 __all__ = [
     "write_json",
@@ -171,7 +171,7 @@ def verify_input(paths: Paths, path: Path, stage: str) -> dict[str, str]:
 
 def verify_refs(paths: Paths, value: Any) -> list[str]:
     """The references inside a task's result whose files are missing or do not hash to their sha256."""
-    from pipeline.store import store_for
+    from plumbing.store import store_for
 
     bad: list[str] = []
     if isinstance(value, dict):

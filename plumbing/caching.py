@@ -15,9 +15,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pipeline.log import warn
-from pipeline.paths import Paths
-from pipeline.records import IntegrityError, verify_refs
+from plumbing.log import warn
+from plumbing.paths import Paths
+from plumbing.records import IntegrityError, verify_refs
 
 __all__ = ["ice_code_hash", "cache_key", "Verified", "bind", "result_storage"]
 
@@ -114,7 +114,7 @@ def result_storage(store_url: str) -> Any:
     if store_url not in _RESULT_BLOCKS:
         from prefect_aws import S3Bucket
 
-        from pipeline.store import parse_store_url
+        from plumbing.store import parse_store_url
 
         loc = parse_store_url(store_url)
         block = S3Bucket(bucket_name=loc.bucket, bucket_folder=loc.key("results"))

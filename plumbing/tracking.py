@@ -222,7 +222,7 @@ class Tracker:
         """Log the ice checkpoint at ``checkpoint`` as a model of ``run_id``, register it as a
         version of ``name`` and point ``alias`` at it; return the version.
 
-        The model is a pyfunc defined from code (``pipeline/pyfunc_model.py``) whose only
+        The model is a pyfunc defined from code (``plumbing/pyfunc_model.py``) whose only
         artifact is the checkpoint, with the ``ice`` package as its code, a signature
         and an input example: loading it never unpickles anything. The version carries
         the checkpoint's sha256 as a tag.
@@ -308,7 +308,7 @@ def project_links(params_path: str = "params.yaml", root: str | None = None) -> 
     from mlflow import MlflowClient
 
     from ice.config import load_params
-    from pipeline.paths import project_root
+    from plumbing.paths import project_root
 
     r = project_root(root)
     params = load_params(r / params_path if not os.path.isabs(params_path) else params_path)
