@@ -59,6 +59,5 @@ def test_the_dispatch_check_can_fail(tmp_path):
         "    if method == 'ice' or state['method'] in ('iterative', 'prune_once') or args.method != 'agp':\n"
         "        return spec(method).finetune == 'decide'\n"
     )
-    ROOT_ = tmp_path
-    hits = [h.split(": ", 1)[1] for h in _string_dispatch(planted, ROOT_)]
+    hits = [h.split(": ", 1)[1] for h in _string_dispatch(planted, tmp_path)]
     assert hits == ["method == 'ice'", "state['method'] in ('iterative', 'prune_once')", "args.method != 'agp'"]
