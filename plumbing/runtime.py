@@ -23,6 +23,7 @@ from typing import Any
 
 from ice.config import Params, load_params
 from ice.files import sha256_file
+from ice.methods.registry import DEVICE_KEYS
 from plumbing.paths import Paths, make_ref, project_root
 from plumbing.records import publish, verify_input
 from plumbing.store import resolve, store_for
@@ -84,7 +85,7 @@ class Stage:
         if "prune" in out:  # which methods a project runs is no method's input
             out["prune"].pop("methods", None)
         train = self.params.train.model_dump(mode="json")
-        out["train"] = {k: train[k] for k in ("device", "channels_last")}
+        out["train"] = {k: train[k] for k in DEVICE_KEYS}
         return out
 
 

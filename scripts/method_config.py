@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ice.config import SEARCHED_ICE_KEYS, Params, ParamsError, load_params
+from ice.files import atomic_write_bytes
 from ice.methods.registry import method_inputs, spec
 from plumbing.paths import Paths
 
@@ -52,12 +53,9 @@ def main() -> None:
     paths = Paths(root)
     tuned = paths.autotune
     autotune = json.loads(tuned.read_text()) if spec(args.method).searches and tuned.exists() else None
-    out = paths.method_config(args.method)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    from ice.files import atomic_write_bytes
-
     atomic_write_bytes(
-        out, (json.dumps(method_config(params, args.method, autotune), indent=2, sort_keys=True) + "\n").encode()
+        paths.method_config(args.method),
+        (json.dumps(method_config(params, args.method, autotune), indent=2, sort_keys=True) + "\n").encode(),
     )
 
 

@@ -24,6 +24,7 @@ __all__ = [
     "SPECS",
     "spec",
     "method_inputs",
+    "DEVICE_KEYS",
 ]
 
 # a method's name, as a type (the Prefect run form shows it as a drop-down)
