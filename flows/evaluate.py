@@ -28,15 +28,18 @@ from plumbing.compare import (
     UNSTRUCTURED,
     budget_check,
     budget_table,
+    comparison_metrics,
     final_metrics,
     group_of,
     round_floats,
     target_row,
     target_table,
+    verdict,
 )
 from plumbing.log import progress
 from plumbing.records import read_json, write_csv, write_json
-from plumbing.runtime import Stage, open_stage, publish_artifact
+from plumbing.runtime import Stage, open_stage, prune_target_tag, publish_artifact
+from plumbing.tracking import registered_name
 from tasks.evaluate import evaluate_model
 
 __all__ = ["compare_header", "evaluate"]
@@ -105,13 +108,43 @@ def _figures(st: Stage, steps: list[dict[str, Any]], pre: dict[str, Any]) -> lis
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        path = st.paths.figures / fname
-        tmp = path.with_name(f".{fname}.tmp.png")
-        fig.savefig(tmp, metadata={"Software": None})
-        plt.close(fig)
-        tmp.replace(path)
-        out.append(path)
+        out.append(_save(fig, st.paths.figures / fname))
     return out
+
+
+def _save(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, metadata={"Software": None})
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def _scatter(st: Stage, rows: list[dict[str, Any]], pre: dict[str, Any]) -> Path:
+    """Test accuracy against training work, one point per method: up and to the left wins."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for r in rows:
+        x = r.get("training_work_gmacs") if r.get("training_work_gmacs") is not None else r.get("work_gmacs")
+        if x is None:
+            continue
+        lo, hi = r["test_acc_ci95"]
+        ax.errorbar([x], [r["test_acc"]], yerr=[[r["test_acc"] - lo], [hi - r["test_acc"]]], fmt="o", capsize=3)
+        ax.annotate(r["method"], (x, r["test_acc"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    ax.axhline(pre["test_acc"], color="grey", ls=":", lw=1, label="pretrained")
+    ax.set_xlabel("training work (GMACs: pre-training + pruning, or the whole training)")
+    ax.set_ylabel("test accuracy (%), 95% interval")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, st.paths.figures / "accuracy_vs_work.png")
 
 
 def compare_header(
@@ -173,7 +206,7 @@ def evaluate(
         pre_ref = st.require(st.paths.pretrained, "pretrain")
         cfg = st.device_cfg("seed", "evaluate")
         ev = bind(evaluate_model, st.root, st.store_url)
-        pre = ev(str(st.root), data_ref, pre_ref, cfg)
+        pre = ev.named("evaluate-model-pretrained")(str(st.root), data_ref, pre_ref, cfg)
         pre_report = read_json(st.paths.pretrain_report)
         # what pre-training cost: part of every method that starts from the pre-trained model
         pre_cost = (
@@ -187,7 +220,7 @@ def evaluate(
         for method in st.params.prune.methods:
             ref = st.require(st.paths.pruned(method), f"prune --method {method}")
             report = read_json(st.paths.prune_report(method))
-            m = ev(str(st.root), data_ref, ref, cfg)
+            m = ev.named(f"evaluate-model-{method}")(str(st.root), data_ref, ref, cfg)
             info = report.get("info") or {}
             from_pretrained = method in STEPWISE or info.get("init") == "pretrained"
             row = {
@@ -243,7 +276,7 @@ def evaluate(
         )
         write_json(st.paths.metrics, metrics)
         write_csv(st.paths.plots_steps, steps)
-        figs = _figures(st, steps, pre)
+        figs = [_scatter(st, rows, pre), *_figures(st, steps, pre)]
         groups = {g: [r for r in rows if r["group"] == g] for g in (STRUCTURED, UNSTRUCTURED)}
         header = compare_header(st, groups, pre, pre_report, pre_cost)
         tables: list[str] = []
@@ -271,26 +304,88 @@ def evaluate(
                 continue
             tables += [f"## {title}, ranked by test accuracy", "", budget_check(groups[g], g == STRUCTURED), ""]
             tables += [budget_table(groups[g], g == STRUCTURED), ""]
-        md = [*header, "", *tables, *[f"![{p.stem}](figures/{p.name})" for p in figs], ""]
+        winner = verdict(rows, tol)
+        images = [f"![{p.stem}](figures/{p.name})" for p in figs]  # relative: beside reports/compare.md
+        md = [header[0], "", winner, *header[1:], "", *tables, *images, ""]
         _write(st.paths.compare, "\n".join(md).encode())
         assert st.tracker is not None and st.run_id is not None
         # each prune run carries its method's final figures under the same names, so the MLflow
         # UI's "compare runs" is the comparison; this run keeps the table as an artifact
         # (at the method's last step, so a name the steps also log, e.g. macs, keeps one value per step)
+        registered = registered_name(st.params.model.arch, st.params.data.source)
         for r in rows:
-            run_id = read_json(st.paths.prune_report(r["method"])).get("mlflow_run_id")
-            if run_id:
-                st.tracker.log_metrics(run_id, final_metrics(r), step=last_step.get(r["method"], 0))
+            report = read_json(st.paths.prune_report(r["method"]))
+            if report.get("mlflow_run_id"):
+                st.tracker.log_metrics(report["mlflow_run_id"], final_metrics(r), step=last_step.get(r["method"], 0))
+            if st.params.tracking.register_models:  # the registry shows what each pruned version is worth
+                st.tracker.tag_version(registered, report["sha256"], _version_tags(st, r))
+        st.tracker.log_metrics(st.run_id, comparison_metrics(rows))
         st.tracker.log_artifacts(st.run_id, [st.paths.metrics, st.paths.compare])
         st.tracker.log_artifacts(st.run_id, figs, "figures")  # where compare.md's image links point
+        view = _publish_comparison(st, rows, md, images, figs)
         publish_artifact(
             "markdown",
             "comparison",
-            "\n".join(header) + f"\n\nMLflow: [the runs, side by side]({st.tracker.runs_url()})",
-            "every method against the pretrained model",
+            "\n".join([*md[: -len(images) - 1], _links(st, rows, view)]),
+            "every method against the pretrained model: compare.md's tables",
         )
-        progress(f"[evaluate] {st.paths.rel(st.paths.compare)}:\n" + "\n".join(tables))
+        progress(f"[evaluate] {st.paths.rel(st.paths.compare)}:\n{winner}\n\n" + "\n".join(tables))
+        if view:
+            progress(f"[evaluate] the results, one column per method and figure: {view}")
         return metrics
+
+
+def _version_tags(st: Stage, r: dict[str, Any]) -> dict[str, str]:
+    tags = {
+        "method": r["method"],
+        "test_acc_pct": f"{r['test_acc']:.2f}",
+        "val_acc_pct": f"{r['val_acc']:.2f}",
+        "params": str(r["params_nonzero"]),
+        "macs": str(r["macs"]),
+        "sparsity_pct": f"{100 * r['sparsity']:.1f}",
+    }
+    what, value = prune_target_tag(r["method"], st.params).split(":")
+    return tags | {what: value}
+
+
+def _links(st: Stage, rows: list[dict[str, Any]], view: str) -> str:
+    """Where to look in MLflow: the comparison view, and each method's run."""
+    assert st.tracker is not None
+    lines = ["## In MLflow", ""]
+    if view:
+        lines.append(f"- [every pipeline run, one column per method and figure]({view})")
+    for r in rows:
+        run_id = read_json(st.paths.prune_report(r["method"])).get("mlflow_run_id")
+        if run_id:
+            lines.append(f"- [{r['method']}: its steps, curves and model]({st.tracker.run_url(run_id)})")
+    return "\n".join(lines) + "\n"
+
+
+def _publish_comparison(
+    st: Stage, rows: list[dict[str, Any]], md: list[str], images: list[str], figs: list[Path]
+) -> str:
+    """The comparison on the pipeline run (the parent of every stage's run): one metric per
+    method and figure, logged once; compare.md and its figures as artifacts; and compare.md
+    as the run's description, its images served by the MLflow server. Returns the link to
+    the runs table showing those metrics as columns ("" without a pipeline run)."""
+    assert st.tracker is not None
+    parent = st.info.get("pipeline_run_id")
+    if not parent:
+        return ""
+    st.tracker.log_metrics(parent, comparison_metrics(rows))
+    st.tracker.log_artifacts(parent, [st.paths.metrics, st.paths.compare])
+    st.tracker.log_artifacts(parent, figs, "figures")
+    served = [
+        f"![{p.stem}](get-artifact?path=figures%2F{p.name}&run_uuid={parent})" for p in figs
+    ]  # relative to the UI's address, as the UI's own image previews are
+    note = "\n".join([*md[: -len(images) - 1], *served, ""])
+    st.tracker.set_tags(parent, {"mlflow.note.content": note[:60000]})
+    columns = [
+        f"{r['method']}.{name}"
+        for r in rows
+        for name in (("cost_to_target_gmacs",) if r.get("target_reached") else ()) + ("test_acc_pct", "work_gmacs")
+    ]
+    return st.tracker.comparison_url(columns)
 
 
 if __name__ == "__main__":

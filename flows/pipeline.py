@@ -18,6 +18,7 @@ each task has a machine (or a GPU) to itself.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +29,11 @@ from flows.evaluate import evaluate
 from flows.prepare import prepare
 from flows.pretrain import pretrain
 from flows.prune import prune
+from ice.methods.registry import Method
 from plumbing.cli import cli
 from plumbing.log import progress
 from plumbing.paths import Paths, project_root
-from plumbing.runtime import materialize, open_stage, share, store_url, task_runner
+from plumbing.runtime import Stage, materialize, open_stage, pipeline_run, share, store_url, task_runner
 from plumbing.stages import outputs
 
 
@@ -47,12 +49,20 @@ def _inputs(paths: Paths) -> list[Path]:
 
 @task(name="prune-method", task_run_name="prune@{method}")
 def prune_method(
-    method: str, params_path: str, root: str, overrides: dict[str, Any] | None, inputs: dict[str, dict[str, str]]
+    method: str,
+    params_path: str,
+    root: str,
+    overrides: dict[str, Any] | None,
+    inputs: dict[str, dict[str, str]],
+    pipeline_key: str = "",
 ) -> dict[str, Any]:
-    """``prune@method`` on whichever worker runs it: inputs from the store, outputs back to it."""
+    """``prune@method`` on whichever worker runs it: inputs from the store, outputs back to it,
+    its MLflow run nested under the pipeline's (``pipeline_key``)."""
     from flows.prune import prune as prune_flow
     from ice.config import load_params
 
+    if pipeline_key:
+        os.environ["ICE_PIPELINE_KEY"] = pipeline_key
     here = project_root(root if Path(root).is_dir() else None)  # this worker's own project
     paths = Paths(here)
     materialize(paths, inputs)
@@ -69,6 +79,15 @@ def pipeline(
     with open_stage("pipeline", params_path, root, overrides, track=False) as st:  # validates before any compute
         methods = list(st.params.prune.methods)
         r = str(st.root)
+    with pipeline_run(st, overrides) as key:  # the MLflow run every stage's run nests under
+        metrics = _stages(st, methods, params_path, r, overrides, key)
+    progress(f"[pipeline] {len(methods)} methods compared -> {st.paths.rel(st.paths.compare)}")
+    return metrics
+
+
+def _stages(
+    st: Stage, methods: list[Method], params_path: str, r: str, overrides: dict[str, Any] | None, key: str
+) -> dict[str, Any]:
     prepare(params_path, r, overrides)
     pretrain(params_path, r, overrides)
     if st.params.scale.runner == "dask":
@@ -78,7 +97,14 @@ def pipeline(
             futures = [
                 runner.submit(
                     prune_method,
-                    {"method": m, "params_path": params_path, "root": r, "overrides": overrides, "inputs": inputs},
+                    {
+                        "method": m,
+                        "params_path": params_path,
+                        "root": r,
+                        "overrides": overrides,
+                        "inputs": inputs,
+                        "pipeline_key": key,
+                    },
                 )
                 for m in methods
             ]
@@ -88,9 +114,7 @@ def pipeline(
         autotune(params_path, r, overrides)
         for m in methods:
             prune(m, params_path, r, overrides)
-    metrics = evaluate(params_path, r, overrides)
-    progress(f"[pipeline] {len(methods)} methods compared -> {st.paths.rel(st.paths.compare)}")
-    return metrics
+    return evaluate(params_path, r, overrides)  # type: ignore[no-any-return]
 
 
 if __name__ == "__main__":

@@ -149,7 +149,7 @@ def _stepwise(st: Stage, method: str, data_ref: dict[str, str], pre_ref: dict[st
 
     def on_step(k: int, n: int, rec: dict[str, Any]) -> None:
         if st.tracker is not None and st.run_id is not None:
-            st.tracker.log_metrics(st.run_id, step_metrics(rec), step=k)
+            st.tracker.log_metrics(st.run_id, step_metrics(rec), step=rec["step"])
         elapsed = time.perf_counter() - t0
         eta = f", about {elapsed / (k + 1) * (n - k - 1) / 60:.0f} min left" if k + 1 < n and elapsed > 60 else ""
         progress(step_line(method, k, n, rec) + f"  [{elapsed / 60:.1f} min{eta}]")

@@ -30,6 +30,7 @@ __all__ = [
     "freeze",
     "unfreeze",
     "frozen_names",
+    "frozen_convs",
     "remap_optimizer",
     "cosine_lr",
     "one_cycle_lr",
@@ -115,7 +116,14 @@ def unfreeze(model: nn.Module) -> None:
 
 
 def frozen_names(model: nn.Module) -> list[str]:
+    """Every frozen module: the convs, and their batch norms where ``freeze_bn`` froze them too."""
     return [n for n, m in model.named_modules() if getattr(m, "_ice_frozen", False)]
+
+
+def frozen_convs(model: nn.Module) -> int:
+    """How many layers the freeze trial froze (its convs; the batch norms frozen with them not counted)."""
+    bn = nn.modules.batchnorm._BatchNorm
+    return sum(1 for m in model.modules() if getattr(m, "_ice_frozen", False) and not isinstance(m, bn))
 
 
 def _train_mode(model: nn.Module) -> None:

@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 PY=${PYTHON:-$ROOT/.venv/bin/python}
 BIN=$(dirname "$PY")
-STACK=$ROOT/.stack
+STACK=${ICE_STACK_DIR:-$ROOT/.stack}
 PREFECT_PORT=${PREFECT_PORT:-4200}
 MLFLOW_PORT=${MLFLOW_PORT:-5000}
 S3_PORT=${S3_PORT:-8333}
@@ -89,10 +89,15 @@ case ${1:-help} in
     # shellcheck disable=SC1091
     source "$STACK/s3.env"
     export AWS_ENDPOINT_URL_S3=http://127.0.0.1:$S3_PORT MLFLOW_S3_ENDPOINT_URL=http://127.0.0.1:$S3_PORT AWS_DEFAULT_REGION=us-east-1
+    # nothing the servers or their UIs do leaves the machine: no telemetry (DO_NOT_TRACK above),
+    # and Prefect's UI served from a copy with its analytics key blanked (infra/prefect_ui.py)
+    export MLFLOW_DISABLE_TELEMETRY=true PREFECT_SERVER_UI_STATIC_DIRECTORY=$STACK/prefect-ui
+    export PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT=false
+    "$PY" infra/prefect_ui.py "$PREFECT_SERVER_UI_STATIC_DIRECTORY"
     start prefect "$BIN/prefect" server start --host 127.0.0.1 --port "$PREFECT_PORT"
     # artifacts (registered models included) go to the bucket; clients reach them through the server
     start mlflow "$BIN/mlflow" server --host 127.0.0.1 --port "$MLFLOW_PORT" \
-      --backend-store-uri "sqlite:///$ROOT/mlflow.db" --artifacts-destination "s3://$BUCKET/mlartifacts"
+      --backend-store-uri "sqlite:///${ICE_MLFLOW_DB:-$ROOT/mlflow.db}" --artifacts-destination "s3://$BUCKET/mlartifacts"
     wait_http "$PREFECT_API_URL/health" 120
     wait_http "http://127.0.0.1:$MLFLOW_PORT/health" 120
     echo "S3: http://127.0.0.1:$S3_PORT (bucket $BUCKET)   Prefect UI: http://127.0.0.1:$PREFECT_PORT   MLflow UI: http://127.0.0.1:$MLFLOW_PORT"
@@ -108,9 +113,9 @@ case ${1:-help} in
     echo "DVC remote ice: s3://$BUCKET/dvc (in .dvc/config.local, not committed); dvc push / dvc pull" ;;
   pool)
     "$BIN/prefect" work-pool inspect ice-pool >/dev/null 2>&1 || "$BIN/prefect" work-pool create ice-pool --type process
-    # compute tasks carry the tag `gpu`: at most GPU_SLOTS of them run at once across the pool
-    "$BIN/prefect" concurrency-limit inspect gpu >/dev/null 2>&1 || "$BIN/prefect" concurrency-limit create gpu "${GPU_SLOTS:-1}"
-    echo "work pool ice-pool; tasks tagged gpu limited to ${GPU_SLOTS:-1} at a time (GPU_SLOTS=N make pool to change)" ;;
+    # compute tasks carry the tag `compute`: at most GPU_SLOTS of them run at once across the pool
+    "$BIN/prefect" concurrency-limit inspect compute >/dev/null 2>&1 || "$BIN/prefect" concurrency-limit create compute "${GPU_SLOTS:-1}"
+    echo "work pool ice-pool; tasks tagged compute limited to ${GPU_SLOTS:-1} at a time (GPU_SLOTS=N make pool to change)" ;;
   deploy)
     "$BIN/prefect" --no-prompt deploy --all --prefect-file infra/prefect.yaml ;;
   worker)

@@ -277,7 +277,7 @@ def cli(
     from plumbing.tracking import project_links
 
     found = project_links(str(pfile), str(r))
-    runs = found.get("mlflow_runs", "")
+    runs = found.get("mlflow_comparison") or found.get("mlflow_runs", "")
     prefect = found.get("prefect_ui") or "`make up` (http://127.0.0.1:4200)"
     local = "" if found["mlflow_store"].startswith("http") else " (start it with `make mlflow-ui`)"
     progress(f"[{name}] done. Results under {r} (models/, reports/). MLflow runs: {runs}{local}; Prefect UI: {prefect}")

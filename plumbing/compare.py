@@ -20,6 +20,8 @@ __all__ = [
     "target_table",
     "FINAL_METRICS",
     "final_metrics",
+    "verdict",
+    "comparison_metrics",
 ]
 
 
@@ -54,8 +56,8 @@ def group_of(method: str, report: dict[str, Any]) -> str:
 def budget_table(rows: list[dict[str, Any]], structured: bool) -> str:
     """One budget group, ranked by test accuracy."""
     head = (
-        "| rank | method | test acc | val acc | non-zero params | sparsity | MACs | training seconds "
-        "| training work (GMACs) | pruning seconds | pruning work (GMACs) | fine-tunes |"
+        "| rank | method | test acc | pruning work (GMACs) | pruning seconds | training work (GMACs) "
+        "| training seconds | fine-tunes | val acc | non-zero params | sparsity | MACs |"
     )
     if structured:
         head += " search share | pruning speedup vs iterative (seconds / work) |"
@@ -63,10 +65,10 @@ def budget_table(rows: list[dict[str, Any]], structured: bool) -> str:
     lines = [head, "|" + "---|" * cols]
     for i, r in enumerate(sorted(rows, key=lambda r: -r["test_acc"]), 1):
         line = (
-            f"| {i} | {r['method']} | {r['test_acc']:.2f} | {r['val_acc']:.2f} | {r['params_nonzero']:,} "
-            f"| {r['sparsity']:.1%} | {r['macs']:,} | {_fmt(r.get('training_seconds'), ',.1f')} "
-            f"| {_fmt(r.get('training_work_gmacs'), ',.0f')} | {r['total_seconds']:,.1f} "
-            f"| {_fmt(r.get('work_gmacs'), ',.0f')} | {r['finetunes']} |"
+            f"| {i} | {r['method']} | {r['test_acc']:.2f} | {_fmt(r.get('work_gmacs'), ',.0f')} "
+            f"| {r['total_seconds']:,.1f} | {_fmt(r.get('training_work_gmacs'), ',.0f')} "
+            f"| {_fmt(r.get('training_seconds'), ',.1f')} | {r['finetunes']} | {r['val_acc']:.2f} "
+            f"| {r['params_nonzero']:,} | {r['sparsity']:.1%} | {r['macs']:,} |"
         )
         if structured:
             share = r["search_seconds"] / r["total_seconds"] if r.get("search_seconds") and r["total_seconds"] else None
@@ -191,6 +193,80 @@ FINAL_METRICS = (
     "cost_to_target_seconds",
     "recovery_epochs",
 )
+
+
+def _acc_ties(top: dict[str, Any], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows whose test accuracy is within noise of ``top``'s: their 95% intervals overlap."""
+    lo = top["test_acc_ci95"][0]
+    return [r for r in rows if r is not top and r["test_acc_ci95"][1] >= lo]
+
+
+def verdict(rows: list[dict[str, Any]], tolerance: float | None) -> str:
+    """compare.md's first sentence: which recipe won, and what it cost.
+
+    With a target, the cheapest method to reach it (ties by the noise ranges of
+    :func:`ties`). Otherwise, in the structured group if there is one: the most accurate
+    method, and among those within noise of it (overlapping 95% intervals on test), the one
+    whose pruning did the least work."""
+    reached = [r for r in rows if r.get("target_reached")]
+    if reached:
+        best = min(reached, key=lambda r: (r["cost_to_target_gmacs"], -r["target_val_acc"]))
+        tied = ties(rows).get(best["method"], [])
+        line = (
+            f"**{best['method']} reached the target cheapest**: within {tolerance:g} point(s) of the unpruned model "
+            f"for {best['cost_to_target_gmacs']:,.0f} GMACs ({best['cost_to_target_seconds']:,.1f} s), test "
+            f"{best['test_acc']:.2f}%"
+        )
+        return line + (f"; a tie with {', '.join(tied)}, whose cost is within noise of it." if tied else ".")
+    missed = (
+        f"No method reached the target within {tolerance:g} point(s). "
+        if tolerance is not None and any("target_reached" in r for r in rows)
+        else ""
+    )
+    group = [r for r in rows if r.get("group") == STRUCTURED] or rows
+    if not group:
+        return missed + "No method was compared."
+    top = max(group, key=lambda r: r["test_acc"])
+    close = [top, *_acc_ties(top, group)]
+    cheapest = min(close, key=lambda r: (r.get("work_gmacs") is None, r.get("work_gmacs") or 0.0, -r["test_acc"]))
+    work = f"{cheapest['work_gmacs']:,.0f} GMACs" if cheapest.get("work_gmacs") is not None else "unknown work"
+    others = [r["method"] for r in close if r is not cheapest]
+    what = "structured" if group[0].get("group") == STRUCTURED else "compared"
+    if others:
+        return missed + (
+            f"**{cheapest['method']} won** among the {what} methods: its test accuracy {cheapest['test_acc']:.2f}% is "
+            f"within noise of the best ({', '.join(others)}), and its pruning cost the least of them ({work}, "
+            f"{cheapest['total_seconds']:,.1f} s)."
+        )
+    return missed + (
+        f"**{top['method']} won** among the {what} methods: the most accurate ({top['test_acc']:.2f}% on test, "
+        f"above every other's 95% interval), for {work} ({top['total_seconds']:,.1f} s) of pruning."
+    )
+
+
+def comparison_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """The pipeline run's metrics: one per method and figure, named ``<method>.<figure>`` (the
+    tracker adds the unit), so the runs table shows each method's result as a column."""
+    out: dict[str, float] = {}
+    for r in rows:
+        for k in (
+            "test_acc",
+            "val_acc",
+            "work_gmacs",
+            "total_seconds",
+            "training_work_gmacs",
+            "params_nonzero",
+            "macs",
+            "finetunes",
+            "cost_to_target_gmacs",
+            "cost_to_target_seconds",
+        ):
+            v = r.get(k)
+            if isinstance(v, int | float) and not isinstance(v, bool):
+                out[f"{r['method']}.{k}"] = float(v)
+        if "target_reached" in r:
+            out[f"{r['method']}.target_reached"] = float(r["target_reached"])
+    return out
 
 
 def final_metrics(row: dict[str, Any]) -> dict[str, float]:

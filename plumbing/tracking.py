@@ -12,6 +12,9 @@ that run in worker threads (auto-tune trials) log to the right run. Only
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import os
 import socket
 import subprocess
@@ -23,7 +26,21 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Tracker", "TrackingUnavailable", "tracking_uri", "flatten", "readable", "git_commit", "registered_name"]
+__all__ = [
+    "Tracker",
+    "TrackingUnavailable",
+    "tracking_uri",
+    "flatten",
+    "metric_name",
+    "readable",
+    "git_commit",
+    "registered_name",
+]
+
+EXPERIMENT_KIND, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
+PIPELINE_TAG = "ice.pipeline"  # the key every run of one pipeline run carries (see Tracker.pipeline_run)
+SHARED_VIEW = "mlflow.sharedViewState."  # an experiment tag holding a runs-table view the UI opens by key
+COMPARISON_VIEW = "ice.comparison_view"  # the key of the newest comparison view
 
 PIP_REQUIREMENTS = ["torch==2.13.0", "numpy"]  # ice itself travels with the model as code
 
@@ -50,6 +67,36 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
             f"MLflow server at {uri} cannot be reached ({reason}); start it (make up) or unset "
             "MLFLOW_TRACKING_URI to use the local sqlite store"
         ) from None
+
+
+# fractions that MLflow shows as percentages, as compare.md does
+_FRACTIONS = {"sparsity", "weight_sparsity", "filters_removed", "target", "search_share"}
+_RENAMED = {"frozen": "frozen_convs", "work": "work_gmacs"}
+
+
+def metric_name(key: str) -> tuple[str, float]:
+    """The name a metric has in MLflow, with its unit, and the factor its value takes:
+    accuracies and fractions in percent (``test_acc_pct``, ``sparsity_pct``), times in
+    seconds (``t_eval`` -> ``eval_seconds``), work in billions of MACs (``work_finetune`` ->
+    ``finetune_gmacs``); counts (``params``, ``macs``, ``finetunes``) keep their names.
+    A dotted prefix (``ice.test_acc``) is kept as it is."""
+    if "." in key:
+        prefix, tail = key.rsplit(".", 1)
+        name, factor = metric_name(tail)
+        return f"{prefix}.{name}", factor
+    if key in _RENAMED:
+        return _RENAMED[key], 1.0
+    if key in _FRACTIONS:
+        return f"{key}_pct", 100.0
+    if key == "acc" or key.startswith("acc_") or key.endswith("_acc"):
+        return f"{key}_pct", 1.0
+    if key.startswith("t_"):
+        return f"{key[2:]}_seconds", 1.0
+    if key.startswith("work_") and not key.endswith("_gmacs"):
+        return f"{key[5:]}_gmacs", 1.0
+    if key.endswith("_work"):
+        return f"{key[:-5]}_gmacs", 1.0
+    return key, 1.0
 
 
 def readable(v: float) -> float:
@@ -103,6 +150,9 @@ class Tracker:
         self.root = root
         self.uri = tracking_uri(root, uri)
         check_reachable(self.uri)
+        # the flows print their own links (the runs table, in its model-training view); MLflow's
+        # "View experiment at" line opens the GenAI overview, which is empty for this project
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         if self.uri.startswith("http"):
             # a server that goes away mid-run should fail a call in seconds, not minutes
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
@@ -123,6 +173,11 @@ class Tracker:
                 self.experiment_id = exp.experiment_id
         else:
             self.experiment_id = exp.experiment_id
+        if exp is None or exp.tags.get(EXPERIMENT_KIND) != TRAINING_KIND:
+            # MLflow 3 opens an experiment of unknown kind in its GenAI view (an empty
+            # overview, runs shown as "evaluation runs"); this project trains models
+            with contextlib.suppress(Exception):
+                self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND, TRAINING_KIND)
 
     def ui_url(self) -> str:
         """The MLflow UI for this store: the server itself, or `make mlflow-ui`'s address for a local store."""
@@ -136,7 +191,68 @@ class Tracker:
         """A run's page, in the UI's "Model training" view (without the query MLflow 3 shows its GenAI sidebar)."""
         return f"{self.ui_url()}/#/experiments/{self.experiment_id}/runs/{run_id}?workflowType=machine_learning"
 
+    def comparison_url(self, columns: Iterable[str]) -> str:
+        """The runs table of this experiment's pipeline runs, one row per pipeline run, with
+        ``columns`` (metric names) shown: a view the UI opens by key from an experiment tag
+        (what its "Share" button writes), so the link shows the results without a click."""
+        state = {
+            "searchFilter": "tags.`ice.stage` = 'pipeline'",
+            "orderByKey": "attributes.start_time",
+            "orderByAsc": False,
+            "selectedColumns": [f"metrics.`{c}`" for c in columns],
+            "columnOrder": [f"metrics.`{c}`" for c in columns],
+            "columnWidths": {f"metrics.`{c}`": 12 + 8 * len(c) for c in columns},  # the whole name shows
+            "runsExpanded": {},
+        }
+        text = json.dumps(state, sort_keys=True)
+        key = hashlib.sha256(text.encode()).hexdigest()
+        self.client.set_experiment_tag(self.experiment_id, SHARED_VIEW + key, text)
+        self.client.set_experiment_tag(self.experiment_id, COMPARISON_VIEW, key)  # the newest, for project_links
+        return self.view_url(key)
+
+    def view_url(self, key: str) -> str:
+        return f"{self.ui_url()}/#/experiments/{self.experiment_id}/runs?viewStateShareKey={key}&workflowType=machine_learning"
+
     # ------------------------------------------------------------------ runs
+    def pipeline_run(
+        self,
+        key: str,
+        name: str,
+        tags: Mapping[str, str],
+        params: Mapping[str, Any] | None = None,
+        *,
+        own: bool = False,
+    ) -> str:
+        """The parent run of one pipeline run: found by its key (``ice.pipeline``), else created.
+
+        Every stage of the pipeline, whether ``python -m flows.pipeline`` runs them in one
+        process or ``dvc repro`` one process each, computes the same key and nests its run
+        under this one. ``own``: the caller (the pipeline flow) holds the run open and
+        closes it; otherwise each stage marks it RUNNING while it runs and ends it with its
+        own status, unless a live pipeline flow on this host owns it."""
+        flt = f"tags.`ice.stage` = 'pipeline' and tags.`{PIPELINE_TAG}` = '{key}'"
+        found = self.client.search_runs([self.experiment_id], flt, max_results=1)
+        if found:
+            rid = found[0].info.run_id
+            if found[0].info.status != "RUNNING":
+                self.client.update_run(rid, status="RUNNING")
+        else:
+            rid = self.start_run(name, {**tags, "ice.stage": "pipeline", PIPELINE_TAG: key}, params)
+        if own:
+            self.set_tags(rid, {"ice.owner_pid": str(os.getpid()), "ice.host": socket.gethostname()})
+        return rid
+
+    def owned_elsewhere(self, run_id: str) -> bool:
+        """Whether a live pipeline flow (another process on this host, or this one) holds ``run_id``."""
+        tags = self.client.get_run(run_id).data.tags
+        pid = int(tags.get("ice.owner_pid", "0") or 0)
+        return bool(pid) and tags.get("ice.host") == socket.gethostname() and _alive(pid)
+
+    def release(self, run_id: str, status: str) -> None:
+        """End a pipeline run the caller owned."""
+        self.set_tags(run_id, {"ice.owner_pid": "0"})
+        self.end_run(run_id, status)
+
     def start_run(
         self, name: str, tags: Mapping[str, str], params: Mapping[str, Any] | None = None, parent: str | None = None
     ) -> str:
@@ -190,10 +306,15 @@ class Tracker:
                 self.client.finalize_logged_model(m.model_id, "FAILED")
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        """Log under each metric's name with its unit (:func:`metric_name`)."""
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
-        items = [Metric(k, readable(v), ts, step or 0) for k, v in metrics.items() if isinstance(v, int | float | bool)]
+        items = []
+        for k, v in metrics.items():
+            if isinstance(v, int | float | bool):
+                name, factor = metric_name(k)
+                items.append(Metric(name, readable(v * factor if factor != 1.0 else v), ts, step or 0))
         if items:
             self.client.log_batch(run_id, metrics=items)
 
@@ -286,6 +407,14 @@ class Tracker:
         self.client.set_registered_model_alias(name, alias, mv.version)
         return str(mv.version)
 
+    def tag_version(self, name: str, sha: str, tags: Mapping[str, Any]) -> str | None:
+        """Tag the registered version of ``name`` holding the checkpoint with ``sha``; its version, or None."""
+        version = self._version_with_sha(name, sha)
+        if version is not None:
+            for k, v in tags.items():
+                self.client.set_model_version_tag(name, version, k, str(v))
+        return version
+
     def _version_with_sha(self, name: str, sha: str) -> str | None:
         try:
             found = self.client.search_model_versions(f"name = '{name}' and tags.sha256 = '{sha}'", max_results=1)
@@ -321,6 +450,8 @@ def project_links(params_path: str = "params.yaml", root: str | None = None) -> 
         tracker = Tracker.__new__(Tracker)
         tracker.uri, tracker.experiment_id = uri, exp.experiment_id
         out["mlflow_runs"] = tracker.runs_url()
+        if exp.tags.get(COMPARISON_VIEW):  # the pipeline runs, one column per method and figure
+            out["mlflow_comparison"] = tracker.view_url(exp.tags[COMPARISON_VIEW])
     api = os.environ.get("PREFECT_API_URL", "")
     out["prefect_ui"] = api.removesuffix("/").removesuffix("/api") if api else ""
     return out

@@ -31,6 +31,10 @@ def main() -> None:
         f"MLflow runs table: {runs or '(no runs yet)'}"
         + ("   (start the UI with `make mlflow-ui`)" if local and runs else "")
     )
+    if found.get("mlflow_comparison"):
+        print(
+            f"Which recipe won:  {found['mlflow_comparison']}   (every pipeline run, one column per method and figure)"
+        )
     print(
         f"Prefect UI:        {found['prefect_ui'] or '`make up`, then http://127.0.0.1:4200 (flows report there once PREFECT_API_URL is exported)'}"
     )

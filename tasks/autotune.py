@@ -21,7 +21,7 @@ from plumbing.log import check_stop, progress
 __all__ = ["autotune_setup", "autotune_trial"]
 
 
-@task(name="autotune-setup", tags=["gpu"])
+@task(name="autotune-setup", tags=["compute"], task_run_name="autotune-setup")
 def autotune_setup(
     root: str, data_ref: dict[str, str], model_ref: dict[str, str], cfg: dict[str, Any]
 ) -> dict[str, Any]:
@@ -39,7 +39,7 @@ def _trial_run_name() -> str:
     return f"autotune-trial-{int(task_run.parameters['number']) + 1}"
 
 
-@task(name="autotune-trial", tags=["gpu"], task_run_name=_trial_run_name)
+@task(name="autotune-trial", tags=["compute"], task_run_name=_trial_run_name)
 def autotune_trial(
     root: str,
     data_ref: dict[str, str],

@@ -17,7 +17,7 @@ from plumbing.artifacts import (
 __all__ = ["evaluate_model"]
 
 
-@task(name="evaluate-model", tags=["gpu"])
+@task(name="evaluate-model", tags=["compute"])
 def evaluate_model(
     root: str, data_ref: dict[str, str], model_ref: dict[str, str], cfg: dict[str, Any]
 ) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from plumbing.store import resolve, store_of
 __all__ = ["import_pretrained", "pretrain_epoch", "finish_pretrain"]
 
 
-@task(name="pretrain-epoch", tags=["gpu"], task_run_name="pretrain-epoch-{epoch}")
+@task(name="pretrain-epoch", tags=["compute"], task_run_name="pretrain-epoch-{epoch}")
 def pretrain_epoch(
     root: str, data_ref: dict[str, str], state_ref: dict[str, str] | None, epoch: int, cfg: dict[str, Any]
 ) -> dict[str, Any]:
@@ -69,7 +69,7 @@ def pretrain_epoch(
     return {"ref": ref, "record": rec}
 
 
-@task(name="finish-pretrain", tags=["gpu"])
+@task(name="finish-pretrain", tags=["compute"], task_run_name="finish-pretrain")
 def finish_pretrain(
     root: str, data_ref: dict[str, str], state_ref: dict[str, str], cfg: dict[str, Any]
 ) -> dict[str, Any]:
@@ -92,7 +92,7 @@ def finish_pretrain(
     return {"ref": ref, **acc, "history": history}
 
 
-@task(name="import-pretrained", tags=["gpu"])
+@task(name="import-pretrained", tags=["compute"], task_run_name="import-pretrained")
 def import_pretrained(
     root: str, data_ref: dict[str, str], weights_ref: dict[str, str], cfg: dict[str, Any]
 ) -> dict[str, Any]:

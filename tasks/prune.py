@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 
-@task(name="start-pruning", tags=["gpu"])
+@task(name="start-pruning", tags=["compute"], task_run_name="start-pruning-{method}")
 def start_pruning(
     root: str,
     data_ref: dict[str, str],
@@ -69,7 +69,7 @@ def _step_run_name(kind: str) -> Any:
     return name
 
 
-@task(name="prune-step", tags=["gpu"], task_run_name=_step_run_name("prune-step"))
+@task(name="prune-step", tags=["compute"], task_run_name=_step_run_name("prune-step"))
 def prune_one_step(
     root: str, data_ref: dict[str, str], model_ref: dict[str, str], run: dict[str, Any], k: int, cfg: dict[str, Any]
 ) -> dict[str, Any]:
@@ -87,7 +87,7 @@ def prune_one_step(
     return info
 
 
-@task(name="evaluate-step", tags=["gpu"])
+@task(name="evaluate-step", tags=["compute"])
 def evaluate_checkpoint(
     root: str, data_ref: dict[str, str], model_ref: dict[str, str], cfg: dict[str, Any]
 ) -> dict[str, float]:
@@ -134,7 +134,7 @@ def _train_checkpoint(
     return {"ref": save_model(paths, model, stem, meta, store_of(data_ref)), **stats}
 
 
-@task(name="finetune", tags=["gpu"], task_run_name=_step_run_name("finetune"))
+@task(name="finetune", tags=["compute"], task_run_name=_step_run_name("finetune"))
 def finetune_checkpoint(
     root: str,
     data_ref: dict[str, str],
@@ -164,7 +164,7 @@ def _chunk_run_name() -> str:
     return f"recover-chunk-{int(task_run.parameters['i']) + 1}"
 
 
-@task(name="recover-chunk", tags=["gpu"], task_run_name=_chunk_run_name)
+@task(name="recover-chunk", tags=["compute"], task_run_name=_chunk_run_name)
 def recover_checkpoint(
     root: str,
     data_ref: dict[str, str],
@@ -188,7 +188,7 @@ def recover_checkpoint(
     )
 
 
-@task(name="check-target", tags=["gpu"])
+@task(name="check-target", tags=["compute"])
 def check_target(
     root: str, data_ref: dict[str, str], model_ref: dict[str, str], cfg: dict[str, Any]
 ) -> dict[str, float]:
@@ -199,7 +199,7 @@ def check_target(
     return target_check(load_model(paths, model_ref, task_device(cfg)), load_data(paths, data_ref), params_of(cfg))
 
 
-@task(name="train-with-pruning", tags=["gpu"])
+@task(name="train-with-pruning", tags=["compute"], task_run_name="train-with-pruning-{method}")
 def train_with_pruning(
     root: str, data_ref: dict[str, str], model_ref: dict[str, str] | None, method: str, cfg: dict[str, Any]
 ) -> dict[str, Any]:

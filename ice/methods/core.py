@@ -52,7 +52,7 @@ from ice.methods.registry import spec
 from ice.metrics import G, count_macs, count_params, prunable_conv_params
 from ice.pruning import prunable_units, prune_unit
 from ice.pruning.importance import DATA_CRITERIA
-from ice.train import evaluate, freeze, frozen_names, unfreeze
+from ice.train import evaluate, freeze, frozen_convs, unfreeze
 
 __all__ = [
     "Callbacks",
@@ -224,8 +224,8 @@ def plan_steps(method: str, units: list[str], ratio: float) -> list[dict[str, An
     """The steps of a run: one per unit, in forward order; ``prune_once`` has a single step
     that prunes every unit, in the same order and at the same ratio (so the same architecture)."""
     if spec(method).one_step:
-        return [{"step": 0, "unit": "all", "units": list(units), "ratio": ratio}]
-    return [{"step": k, "unit": name, "ratio": ratio} for k, name in enumerate(units)]
+        return [{"step": 1, "unit": "all", "units": list(units), "ratio": ratio}]
+    return [{"step": k + 1, "unit": name, "ratio": ratio} for k, name in enumerate(units)]
 
 
 def apply_frozen(model: nn.Module, state: dict[str, Any], params: Params) -> None:
@@ -260,7 +260,7 @@ def prune_only(model: nn.Module, data: Dataset, state: dict[str, Any], k: int, p
         )
     apply_frozen(model, state, params)
     return {
-        "step": k,
+        "step": k + 1,  # steps count from 1, as the logs and task names do
         "unit": plan["unit"],
         "ratio": plan["ratio"],
         "params": info["params_after"],
@@ -274,7 +274,7 @@ def prune_and_lr(model: nn.Module, data: Dataset, state: dict[str, Any], k: int,
     """:func:`prune_only`, plus the lr a fine-tune after this step would use and the number of frozen convs."""
     out = prune_only(model, data, state, k, params)
     out["lr"] = step_lr(model, state, params)
-    out["frozen"] = len(frozen_names(model))
+    out["frozen"] = frozen_convs(model)
     return out
 
 

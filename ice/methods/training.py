@@ -254,7 +254,7 @@ def train_with_pruning(
         state["work"] += len(data.val) * macs / G
         nonzero = count_params(model, nonzero=True)
         rec = {
-            "step": e,
+            "step": e + 1,  # epochs count from 1, as pre-training's do
             "epoch": e + 1,
             "target": state["level"],
             "params": nonzero,  # non-zero parameters, as every method reports them

@@ -136,11 +136,25 @@ def test_mlflow_runs_metrics_and_tags(project):
         assert r.info.status == "FINISHED"
         assert r.data.params["prune.ratio"] == "0.5"
     ice = prune_runs["ice"]
-    for key in ("acc_pruned", "acc_finetuned", "params", "macs", "frozen", "finetuned", "t_finetune"):
+    # names carry their units; steps count from 1, as the logs and task names do
+    for key in (
+        "acc_pruned_pct",
+        "acc_finetuned_pct",
+        "params",
+        "macs",
+        "frozen_convs",
+        "finetuned",
+        "finetune_seconds",
+        "eval_gmacs",
+    ):
         hist = c.get_metric_history(ice.info.run_id, key)
-        assert sorted({m.step for m in hist}) == [0, 1, 2], key  # evaluate's final figure lands on the last step
-    for key in ("finetunes", "total_seconds", "work_gmacs", "test_acc"):  # totals: one point, at the end of the curves
-        assert {m.step for m in c.get_metric_history(ice.info.run_id, key)} == {2}, key
+        assert sorted({m.step for m in hist}) == [1, 2, 3], key  # evaluate's final figure lands on the last step
+    for key in ("finetunes", "total_seconds", "work_gmacs", "test_acc_pct"):  # totals: one point, at the end
+        assert {m.step for m in c.get_metric_history(ice.info.run_id, key)} == {3}, key
+    assert not {"acc_pruned", "t_finetune", "frozen", "test_acc", "sparsity"} & set(ice.data.metrics)
+    # a fraction is a percentage in MLflow as in compare.md
+    saved_ice = json.loads((root / "reports/metrics.json").read_text())["methods"]["ice"]
+    assert ice.data.metrics["sparsity_pct"] == pytest.approx(100 * saved_ice["sparsity"], abs=0.01)
     # the lr only where a fine-tune used it, in units that a +-1 axis shows (0.001 -> 1)
     rows = list(csv.DictReader((root / "reports/steps/ice.csv").open()))
     lr = {m.step: m.value for m in c.get_metric_history(ice.info.run_id, "lr_x1000")}
@@ -149,7 +163,7 @@ def test_mlflow_runs_metrics_and_tags(project):
     }
     assert ice.data.metrics["macs"] == saved_macs(root, "ice")
     # a training-time method's curve is logged as it trains, one epoch at a time, not after the task
-    oc = sorted(c.get_metric_history(prune_runs["one_cycle"].info.run_id, "acc_finetuned"), key=lambda m: m.step)
+    oc = sorted(c.get_metric_history(prune_runs["one_cycle"].info.run_id, "acc_finetuned_pct"), key=lambda m: m.step)
     assert len(oc) == 2 and oc[1].timestamp - oc[0].timestamp >= 50, [(m.step, m.timestamp) for m in oc]
     params_hist = sorted(c.get_metric_history(ice.info.run_id, "params"), key=lambda m: m.step)
     assert params_hist[0].value > params_hist[-1].value  # every step removes parameters
@@ -158,7 +172,7 @@ def test_mlflow_runs_metrics_and_tags(project):
     for m, run in prune_runs.items():
         last = max(c.get_metric_history(run.info.run_id, "params"), key=lambda x: x.step)
         assert last.value == saved[m]["params_nonzero"], m
-        assert c.get_metric_history(run.info.run_id, "sparsity"), m
+        assert c.get_metric_history(run.info.run_id, "sparsity_pct"), m
     assert saved["one_cycle"]["params_nonzero"] < 0.3 * saved["one_cycle"]["params"]
     parent = by_stage["autotune"][0].info.run_id
     children = by_stage["autotune-trial"]
@@ -171,6 +185,63 @@ def test_mlflow_runs_metrics_and_tags(project):
     read = json.loads(Path(inputs).read_text())["inputs"]
     assert set(read) == {"data/prepared/dataset.pt", "models/pretrained.pt", "models/autotune.json"}
     assert read["models/pretrained.pt"] == json.loads((root / "reports/pretrain.json").read_text())["sha256"]
+
+
+def test_one_pipeline_run_holds_the_comparison(project):
+    """The pipeline's MLflow run is the parent of every stage's run and carries the answer:
+    one metric per method and figure (logged once), compare.md as its description with
+    images the server serves, and a runs-table view that shows those metrics as columns."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+
+    root, metrics = project
+    c = _client(root)
+    exp = c.get_experiment_by_name("ice-test")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # not MLflow 3's GenAI view
+    parents = c.search_runs([exp.experiment_id], "tags.`ice.stage` = 'pipeline'")
+    assert len(parents) == 1
+    parent = parents[0]
+    pid = parent.info.run_id
+    assert parent.info.status == "FINISHED" and parent.info.run_name == "pipeline-cifar_resnet20-digits"
+    stages = [r for r in c.search_runs([exp.experiment_id], max_results=200) if r.data.tags["ice.stage"] != "pipeline"]
+    top = [r for r in stages if r.data.tags["ice.stage"] != "autotune-trial"]
+    assert {r.data.tags["ice.stage"] for r in top} == {"pretrain", "autotune", "prune", "evaluate"}
+    assert all(r.data.tags.get("mlflow.parentRunId") == pid for r in top)
+    assert all(r.data.tags["ice.pipeline"] == parent.data.tags["ice.pipeline"] for r in top)
+    saved = metrics["methods"]
+    for m, row in saved.items():
+        assert parent.data.metrics[f"{m}.test_acc_pct"] == pytest.approx(row["test_acc"], abs=1e-3)
+        assert parent.data.metrics[f"{m}.work_gmacs"] == pytest.approx(row["work_gmacs"], rel=1e-4)
+        assert len(c.get_metric_history(pid, f"{m}.test_acc_pct")) == 1  # logged once, not per step
+    md = (root / "reports/compare.md").read_text()
+    first = md.splitlines()[2]
+    assert "won**" in first and any(f"**{m} won**" in first for m in saved), first
+    assert (
+        "![accuracy_vs_work](figures/accuracy_vs_work.png)" in md
+        and (root / "reports/figures/accuracy_vs_work.png").exists()
+    )
+    note = parent.data.tags["mlflow.note.content"]
+    assert note.startswith("# Method comparison") and first in note
+    assert f"get-artifact?path=figures%2Faccuracy_vs_work.png&run_uuid={pid}" in note
+    assert "figures/accuracy_vs_work.png" in {a.path for a in c.list_artifacts(pid, "figures")}
+    views = [json.loads(v) for k, v in exp.tags.items() if k.startswith("mlflow.sharedViewState.")]
+    assert views and views[-1]["searchFilter"] == "tags.`ice.stage` = 'pipeline'"
+    assert {f"metrics.`{m}.test_acc_pct`" for m in saved} <= set(views[-1]["selectedColumns"])
+    # the registry: what each pruned version is worth
+    for m in ("ice", "one_cycle"):
+        tags = c.get_model_version_by_alias("cifar_resnet20-digits", m).tags
+        assert tags["method"] == m and tags["test_acc_pct"] == f"{saved[m]['test_acc']:.2f}"
+        assert tags["val_acc_pct"] == f"{saved[m]['val_acc']:.2f}" and tags["macs"] == str(saved[m]["macs"])
+        assert tags["params"] == str(saved[m]["params_nonzero"])
+    assert "ratio" in c.get_model_version_by_alias("cifar_resnet20-digits", "ice").tags
+    oc = c.get_model_version_by_alias("cifar_resnet20-digits", "one_cycle").tags
+    assert "ratio" not in oc and float(oc["sparsity"]) == pytest.approx(0.8)
+    # Prefect: a method that masks weights is tagged by its sparsity, not by a ratio it ignores
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=["method:one_cycle"])))
+        pipe = client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=["stage:pipeline"])))
+    assert runs and all("sparsity:0.8" in r.tags and not any(t.startswith("ratio:") for t in r.tags) for r in runs)
+    assert pipe and "project:ice-pipeline" in pipe[0].tags
 
 
 def test_the_flow_runs_the_same_loop_as_the_library(project):
@@ -264,7 +335,15 @@ def test_rerun_reuses_every_task(project):
     } <= run_names
     # the Prefect UI's list names the run and can filter it by method, data, arch and ratio
     assert fr.name == "prune-ice-r0.5"
-    assert {"ice", "stage:prune", "method:ice", "data:digits", "arch:cifar_resnet20", "ratio:0.5"} <= set(fr.tags)
+    assert {
+        "project:ice-pipeline",
+        "stage:prune",
+        "method:ice",
+        "data:digits",
+        "arch:cifar_resnet20",
+        "ratio:0.5",
+    } <= set(fr.tags)
+    assert "ice" not in fr.tags  # the project's tag does not read as a method
     assert sha256_file(root / "models/pruned/ice.pt") == before
     # the same bytes are not registered twice: the alias stays on the version with that sha256
     c = _client(root)

@@ -95,7 +95,7 @@ def _task_runs(url: str, run_id: str) -> list[dict]:
 
 
 def _compute(tasks: list[dict]) -> list[dict]:
-    return [t for t in tasks if "gpu" in t["tags"]]
+    return [t for t in tasks if "compute" in t["tags"]]
 
 
 def _clone(dst: Path) -> None:

@@ -6,6 +6,7 @@ from ice.train import (
     evaluate,
     fit,
     freeze,
+    frozen_convs,
     frozen_names,
     kd_loss,
     make_optimizer,
@@ -66,6 +67,7 @@ def test_frozen_layers_stay_fixed_and_skip_their_gradient(digits):
     names = freeze(m, ["conv1", "layer1.0.conv1"], bn_stats=True)
     assert names == ["conv1", "bn1", "layer1.0.conv1", "layer1.0.bn1"]
     assert frozen_names(m) == names
+    assert frozen_convs(m) == 2  # the count the freeze trial reports: its convs, not their batch norms
     opt = make_optimizer(m, 0.05)
     in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
     assert id(m.conv1.weight) not in in_opt and id(m.layer1[0].bn1.weight) not in in_opt
