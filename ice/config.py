@@ -89,6 +89,9 @@ class TrainConfig(_Section):
     augment: bool = True
     device: Literal["auto", "cpu", "cuda"] = "auto"
     channels_last: bool | Literal["auto"] = "auto"
+    # mixed precision for every training loop (pre-training, fine-tunes, recovery, schedules):
+    # autocast to bfloat16 or float16 (with a gradient scaler); evaluation stays float32
+    amp: Literal["off", "bf16", "fp16"] = "off"
 
 
 class TargetConfig(_Section):

@@ -451,8 +451,11 @@ def batches(
     dev = torch.device(device)
     for i in range(n_batches):
         idx = order[i * batch_size : (i + 1) * batch_size]
-        xb = split.x[idx].to(dev, non_blocking=True)
-        yb = split.y[idx].to(dev, non_blocking=True)
+        xb, yb = split.x[idx], split.y[idx]
+        if dev.type == "cuda":  # pinned pages: the copy runs beside the GPU's work, not before it
+            xb, yb = xb.pin_memory(), yb.pin_memory()
+        xb = xb.to(dev, non_blocking=True)
+        yb = yb.to(dev, non_blocking=True)
         if augment:
             pad = 4 if xb.shape[-1] >= 16 else 1
             xb = augment_batch(xb, generator, padding=pad)

@@ -38,10 +38,14 @@ __all__ = [
     "epoch_fractions",
     "fit_epoch",
     "StepHook",
+    "AMP_DTYPES",
 ]
 
-StepHook = Callable[[int, float], None]
-"""Called after each optimizer step with the step index within the epoch and the loss."""
+# after each optimizer step: (step, the step's loss as a 0-d tensor on the device; reading it
+# is a device-to-host sync, so a hook that does not need it should leave it alone)
+StepHook = Callable[[int, torch.Tensor], None]
+
+AMP_DTYPES: dict[str, torch.dtype | None] = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def pick_device(preference: str = "auto") -> torch.device:
@@ -50,7 +54,10 @@ def pick_device(preference: str = "auto") -> torch.device:
         return torch.device("cpu")
     if preference == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device 'cuda' was asked for but torch sees no CUDA device")
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels
+    return device
 
 
 def use_channels_last(setting: bool | str, device: torch.device) -> bool:
@@ -180,13 +187,20 @@ def train_epoch(
     lr_at: Callable[[int, int], float] | None = None,
     on_step: StepHook | None = None,
     split: Split | None = None,
+    amp: str = "off",
 ) -> dict[str, float]:
     """One pass (or ``fraction`` of one) over ``data.train``; returns loss, accuracy and timing.
 
     With a ``teacher`` the loss is ``CE + kd_weight * kd_loss``; the teacher runs
     under ``no_grad`` in eval mode. ``lr_at(step, n_steps)`` sets the lr before each
     step; ``on_step`` runs after each optimizer step (pruning schedules hook in here).
+
+    ``amp``: ``off``, ``bf16`` or ``fp16`` autocast of the forward passes and the loss (fp16
+    with a gradient scaler). The loss and correct counts are summed on the device and read
+    once, after the last step: no device-to-host sync per step.
     """
+    if amp not in AMP_DTYPES:
+        raise ValueError(f"train.amp must be one of {', '.join(AMP_DTYPES)}, not {amp!r}")
     device = device or next(model.parameters()).device
     cl = use_channels_last(channels_last, device)
     if cl:
@@ -197,7 +211,12 @@ def train_epoch(
         teacher.eval()
     n_total = n_steps(len(split), batch_size, fraction)
     t0 = time.perf_counter()
-    total_loss, correct, seen = 0.0, 0, 0
+    dtype = AMP_DTYPES[amp]
+    scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
+    # float64 sums of float32 losses: the same figures a Python float sum gave
+    total_loss = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    seen = 0
     for step, (x, y) in enumerate(
         batches(
             split,
@@ -217,25 +236,31 @@ def train_epoch(
             for g in optimizer.param_groups:
                 g["lr"] = lr_at(step, n_total)
         # forward / backward
-        out = model(x)
-        loss = F.cross_entropy(out, y)
-        if teacher is not None:
-            with torch.no_grad():
-                t_out = teacher(x)
-            loss = loss + kd_weight * kd_loss(out, t_out, temperature, kd_t2)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            out = model(x)
+            loss = F.cross_entropy(out, y)
+            if teacher is not None:
+                with torch.no_grad():
+                    t_out = teacher(x)
+                loss = loss + kd_weight * kd_loss(out, t_out, temperature, kd_t2)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        # log
-        lv = float(loss.detach())
-        total_loss += lv * len(y)
-        correct += int((out.detach().argmax(1) == y).sum())
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        # log, on the device
+        lv = loss.detach()
+        total_loss += lv.double() * len(y)
+        correct += (out.detach().argmax(1) == y).sum()
         seen += len(y)
         if on_step is not None:
             on_step(step, lv)
     return {
-        "loss": total_loss / max(seen, 1),
-        "acc": 100.0 * correct / max(seen, 1),
+        "loss": float(total_loss) / max(seen, 1),
+        "acc": 100.0 * int(correct) / max(seen, 1),
         "images": float(seen),
         "seconds": time.perf_counter() - t0,
     }
@@ -318,6 +343,7 @@ def fit_epoch(
     seed: int = 0,
     schedule: str = "cosine",
     device: torch.device | None = None,
+    amp: str = "off",
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Run the next epoch of a pre-training from ``state`` (``None``: the first epoch).
 
@@ -352,6 +378,7 @@ def fit_epoch(
         generator=g,
         device=device,
         lr_at=lr_at,
+        amp=amp,
     )
     val = evaluate(model, data, "val", device=device)
     shape = data.input_shape()
@@ -390,6 +417,7 @@ def fit(
     schedule: str = "cosine",
     device: torch.device | None = None,
     on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
+    amp: str = "off",
 ) -> list[dict[str, Any]]:
     """Train from scratch with SGD and a cosine (or one-cycle) lr schedule: pre-training in memory."""
     device = device or pick_device()
@@ -408,6 +436,7 @@ def fit(
             seed=seed,
             schedule=schedule,
             device=device,
+            amp=amp,
         )
         if on_epoch is not None:
             on_epoch(rec["epoch"], rec)

@@ -62,6 +62,7 @@ def pretrain_epoch(
         seed=params.seed,
         schedule=tr.lr_schedule,
         device=device,
+        amp=tr.amp,
     )
     ref = save_model(
         paths, model, f"pretrain-epoch{epoch:03d}", {"stage": "pretrain", "fit": state}, store_of(data_ref)

@@ -104,3 +104,21 @@ class LSTMNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.conv(x).flatten(2).transpose(1, 2)
         return self.fc(self.rnn(f)[0][:, -1])
+
+
+class SplitStemNet(nn.Module):
+    """A stem whose output is split into fixed 16-channel halves (``torch.split(x, 16)``): that
+    one unit cannot be pruned (fewer channels leave one chunk); every other unit can."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU())
+        self.a = _cbr(16, 16)
+        self.b = _cbr(16, 16)
+        self.c = _cbr(32, 32)
+        self.fc = nn.Linear(32, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p, q = torch.split(self.stem(x), 16, dim=1)
+        x = self.c(torch.cat([self.a(p), self.b(q)], 1))
+        return self.fc(x.mean((2, 3)))

@@ -51,6 +51,7 @@ from ice.methods.recovery import recover_chunk, recover_to_target, target_check
 from ice.methods.registry import spec
 from ice.metrics import G, count_macs, count_params, prunable_conv_params
 from ice.pruning import prunable_units, prune_unit
+from ice.pruning.graph import GraphError
 from ice.pruning.importance import DATA_CRITERIA
 from ice.train import evaluate, freeze, frozen_convs, unfreeze
 
@@ -114,6 +115,7 @@ class StepRecord:
     t_finetune: float
     work_eval: float  # GMACs
     work_finetune: float  # GMACs
+    skipped: str = ""  # the units of this step that could not be pruned, and why ("" when none)
 
 
 @dataclass
@@ -240,6 +242,7 @@ def prune_only(model: nn.Module, data: Dataset, state: dict[str, Any], k: int, p
     t0 = time.perf_counter()
     work = 0.0
     info: dict[str, Any] = {}
+    skipped: list[str] = []  # units the dependency graph cannot prune (GraphError): left whole
     # prune_once's one step walks every unit; the seed of unit j is the one the j-th step would use
     for j, name in ((k + j, n) for j, n in enumerate(plan.get("units", [plan["unit"]]))):
         batch = None
@@ -247,17 +250,23 @@ def prune_only(model: nn.Module, data: Dataset, state: dict[str, Any], k: int, p
             batch = probe_batch(data, device=next(model.parameters()).device)
             passes = 3 if params.prune.criterion == "taylor" else 1
             work += len(batch[1]) * count_macs(model, data.input_shape()) * passes / G
-        info = prune_unit(
-            model,
-            unit_by_name(model, name),
-            plan["ratio"],
-            params.prune.criterion,
-            data=batch,
-            seed=params.seed * 1000 + j,
-            input_shape=tuple(state["input_shape"]),
-            rounding=params.prune.rounding,
-            round_to=params.prune.round_to,
-        )
+        try:
+            info = prune_unit(
+                model,
+                unit_by_name(model, name),
+                plan["ratio"],
+                params.prune.criterion,
+                data=batch,
+                seed=params.seed * 1000 + j,
+                input_shape=tuple(state["input_shape"]),
+                rounding=params.prune.rounding,
+                round_to=params.prune.round_to,
+            )
+        except GraphError as err:  # this unit cannot be pruned; the model is as it was, the others go on
+            skipped.append(f"{name}: {err}")
+    if not info:  # every unit of the step was skipped
+        shape = tuple(state["input_shape"])
+        info = {"params_after": count_params(model), "macs_after": count_macs(model, shape)}
     apply_frozen(model, state, params)
     return {
         "step": k + 1,  # steps count from 1, as the logs and task names do
@@ -267,6 +276,7 @@ def prune_only(model: nn.Module, data: Dataset, state: dict[str, Any], k: int, p
         "macs": info["macs_after"],
         "t_prune": time.perf_counter() - t0,
         "work_prune": work,
+        "skipped": "; ".join(skipped),
     }
 
 
@@ -333,6 +343,7 @@ def record_step(
         t_finetune=ft["seconds"] if ft is not None else 0.0,
         work_eval=pruned["work_eval"] + pruned.get("work_prune", 0.0) + (ft["work_eval"] if ft is not None else 0.0),
         work_finetune=ft["work"] if ft is not None else 0.0,
+        skipped=pruned.get("skipped", ""),
     )
     if acc_after is not None:
         state["acc_previous"] = acc_after
@@ -567,9 +578,11 @@ def step_line(method: str, k: int, n: int, rec: dict[str, Any]) -> str:
     def acc(v: float | None) -> str:
         return "-" if v is None else f"{v:.2f}"
 
+    left = f"; left whole, it cannot be pruned ({rec['skipped']})" if rec.get("skipped") else ""
     if not rec["finetuned"]:
-        return f"[{method}] step {k + 1}/{n} {rec['unit']}: acc {acc(rec['acc_pruned'])} (no fine-tune)"
+        return f"[{method}] step {k + 1}/{n} {rec['unit']}: acc {acc(rec['acc_pruned'])} (no fine-tune){left}"
     before = f"acc {acc(rec['acc_pruned'])} -> " if rec["acc_pruned"] is not None else ""
     return (
-        f"[{method}] step {k + 1}/{n} {rec['unit']}: {before}fine-tune (lr {rec['lr']:.2e}) {acc(rec['acc_finetuned'])}"
+        f"[{method}] step {k + 1}/{n} {rec['unit']}: {before}fine-tune (lr {rec['lr']:.2e}) "
+        f"{acc(rec['acc_finetuned'])}{left}"
     )

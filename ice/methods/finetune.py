@@ -63,6 +63,7 @@ def finetune(
             kd_t2=cfg.kd_t2,
             channels_last=params.train.channels_last,
             lr_at=lr_at,
+            amp=params.train.amp,
         )
         images += stats["images"]
     stats["seconds"] = time.perf_counter() - t0

@@ -101,7 +101,7 @@ def spec(method: str) -> MethodSpec:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}") from None
 
 
-DEVICE_KEYS = ("device", "channels_last")
+DEVICE_KEYS = ("device", "channels_last", "amp")
 
 
 def method_inputs(params: Params, method: str) -> dict[str, Any]:

@@ -206,7 +206,7 @@ def train_with_pruning(
     else:
         target_at = schedule_for(method, params)
 
-    def on_step(_step: int, _loss: float) -> None:
+    def on_step(_step: int, _loss: torch.Tensor) -> None:
         nonlocal masks
         state["global"] += 1
         state["work"] += batch_size * state["per_image"]  # the step just taken, at the model's size before pruning
@@ -245,6 +245,7 @@ def train_with_pruning(
             channels_last=params.train.channels_last,
             on_step=on_step,
             lr_at=lr_policy(cfg.lr, done, total),
+            amp=params.train.amp,
         )
         # the last batch may be short: count the images that were really seen
         state["work"] += (stats["images"] - per_epoch[e] * batch_size) * state["per_image"]

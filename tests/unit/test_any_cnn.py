@@ -249,3 +249,37 @@ def test_user_arch_by_import_path_errors_name_the_key():
     assert parse_params({"model": {"arch": "user_nets:SENet"}}).model.arch == "user_nets:SENet"
     with pytest.raises(ParamsError, match=r"model.arch = 'user_nets:Nope' is not allowed \(.*Nope"):
         parse_params({"model": {"arch": "user_nets:Nope"}})
+
+
+@pytest.mark.parametrize("method", ["iterative", "prune_once"])
+def test_a_unit_that_cannot_be_pruned_is_left_whole_and_the_run_goes_on(digits, method):
+    """SplitStemNet's stem feeds torch.split(x, 16): removing any of its channels breaks the
+    model (GraphError). The step (or, for prune_once, that unit of the one step) is recorded
+    as skipped, with the reason; the model keeps the stem whole and every other unit prunes."""
+    from ice.config import parse_params
+    from ice.methods import run_pruning
+    from ice.models import seeded_model
+
+    model = seeded_model("user_nets:SplitStemNet", digits, 0)
+    before = count_params(model)
+    p = parse_params(
+        {
+            "model": {"arch": "user_nets:SplitStemNet"},
+            "prune": {"batch_size": 64, "augment": False, "ratio": 0.5, "finetune_epochs": 0.1, "methods": [method]},
+        }
+    )
+    res = run_pruning(model, digits, method, p)
+    skipped = [r for r in res.steps if r["skipped"]]
+    assert (
+        len(skipped) == 1
+        and skipped[0]["skipped"].startswith("stem.0: ")
+        and "breaks the model" in skipped[0]["skipped"]
+    )
+    if method == "iterative":
+        assert [r["unit"] for r in res.steps] == ["stem.0", "a.0", "b.0", "c.0"] and skipped[0]["step"] == 1
+        assert skipped[0]["params"] == before  # nothing removed at the skipped step
+    assert res.model.stem[0].out_channels == 32  # left whole
+    assert res.model.a[0].out_channels == 8 and res.model.c[0].out_channels == 16  # the others pruned
+    assert count_params(res.model) < before
+    x = torch.randn(digits.input_shape(2))
+    assert res.model.eval()(x).shape == (2, 10)

@@ -25,7 +25,7 @@ def test_method_inputs_name_only_what_each_method_reads():
     params = parse_params({"prune": {"methods": ["ice", "iterative", "one_cycle"]}})
     ice, iterative, one_cycle = (method_inputs(params, m) for m in ("ice", "iterative", "one_cycle"))
     assert set(iterative) == {"seed", "prune", "train"} and "methods" not in iterative["prune"]
-    assert set(iterative["train"]) == {"device", "channels_last"}  # pre-training keys stay out of its keys
+    assert set(iterative["train"]) == {"device", "channels_last", "amp"}  # pre-training keys stay out of its keys
     assert set(ice) == {"seed", "prune", "train", "ice"}
     assert set(one_cycle) == {"seed", "prune", "train", "schedule", "model"}  # from scratch: a whole training run
     assert one_cycle["train"]["epochs"] == params.train.epochs

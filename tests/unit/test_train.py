@@ -37,6 +37,56 @@ def test_training_learns_digits(digits):
     assert after > 80.0 and after > before + 30
 
 
+def test_bf16_autocast_trains_as_well_as_fp32(digits):
+    """train.amp: bf16 autocast (CPU here, as on a GPU) ends within a point of float32."""
+    accs = {}
+    for amp in ("off", "bf16"):
+        torch.manual_seed(0)
+        m = build_model("cifar_resnet20", 10, in_channels=1)
+        fit(m, digits, epochs=3, lr=0.05, batch_size=64, augment=False, seed=0, amp=amp)
+        accs[amp] = evaluate(m, digits)["acc"]
+    assert accs["off"] > 80.0
+    assert abs(accs["bf16"] - accs["off"]) <= 1.0, accs
+
+
+def test_fp16_autocast_scales_the_gradients(digits):
+    torch.manual_seed(0)
+    m = build_model("cifar_resnet20", 10, in_channels=1)
+    w = m.fc.weight.clone()
+    stats = train_epoch(m, digits, make_optimizer(m, 0.05), batch_size=64, fraction=0.5, augment=False, amp="fp16")
+    assert stats["loss"] == stats["loss"] and stats["loss"] < 10  # finite: the scaler kept fp16 gradients in range
+    assert not torch.equal(m.fc.weight, w)
+    with pytest.raises(ValueError, match="train.amp must be one of off, bf16, fp16"):
+        train_epoch(m, digits, make_optimizer(m, 0.05), batch_size=64, fraction=0.1, amp="fp8")
+
+
+def test_no_device_to_host_read_per_step(digits, monkeypatch):
+    """The loss and correct counts stay on the device until the epoch ends: the number of
+    tensor-to-Python reads does not grow with the number of steps (each one stalls a GPU)."""
+    reads = {"n": 0}
+    for name in ("item", "__float__", "__int__", "__bool__", "tolist"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *a, _original=original, **k):
+            reads["n"] += 1
+            return _original(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+
+    def count(fraction: float) -> tuple[int, float]:
+        torch.manual_seed(0)
+        m = build_model("cifar_resnet20", 10, in_channels=1)
+        opt = make_optimizer(m, 0.01)
+        reads["n"] = 0
+        stats = train_epoch(m, digits, opt, batch_size=32, fraction=fraction, augment=False)
+        return reads["n"], stats["images"]
+
+    few, n_few = count(0.1)
+    many, n_many = count(0.5)
+    assert n_many >= 4 * n_few  # several times the steps...
+    assert many == few, (few, many)  # ...and not one read more
+
+
 def test_fraction_of_an_epoch(digits):
     m = build_model("cifar_resnet20", 10, in_channels=1)
     opt = make_optimizer(m, 0.01)
