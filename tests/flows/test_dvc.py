@@ -85,6 +85,16 @@ def test_repro_runs_every_stage(repo):
     metrics = json.loads((root / "reports" / "metrics.json").read_text())
     assert set(metrics["methods"]) == {"ice", "iterative"}
     assert (root / "dvc.lock").exists()
+    # one process per stage, one MLflow run per pipeline run: every stage's run nests under it
+    from mlflow import MlflowClient
+
+    c = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    runs = c.search_runs([c.get_experiment_by_name("ice-test").experiment_id], max_results=100)
+    parents = [r for r in runs if r.data.tags["ice.stage"] == "pipeline"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    stages = [r for r in runs if r.data.tags["ice.stage"] in ("pretrain", "autotune", "prune", "evaluate")]
+    assert len(stages) == 5 and all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in stages)
+    assert parents[0].data.metrics["ice.test_acc_pct"] == pytest.approx(metrics["methods"]["ice"]["test_acc"], abs=1e-3)
 
 
 def test_second_repro_does_nothing(repo):
