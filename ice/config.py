@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 __all__ = [
     "ParamsError",
@@ -92,6 +92,12 @@ class TrainConfig(_Section):
     # mixed precision for every training loop (pre-training, fine-tunes, recovery, schedules):
     # autocast to bfloat16 or float16 (with a gradient scaler); evaluation stays float32
     amp: Literal["off", "bf16", "fp16"] = "off"
+
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _yaml_off(cls, v: Any) -> Any:
+        # YAML 1.1 reads a bare `off` as false, and `dvc exp run -S` writes params.yaml back bare
+        return "off" if v is False else v
 
 
 class TargetConfig(_Section):

@@ -158,3 +158,12 @@ def test_params_yaml_departs_from_the_defaults_only_where_a_reason_is_pinned():
         f"unexplained: {sorted(differ - set(DIGITS_DEPARTURES))}; no longer different: "
         f"{sorted(set(DIGITS_DEPARTURES) - differ)}"
     )
+
+
+def test_amp_off_survives_yaml_rewrites():
+    """`dvc exp run -S` writes params.yaml back with a bare `off`, which YAML 1.1 reads as false."""
+    import yaml
+
+    assert parse_params(yaml.safe_load("train:\n  amp: off\n")).train.amp == "off"
+    with pytest.raises(ParamsError, match=r"train\.amp = True is not allowed; allowed: 'off', 'bf16' or 'fp16'"):
+        parse_params({"train": {"amp": True}})
