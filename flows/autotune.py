@@ -26,8 +26,9 @@ from ice.methods.registry import method_inputs
 from plumbing.caching import bind
 from plumbing.cli import cli
 from plumbing.log import progress
+from plumbing.prefect_views import publish_artifact
 from plumbing.records import write_csv, write_json
-from plumbing.runtime import open_stage, publish_artifact, task_runner
+from plumbing.runtime import open_stage, task_runner
 from tasks.autotune import autotune_setup, autotune_trial
 
 

@@ -33,7 +33,8 @@ from ice.methods.registry import Method
 from plumbing.cli import cli
 from plumbing.log import progress
 from plumbing.paths import Paths, project_root
-from plumbing.runtime import Stage, materialize, open_stage, pipeline_run, share, store_url, task_runner
+from plumbing.pipeline_run import pipeline_run
+from plumbing.runtime import Stage, materialize, open_stage, share, store_url, task_runner
 from plumbing.stages import outputs
 
 
@@ -79,7 +80,9 @@ def pipeline(
     with open_stage("pipeline", params_path, root, overrides, track=False) as st:  # validates before any compute
         methods = list(st.params.prune.methods)
         r = str(st.root)
-    with pipeline_run(st, overrides) as key:  # the MLflow run every stage's run nests under
+    with pipeline_run(
+        st.root, st.params, st.params_file, overrides
+    ) as key:  # the MLflow run every stage's run nests under
         metrics = _stages(st, methods, params_path, r, overrides, key)
     progress(f"[pipeline] {len(methods)} methods compared -> {st.paths.rel(st.paths.compare)}")
     return metrics

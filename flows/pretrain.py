@@ -30,9 +30,9 @@ from plumbing.cli import cli
 from plumbing.log import progress
 from plumbing.paths import make_ref
 from plumbing.records import Publication, json_bytes
+from plumbing.registry import registered_name
 from plumbing.runtime import Stage, open_stage
 from plumbing.store import resolve, store_path
-from plumbing.tracking import registered_name
 from plumbing.weights import WeightsError, check_weights, fetch_weights
 from tasks.pretrain import finish_pretrain, import_pretrained, pretrain_epoch
 

@@ -30,11 +30,12 @@ from ice.methods.registry import method_inputs
 from plumbing.caching import bind
 from plumbing.cli import cli
 from plumbing.log import STEP_SINK, progress
+from plumbing.prefect_views import publish_artifact, update_progress
 from plumbing.records import Publication, csv_bytes, json_bytes, read_json
-from plumbing.runtime import Stage, open_stage, publish_artifact, update_progress
+from plumbing.registry import registered_name
+from plumbing.runtime import Stage, open_stage
 from plumbing.steptable import cumulative_cost, rounded_rows, step_metrics, target_metrics
 from plumbing.store import resolve
-from plumbing.tracking import registered_name
 from tasks.prune import (
     check_target,
     decide_finetune,

@@ -114,7 +114,7 @@ def result_storage(store_url: str) -> Any:
     if store_url not in _RESULT_BLOCKS:
         from prefect_aws import S3Bucket
 
-        from plumbing.store import parse_store_url
+        from plumbing.s3 import parse_store_url
 
         loc = parse_store_url(store_url)
         block = S3Bucket(bucket_name=loc.bucket, bucket_folder=loc.key("results"))

@@ -26,8 +26,8 @@ from plumbing.records import IntegrityError, verify_input
 from plumbing.runtime import (
     store_url,
 )
+from plumbing.s3 import StoreError, check_url
 from plumbing.stages import verified_upstream
-from plumbing.store import StoreError, check_url
 from plumbing.tracking import TrackingUnavailable, check_reachable, tracking_uri
 from plumbing.weights import WeightsError
 

@@ -7,7 +7,7 @@ a one-line :class:`TrackingUnavailable` instead of MLflow's long retry loop.
 
 Everything goes through :class:`mlflow.MlflowClient` with explicit run ids, so tasks
 that run in worker threads (auto-tune trials) log to the right run. Only
-:meth:`Tracker.log_model` needs MLflow's fluent API, and it runs in the flow's thread.
+:meth:`Tracker.log_model` (:mod:`plumbing.registry`) needs MLflow's fluent API, and it runs in the flow's thread.
 """
 
 from __future__ import annotations
@@ -21,28 +21,19 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = [
-    "Tracker",
-    "TrackingUnavailable",
-    "tracking_uri",
-    "flatten",
-    "metric_name",
-    "readable",
-    "git_commit",
-    "registered_name",
-]
+from plumbing.metric_names import flatten, metric_name, readable
+from plumbing.registry import ModelRegistry
+
+__all__ = ["Tracker", "TrackingUnavailable", "tracking_uri", "check_reachable", "git_commit", "project_links"]
 
 EXPERIMENT_KIND, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
 PIPELINE_TAG = "ice.pipeline"  # the key every run of one pipeline run carries (see Tracker.pipeline_run)
 SHARED_VIEW = "mlflow.sharedViewState."  # an experiment tag holding a runs-table view the UI opens by key
 COMPARISON_VIEW = "ice.comparison_view"  # the key of the newest comparison view
-
-PIP_REQUIREMENTS = ["torch==2.13.0", "numpy"]  # ice itself travels with the model as code
 
 
 class TrackingUnavailable(RuntimeError):
@@ -69,55 +60,6 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         ) from None
 
 
-# fractions that MLflow shows as percentages, as compare.md does
-_FRACTIONS = {"sparsity", "weight_sparsity", "filters_removed", "target", "search_share"}
-_RENAMED = {"frozen": "frozen_convs", "work": "work_gmacs"}
-
-
-def metric_name(key: str) -> tuple[str, float]:
-    """The name a metric has in MLflow, with its unit, and the factor its value takes:
-    accuracies and fractions in percent (``test_acc_pct``, ``sparsity_pct``), times in
-    seconds (``t_eval`` -> ``eval_seconds``), work in billions of MACs (``work_finetune`` ->
-    ``finetune_gmacs``); counts (``params``, ``macs``, ``finetunes``) keep their names.
-    A dotted prefix (``ice.test_acc``) is kept as it is."""
-    if "." in key:
-        prefix, tail = key.rsplit(".", 1)
-        name, factor = metric_name(tail)
-        return f"{prefix}.{name}", factor
-    if key in _RENAMED:
-        return _RENAMED[key], 1.0
-    if key in _FRACTIONS:
-        return f"{key}_pct", 100.0
-    if key == "acc" or key.startswith("acc_") or key.endswith("_acc"):
-        return f"{key}_pct", 1.0
-    if key.startswith("t_"):
-        return f"{key[2:]}_seconds", 1.0
-    if key.startswith("work_") and not key.endswith("_gmacs"):
-        return f"{key[5:]}_gmacs", 1.0
-    if key.endswith("_work"):
-        return f"{key[:-5]}_gmacs", 1.0
-    return key, 1.0
-
-
-def readable(v: float) -> float:
-    """A metric as the UI should show it: 6 significant digits (97.2222, not 97.22222222222223);
-    integers (params, MACs) stay exact."""
-    if isinstance(v, bool | int) or float(v).is_integer():
-        return float(v)
-    return float(f"{v:.6g}")
-
-
-def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
 def git_commit(root: Path) -> str:
     try:
         r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
@@ -136,11 +78,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def registered_name(arch: str, source: str) -> str:
-    return f"{arch}-{source}".replace(":", "_").replace("/", "_")
-
-
-class Tracker:
+class Tracker(ModelRegistry):
     """A thin, explicit-run-id wrapper over :class:`mlflow.MlflowClient`."""
 
     def __init__(self, root: Path, experiment: str, uri: str | None = None) -> None:
@@ -329,105 +267,6 @@ class Tracker:
     def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
         for k, v in tags.items():
             self.client.set_tag(run_id, k, v)
-
-    # ------------------------------------------------------------------ models
-    def log_model(
-        self,
-        run_id: str,
-        checkpoint: Path,
-        name: str,
-        alias: str,
-        description: str = "",
-        tags: Mapping[str, Any] | None = None,
-    ) -> str:
-        """Log the ice checkpoint at ``checkpoint`` as a model of ``run_id``, register it as a
-        version of ``name`` and point ``alias`` at it; return the version.
-
-        The model is a pyfunc defined from code (``plumbing/pyfunc_model.py``) whose only
-        artifact is the checkpoint, with the ``ice`` package as its code, a signature
-        and an input example: loading it never unpickles anything. The version carries
-        the checkpoint's sha256 as a tag.
-        """
-        import mlflow
-        import numpy as np
-        from mlflow.models import infer_signature
-
-        import ice
-        from ice.checkpoint import load_checkpoint
-        from ice.files import sha256_file
-
-        sha = sha256_file(checkpoint)
-        existing = self._version_with_sha(name, sha)
-        if existing is not None:  # the same bytes are registered already (a cached rerun): point the alias there
-            self.client.set_registered_model_alias(name, alias, existing)
-            return existing
-        model, _ = load_checkpoint(checkpoint, sha256=sha)
-        spec: dict[str, Any] = getattr(model, "ice_spec", {})
-        h, w = spec.get("image_size") or (32, 32)
-        example = np.zeros((2, spec.get("in_channels", 3), h, w), dtype=np.float32)
-        import torch
-
-        with torch.no_grad():
-            out = model.eval()(torch.from_numpy(example)).numpy()
-        signature = infer_signature(example, out)
-        # MLflow suggests type hints on predict; the logged signature already describes the input.
-        # log_model pushes its own "once" filter for UserWarnings in front of any filter of ours,
-        # so the warnings are recorded instead, and all but that one are shown again after.
-        with (
-            mlflow.start_run(run_id=run_id, experiment_id=self.experiment_id),
-            warnings.catch_warnings(record=True) as caught,
-        ):
-            warnings.simplefilter("default")
-            info = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=str(Path(__file__).with_name("pyfunc_model.py")),
-                artifacts={"checkpoint": str(checkpoint)},
-                code_paths=[str(Path(ice.__file__).parent)],
-                signature=signature,
-                input_example=example,
-                pip_requirements=PIP_REQUIREMENTS,
-            )
-        for w in caught:
-            if "type hints to the `predict` method" not in str(w.message):
-                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-        # start_run(run_id=...) ends the run on exit; the flow still owns it
-        self.client.update_run(run_id, status="RUNNING")
-        try:
-            self.client.get_registered_model(name)
-        except Exception:
-            try:
-                self.client.create_registered_model(name, description="Pruned and pretrained models of ice-pipeline")
-            except Exception:  # created meanwhile by a parallel flow
-                self.client.get_registered_model(name)
-        version_tags = {"sha256": sha, "alias": alias, **{k: str(v) for k, v in (tags or {}).items()}}
-        mv = mlflow.register_model(info.model_uri, name, tags=version_tags)
-        self._wait_ready(name, mv.version)
-        if description:
-            self.client.update_model_version(name, mv.version, description=description)
-        self.client.set_registered_model_alias(name, alias, mv.version)
-        return str(mv.version)
-
-    def tag_version(self, name: str, sha: str, tags: Mapping[str, Any]) -> str | None:
-        """Tag the registered version of ``name`` holding the checkpoint with ``sha``; its version, or None."""
-        version = self._version_with_sha(name, sha)
-        if version is not None:
-            for k, v in tags.items():
-                self.client.set_model_version_tag(name, version, k, str(v))
-        return version
-
-    def _version_with_sha(self, name: str, sha: str) -> str | None:
-        try:
-            found = self.client.search_model_versions(f"name = '{name}' and tags.sha256 = '{sha}'", max_results=1)
-        except Exception:  # no such registered model yet
-            return None
-        return str(found[0].version) if found else None
-
-    def _wait_ready(self, name: str, version: str, timeout: float = 60) -> None:
-        end = time.time() + timeout
-        while time.time() < end:
-            if self.client.get_model_version(name, version).status == "READY":
-                return
-            time.sleep(0.2)
 
 
 def project_links(params_path: str = "params.yaml", root: str | None = None) -> dict[str, str]:

@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.integration]
 
 
 def _store(tmp_path, url="s3://ice/unit"):
-    from plumbing.store import S3Store
+    from plumbing.s3 import S3Store
 
     return S3Store(url, tmp_path / "cache")
 
@@ -34,7 +34,7 @@ def test_round_trip_reads_back_verified_bytes_from_a_second_cache(s3_env, tmp_pa
 
 
 def test_a_sha_mismatch_on_read_is_refused(s3_env, tmp_path):
-    from plumbing.store import StoreError, s3_client
+    from plumbing.s3 import StoreError, s3_client
 
     store = _store(tmp_path)
     ref = store.put_bytes(b"the real bytes", ".pt")
@@ -61,7 +61,7 @@ def test_a_missing_key_is_one_line_naming_the_uri(s3_env, tmp_path):
 
 def test_an_unreachable_endpoint_fails_in_one_line_within_10_s(s3_env, tmp_path, monkeypatch):
     from helpers import free_port
-    from plumbing.store import StoreError, check_url
+    from plumbing.s3 import StoreError, check_url
 
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{free_port()}")  # nothing listens there
     t0 = time.monotonic()
@@ -95,7 +95,7 @@ def test_a_cli_with_an_unreachable_store_says_so_in_one_line(s3_env, tmp_path):
 WRITER = r"""
 import sys, time
 from pathlib import Path
-from plumbing.store import S3Store
+from plumbing.s3 import S3Store
 store, go, n = S3Store("s3://ice/race", Path(sys.argv[1])), Path(sys.argv[2]), int(sys.argv[3])
 while not go.exists():
     time.sleep(0.001)
@@ -105,7 +105,7 @@ for i in range(n):
 
 
 def test_concurrent_writers_of_the_same_sha_leave_one_valid_object(s3_env, tmp_path):
-    from plumbing.store import S3Store
+    from plumbing.s3 import S3Store
 
     go, n = tmp_path / "go", 15
     env = sub_env(**s3_env.env)

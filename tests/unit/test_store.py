@@ -68,7 +68,7 @@ def test_two_processes_storing_the_same_key_never_collide(tmp_path):
 
 
 def test_metrics_are_shown_readable_and_counts_stay_exact():
-    from plumbing.tracking import readable
+    from plumbing.metric_names import readable
 
     assert readable(97.22222222222223) == 97.2222
     assert readable(0.0101116540026851) == 0.0101117

@@ -1,0 +1,100 @@
+"""What the Prefect UI shows of a flow run: artifacts, progress bars and tags.
+
+A view only: a Prefect API that does not answer never fails a flow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from ice.config import Params
+from ice.methods.registry import spec
+
+__all__ = [
+    "PROJECT_TAG",
+    "flow_run_id",
+    "publish_artifact",
+    "update_progress",
+    "tag_flow_run",
+    "prefect_run_url",
+    "prune_target_tag",
+]
+
+PROJECT_TAG = "project:ice-pipeline"
+
+
+def flow_run_id() -> str:
+    try:
+        from prefect.runtime import flow_run
+
+        return str(flow_run.id or "")
+    except Exception:
+        return ""
+
+
+def publish_artifact(kind: str, key: str, content: Any, description: str = "") -> Any:
+    """A Prefect artifact (``markdown``, ``table`` or ``progress``) on the current flow run.
+
+    Artifacts are a view for the Prefect UI; failing to write one never fails a flow.
+    """
+    try:
+        from prefect import artifacts
+
+        makers: dict[str, Callable[..., Any]] = {
+            "markdown": artifacts.create_markdown_artifact,
+            "table": artifacts.create_table_artifact,
+            "progress": artifacts.create_progress_artifact,
+        }
+        make = makers[kind]
+        return make(content, key=key, description=description or None)
+    except Exception as err:  # no API reachable, or the run context is gone
+        logging.getLogger("ice.progress").debug("artifact %s not written: %s", key, err)
+        return None
+
+
+def update_progress(artifact_id: Any, percent: float) -> None:
+    if artifact_id is None:
+        return
+    with contextlib.suppress(Exception):
+        from prefect.artifacts import update_progress_artifact
+
+        update_progress_artifact(artifact_id, percent)
+
+
+def tag_flow_run(flow_run_id: str, name: str, method: str | None, params: Params) -> None:
+    """Tags on the Prefect flow run, for the UI's filters: the project, stage, data, arch and,
+    for a prune run, the method and what it prunes to (``ratio:`` of each unit's filters, or
+    ``sparsity:`` of the weights masked for a weight-granularity schedule).
+
+    A view only: a Prefect API that does not answer never fails the flow."""
+    if not flow_run_id:
+        return
+    tags = [PROJECT_TAG, f"stage:{name}", f"data:{params.data.source}", f"arch:{params.model.arch}"]
+    if method:
+        tags += [f"method:{method}", prune_target_tag(method, params)]
+    with contextlib.suppress(Exception):
+        from prefect.client.orchestration import get_client
+
+        run_id = uuid.UUID(flow_run_id)
+        with get_client(sync_client=True) as client:
+            current = client.read_flow_run(run_id).tags
+            client.update_flow_run(run_id, tags=sorted({*current, *tags}))
+
+
+def prefect_run_url(flow_run_id: str) -> str:
+    """The flow run's page in the Prefect UI (its current UI, under ``/v2``; "" without an API)."""
+    ui = os.environ.get("PREFECT_API_URL", "").removesuffix("/").removesuffix("/api")
+    return f"{ui}/v2/runs/flow-run/{flow_run_id}" if ui and flow_run_id else ""
+
+
+def prune_target_tag(method: str, params: Params) -> str:
+    """What a method prunes to, as a tag: a ratio of filters, or a sparsity of masked weights."""
+    sp = spec(method)
+    if sp.stepwise or sp.filters or params.schedule.granularity == "filter":
+        return f"ratio:{params.prune.ratio:g}"
+    return f"sparsity:{params.schedule.target:g}"
