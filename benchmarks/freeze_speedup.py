@@ -38,8 +38,8 @@ def main() -> None:
     for fr in args.fr:
         p = parse_params({"ice": {"fr": fr, "autotune": {"enabled": False}}, "prune": {"batch_size": 128}})
         model = copy.deepcopy(base)
-        state = start_run(model, data, "ice", p) if fr > 0 else {"frozen": []}
-        apply_frozen(model, state, p)
+        if fr > 0:
+            apply_frozen(model, start_run(model, data, "ice", p).plan, p)
         finetune(model, data, p, lr=0.001, teacher=teacher, seed=0, epochs=0.1)  # warm-up
         t = time.perf_counter()
         finetune(model, data, p, lr=0.001, teacher=teacher, seed=0, epochs=1.0)

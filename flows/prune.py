@@ -26,6 +26,7 @@ from prefect import flow
 
 from ice.config import SEARCHED_ICE_KEYS
 from ice.methods import STEPWISE, Method, spec
+from ice.methods.plan import RunPlan, RunStart
 from ice.methods.registry import method_inputs
 from plumbing.caching import bind
 from plumbing.cli import cli
@@ -43,7 +44,6 @@ from tasks.prune import (
     finetune_checkpoint,
     prune_one_step,
     recover_checkpoint,
-    run_view,
     start_pruning,
     train_with_pruning,
 )
@@ -60,13 +60,13 @@ class _TaskSteps:
         st: Stage,
         data_ref: dict[str, str],
         pre_ref: dict[str, str],
-        state: dict[str, Any],
+        plan: RunPlan,
         cfg: dict[str, Any],
         recovery_cfg: dict[str, Any],
     ):
-        self.root, self.data_ref, self.pre_ref, self.state, self.cfg = str(st.root), data_ref, pre_ref, state, cfg
+        self.root, self.data_ref, self.pre_ref, self.cfg = str(st.root), data_ref, pre_ref, cfg
         self.recovery_cfg = recovery_cfg  # the steps' config plus prune.target: only the recovery reads it
-        self.run = run_view(state)
+        self.run = plan.to_dict()  # what every step task depends on, as plain data
         self.ref = pre_ref
         self.k, self.after = 0, "pruned"  # the step the current model is at, and what happened last
         self._prune, self._eval, self._decide, self._finetune, self._recover, self._check = (
@@ -93,9 +93,9 @@ class _TaskSteps:
     def evaluate(self) -> dict[str, float]:
         return self._eval.named(self._label("evaluate"))(self.root, self.data_ref, self.ref, self.cfg)
 
-    def decide(self, acc_now: float | None) -> bool:
+    def decide(self, reference: float | None, acc_now: float | None) -> bool:
         decide = self._decide.named(self._label("decide-finetune").removesuffix("-pruned"))
-        return decide(self.run, self.state["acc_original"], self.state["acc_previous"], acc_now, self.cfg)
+        return decide(self.run, reference, acc_now)
 
     def finetune(self, k: int, lr: float) -> dict[str, Any]:
         out = self._finetune(self.root, self.data_ref, self.ref, self.pre_ref, self.run, k, lr, self.cfg)
@@ -138,11 +138,14 @@ def _stepwise(st: Stage, method: str, data_ref: dict[str, str], pre_ref: dict[st
         if tuned.get("enabled"):  # the search chose these; params' own values would only spoil the cache keys
             for key in SEARCHED_ICE_KEYS:
                 cfg["ice"].pop(key, None)
-    state = bind(start_pruning, st.root, st.store_url)(str(st.root), data_ref, pre_ref, method, hp, cfg)
-    n = len(state["plan"])
-    if state["frozen"]:
-        progress(f"[{method}] freeze trial: {len(state['frozen'])} convs frozen")
-    ref_acc = f", reference accuracy {state['acc_original']:.2f}%" if state["acc_original"] is not None else ""
+    start = RunStart.from_dict(
+        bind(start_pruning, st.root, st.store_url)(str(st.root), data_ref, pre_ref, method, hp, cfg)
+    )
+    plan = start.plan
+    n = len(plan.steps)
+    if plan.frozen:
+        progress(f"[{method}] freeze trial: {len(plan.frozen)} convs frozen")
+    ref_acc = f", reference accuracy {start.acc_original:.2f}%" if start.acc_original is not None else ""
     what = "1 step pruning every unit" if how.one_step else f"{n} steps"
     progress(f"[{method}] {what} at ratio {st.params.prune.ratio}{ref_acc}")
     bar = publish_artifact("progress", f"prune-{method.replace('_', '-')}-progress", 0.0, f"{method}: steps done")
@@ -156,9 +159,9 @@ def _stepwise(st: Stage, method: str, data_ref: dict[str, str], pre_ref: dict[st
         progress(step_line(method, k, n, rec) + f"  [{elapsed / 60:.1f} min{eta}]")
         update_progress(bar, 100.0 * (k + 1) / n)
 
-    ops = _TaskSteps(st, data_ref, pre_ref, state, cfg, recovery_cfg)
-    steps, _ = run_steps(ops, state, st.params, on_step=on_step)
-    cost = add_search(run_cost(state, steps), search["seconds"], search["work"])
+    ops = _TaskSteps(st, data_ref, pre_ref, plan, cfg, recovery_cfg)
+    steps, _ = run_steps(ops, start, st.params, on_step=on_step)
+    cost = add_search(run_cost(start, steps), search["seconds"], search["work"])
     cumulative_cost(steps, cost["search_seconds"] + cost["setup_seconds"], cost["search_work"] + cost["setup_work"])
     extra: dict[str, Any] = {}
     if st.params.prune.target.tolerance is not None:
@@ -182,9 +185,9 @@ def _stepwise(st: Stage, method: str, data_ref: dict[str, str], pre_ref: dict[st
         "cost": cost,
         "search_seconds": search["seconds"],
         "finetunes": sum(1 for r in steps if r["finetuned"]),
-        "hp": state["hp"],
-        "frozen": state["frozen"],
-        "acc_original": state["acc_original"],
+        "hp": dict(plan.hp),
+        "frozen": list(plan.frozen),
+        "acc_original": start.acc_original,
         **extra,
     }
 

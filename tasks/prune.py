@@ -7,6 +7,7 @@ from typing import Any
 
 from prefect import task
 
+from ice.methods.plan import RunPlan
 from plumbing.artifacts import (
     load_data,
     load_model,
@@ -21,7 +22,6 @@ from plumbing.store import store_of
 
 __all__ = [
     "start_pruning",
-    "run_view",
     "prune_one_step",
     "evaluate_checkpoint",
     "decide_finetune",
@@ -41,19 +41,15 @@ def start_pruning(
     hp: dict[str, float] | None,
     cfg: dict[str, Any],
 ) -> dict[str, Any]:
-    """Plan the steps and measure the reference accuracy; ICE also runs its freeze trial."""
+    """Plan the steps and measure the reference accuracy; ICE also runs its freeze trial.
+    Returns the :class:`~ice.methods.plan.RunStart` as plain data; each step task gets its
+    :class:`~ice.methods.plan.RunPlan` (``run``) as plain data too."""
     from ice.methods.core import start_run
 
     paths = project_paths(root)
     params = params_of(cfg)
     model = load_model(paths, model_ref, task_device(cfg))
-    state = start_run(model, load_data(paths, data_ref), method, params, hp=hp)
-    return state
-
-
-def run_view(state: dict[str, Any]) -> dict[str, Any]:
-    """The part of a run's state that a step depends on (no timings, no running accuracy)."""
-    return {k: state[k] for k in ("method", "plan", "frozen", "hp", "input_shape", "conv_params_original")}
+    return start_run(model, load_data(paths, data_ref), method, params, hp=hp).to_dict()
 
 
 def _step_run_name(kind: str) -> Any:
@@ -78,9 +74,10 @@ def prune_one_step(
 
     paths = project_paths(root)
     params = params_of(cfg)
+    plan = RunPlan.from_dict(run)
     model = load_model(paths, model_ref, task_device(cfg))
-    apply_frozen(model, run, params)
-    info = prune_and_lr(model, load_data(paths, data_ref), run, k, params)
+    apply_frozen(model, plan, params)
+    info = prune_and_lr(model, load_data(paths, data_ref), plan, k, params)
     info["ref"] = save_model(
         paths, model, f"{run['method']}-step{k:03d}-pruned", {"method": run["method"], "step": k}, store_of(data_ref)
     )
@@ -99,18 +96,12 @@ def evaluate_checkpoint(
 
 
 @task(name="decide-finetune")
-def decide_finetune(
-    run: dict[str, Any],
-    acc_original: float | None,
-    acc_previous: float | None,
-    acc_now: float | None,
-    cfg: dict[str, Any],
-) -> bool:
-    """ICE's rule (or always, for the baseline): fine-tune when the drop reaches ``thre``."""
+def decide_finetune(run: dict[str, Any], reference: float | None, acc_now: float | None) -> bool:
+    """ICE's rule (or always, for the baseline): fine-tune when the drop from ``reference``
+    (:func:`ice.methods.core.decision_reference`) reaches ``thre``."""
     from ice.methods.core import decide
 
-    state = {**run, "acc_original": acc_original, "acc_previous": acc_previous}
-    return decide(state, acc_now, params_of(cfg))
+    return decide(RunPlan.from_dict(run), reference, acc_now)
 
 
 def _train_checkpoint(
@@ -149,7 +140,7 @@ def finetune_checkpoint(
     from ice.methods.core import apply_frozen, finetune_after
 
     def train(model: Any, teacher: Any, data: Any, params: Any) -> dict[str, Any]:
-        apply_frozen(model, run, params)
+        apply_frozen(model, RunPlan.from_dict(run), params)
         return finetune_after(model, teacher, data, k, lr, params)
 
     meta = {"method": run["method"], "step": k}
@@ -179,7 +170,7 @@ def recover_checkpoint(
     from ice.methods.recovery import recover_chunk
 
     def train(model: Any, teacher: Any, data: Any, params: Any) -> dict[str, Any]:
-        recovery_freeze(model, run, params)
+        recovery_freeze(model, RunPlan.from_dict(run), params)
         return recover_chunk(model, teacher, data, i, params)
 
     meta = {"method": run["method"], "recover": i}

@@ -47,6 +47,7 @@ from ice.methods.ice import (
     select_frozen,
     should_finetune,
 )
+from ice.methods.plan import RunPlan, RunStart, last_accuracy, plan_steps
 from ice.methods.recovery import recover_chunk, recover_to_target, target_check
 from ice.methods.registry import spec
 from ice.metrics import G, count_macs, count_params, prunable_conv_params
@@ -71,6 +72,7 @@ __all__ = [
     "decision_split",
     "val_accuracy",
     "decide",
+    "decision_reference",
     "step_lr",
     "record_step",
     "run_cost",
@@ -159,9 +161,9 @@ def evaluate_step(model: nn.Module, data: Dataset, params: Params) -> dict[str, 
     return {"acc": acc, "seconds": time.perf_counter() - t0, "work": n * count_macs(model, data.input_shape()) / G}
 
 
-def needs_decision_eval(state: dict[str, Any]) -> bool:
+def needs_decision_eval(plan: RunPlan) -> bool:
     """Whether a freshly pruned model is evaluated: only ICE decides on it."""
-    return spec(state["method"]).finetune == "decide"
+    return plan.spec.finetune == "decide"
 
 
 def start_run(
@@ -173,8 +175,8 @@ def start_run(
     hp: dict[str, float] | None = None,
     callbacks: Callbacks | None = None,
     freeze_scores: dict[str, float] | None = None,
-) -> dict[str, Any]:
-    """Everything a run decides before its first step, as plain data.
+) -> RunStart:
+    """Everything a run decides before its first step.
 
     For ``ice`` this measures the reference accuracy and runs the freeze trial (unless
     ``freeze_scores`` from an earlier trial on the same model and data are given); both
@@ -186,65 +188,67 @@ def start_run(
     units = prunable_units(model)
     if params.prune.max_units:
         units = units[: params.prune.max_units]
-    state: dict[str, Any] = {
-        "method": method,
-        "acc_original": None,
-        "acc_previous": None,
-        "conv_params_original": prunable_conv_params(model),
-        "params_original": count_params(model),
-        "input_shape": list(data.input_shape()),
-        "plan": plan_steps(method, [u.name for u in units], params.prune.ratio),
-        "frozen": [],
-        "hp": {},
-        "seconds_setup": 0.0,
-        "work_setup": 0.0,
-        "seconds_freeze_trial": 0.0,
-    }
+    conv_params_original, params_original = prunable_conv_params(model), count_params(model)
+    input_shape = tuple(data.input_shape())
     how = spec(method)
+    acc_original: float | None = None
+    work_setup, seconds_freeze_trial = 0.0, 0.0
+    hparams: dict[str, float] = {}
+    frozen: list[str] = []
     if how.finetune == "decide":  # the rule's reference accuracy and thresholds
         ev = evaluate_step(model, data, params)
-        state["acc_original"] = state["acc_previous"] = ev["acc"]
-        state["work_setup"] += ev["work"]
-        state["hp"] = ice_hparams(params, hp)
+        acc_original = ev["acc"]
+        work_setup += ev["work"]
+        hparams = ice_hparams(params, hp)
     if how.freezes:
-        state["hp"] = state["hp"] or ice_hparams(params, hp)
-        if state["hp"]["fr"] > 0:
+        hparams = hparams or ice_hparams(params, hp)
+        if hparams["fr"] > 0:
             t1 = time.perf_counter()
             if freeze_scores is None:
                 trial = freeze_trial(model, data, params, units[0])
                 freeze_scores = trial["scores"]
-                state["work_setup"] += trial["work"]
-            state["freeze_scores"] = freeze_scores
-            state["frozen"] = select_frozen(freeze_scores, state["hp"]["fr"])
-            state["seconds_freeze_trial"] = time.perf_counter() - t1
-            cb.log(f"freeze trial: {len(state['frozen'])} convs frozen")
-    state["seconds_setup"] = time.perf_counter() - t0
-    return state
+                work_setup += trial["work"]
+            frozen = select_frozen(freeze_scores, hparams["fr"])
+            seconds_freeze_trial = time.perf_counter() - t1
+            cb.log(f"freeze trial: {len(frozen)} convs frozen")
+        else:
+            freeze_scores = None
+    else:
+        freeze_scores = None
+    plan = RunPlan(
+        method=method,
+        steps=plan_steps(method, [u.name for u in units], params.prune.ratio),
+        frozen=tuple(frozen),
+        hp=hparams,
+        input_shape=input_shape,
+        conv_params_original=conv_params_original,
+    )
+    return RunStart(
+        plan=plan,
+        acc_original=acc_original,
+        params_original=params_original,
+        seconds_setup=time.perf_counter() - t0,
+        work_setup=work_setup,
+        seconds_freeze_trial=seconds_freeze_trial,
+        freeze_scores=freeze_scores,
+    )
 
 
-def plan_steps(method: str, units: list[str], ratio: float) -> list[dict[str, Any]]:
-    """The steps of a run: one per unit, in forward order; ``prune_once`` has a single step
-    that prunes every unit, in the same order and at the same ratio (so the same architecture)."""
-    if spec(method).one_step:
-        return [{"step": 1, "unit": "all", "units": list(units), "ratio": ratio}]
-    return [{"step": k + 1, "unit": name, "ratio": ratio} for k, name in enumerate(units)]
-
-
-def apply_frozen(model: nn.Module, state: dict[str, Any], params: Params) -> None:
+def apply_frozen(model: nn.Module, plan: RunPlan, params: Params) -> None:
     """(Re)apply the run's freeze list; cheap, and safe after any structural change."""
-    if state["frozen"]:
-        freeze(model, state["frozen"], bn=params.ice.freeze_bn, bn_stats=params.ice.freeze_bn_stats)
+    if plan.frozen:
+        freeze(model, list(plan.frozen), bn=params.ice.freeze_bn, bn_stats=params.ice.freeze_bn_stats)
 
 
-def prune_only(model: nn.Module, data: Dataset, state: dict[str, Any], k: int, params: Params) -> dict[str, Any]:
+def prune_only(model: nn.Module, data: Dataset, plan: RunPlan, k: int, params: Params) -> dict[str, Any]:
     """Apply planned step ``k`` to ``model`` in place (no evaluation); return sizes, time and work."""
-    plan = state["plan"][k]
+    step = plan.steps[k]
     t0 = time.perf_counter()
     work = 0.0
     info: dict[str, Any] = {}
     skipped: list[str] = []  # units the dependency graph cannot prune (GraphError): left whole
     # prune_once's one step walks every unit; the seed of unit j is the one the j-th step would use
-    for j, name in ((k + j, n) for j, n in enumerate(plan.get("units", [plan["unit"]]))):
+    for j, name in ((k + j, n) for j, n in enumerate(step.unit_names())):
         batch = None
         if params.prune.criterion in DATA_CRITERIA:
             batch = probe_batch(data, device=next(model.parameters()).device)
@@ -254,24 +258,23 @@ def prune_only(model: nn.Module, data: Dataset, state: dict[str, Any], k: int, p
             info = prune_unit(
                 model,
                 unit_by_name(model, name),
-                plan["ratio"],
+                step.ratio,
                 params.prune.criterion,
                 data=batch,
                 seed=params.seed * 1000 + j,
-                input_shape=tuple(state["input_shape"]),
+                input_shape=plan.input_shape,
                 rounding=params.prune.rounding,
                 round_to=params.prune.round_to,
             )
         except GraphError as err:  # this unit cannot be pruned; the model is as it was, the others go on
             skipped.append(f"{name}: {err}")
     if not info:  # every unit of the step was skipped
-        shape = tuple(state["input_shape"])
-        info = {"params_after": count_params(model), "macs_after": count_macs(model, shape)}
-    apply_frozen(model, state, params)
+        info = {"params_after": count_params(model), "macs_after": count_macs(model, plan.input_shape)}
+    apply_frozen(model, plan, params)
     return {
         "step": k + 1,  # steps count from 1, as the logs and task names do
-        "unit": plan["unit"],
-        "ratio": plan["ratio"],
+        "unit": step.unit,
+        "ratio": step.ratio,
         "params": info["params_after"],
         "macs": info["macs_after"],
         "t_prune": time.perf_counter() - t0,
@@ -280,36 +283,41 @@ def prune_only(model: nn.Module, data: Dataset, state: dict[str, Any], k: int, p
     }
 
 
-def prune_and_lr(model: nn.Module, data: Dataset, state: dict[str, Any], k: int, params: Params) -> dict[str, Any]:
+def prune_and_lr(model: nn.Module, data: Dataset, plan: RunPlan, k: int, params: Params) -> dict[str, Any]:
     """:func:`prune_only`, plus the lr a fine-tune after this step would use and the number of frozen convs."""
-    out = prune_only(model, data, state, k, params)
-    out["lr"] = step_lr(model, state, params)
+    out = prune_only(model, data, plan, k, params)
+    out["lr"] = step_lr(model, plan, params)
     out["frozen"] = frozen_convs(model)
     return out
 
 
-def decide(state: dict[str, Any], acc_now: float | None, params: Params) -> bool:
+def decision_reference(acc_original: float | None, acc_previous: float | None, params: Params) -> float | None:
+    """The accuracy ICE's rule compares a pruned model with: the unpruned model's
+    (``ice.reference: original``) or the accuracy after the step before (``previous``)."""
+    return acc_original if params.ice.reference == "original" else acc_previous
+
+
+def decide(plan: RunPlan, reference: float | None, acc_now: float | None) -> bool:
     """Whether the step calls for a fine-tune: always for the baseline, never for prune_once
-    (its recovery does all the training), by ICE's rule for ICE."""
-    rule = spec(state["method"]).finetune
+    (its recovery does all the training), by ICE's rule for ICE (:func:`decision_reference`)."""
+    rule = plan.spec.finetune
     if rule != "decide":
         return rule == "always"
-    assert acc_now is not None, "ICE decides on the pruned model's accuracy"
-    ref = state["acc_original"] if params.ice.reference == "original" else state["acc_previous"]
-    return should_finetune(ref, acc_now, state["hp"]["thre"])
+    assert acc_now is not None and reference is not None, "ICE decides on the pruned model's accuracy"
+    return should_finetune(reference, acc_now, plan.hp["thre"])
 
 
-def step_lr(model: nn.Module, state: dict[str, Any], params: Params) -> float:
-    if not spec(state["method"]).pruning_aware_lr:
+def step_lr(model: nn.Module, plan: RunPlan, params: Params) -> float:
+    if not plan.spec.pruning_aware_lr:
         return params.prune.finetune_lr
-    hp = state["hp"]
-    x = prunable_conv_params(model) / state["conv_params_original"]
+    hp = plan.hp
+    x = prunable_conv_params(model) / plan.conv_params_original
     return pruning_aware_lr(x, hp["base"], hp["delta"], hp["p"], hp["beta"])
 
 
-def eval_after_finetune(state: dict[str, Any], params: Params) -> bool:
+def eval_after_finetune(plan: RunPlan, params: Params) -> bool:
     """Evaluate after a fine-tune: for the curve (both methods), or for ICE's ``previous`` reference."""
-    decides = spec(state["method"]).finetune == "decide"
+    decides = plan.spec.finetune == "decide"
     return params.prune.eval_after_finetune or (decides and params.ice.reference == "previous")
 
 
@@ -322,16 +330,17 @@ def finetune_after(
 
 
 def record_step(
-    state: dict[str, Any], pruned: dict[str, Any], ft: dict[str, Any] | None, lr: float, frozen: int
+    start: RunStart, pruned: dict[str, Any], ft: dict[str, Any] | None, lr: float, frozen: int
 ) -> dict[str, Any]:
-    """Merge a step's parts into its record and move the run's 'previous' accuracy on."""
+    """Merge a step's parts into its record (its ``acc_finetuned`` is the accuracy after the
+    step, fine-tuned or not: the next step's ``previous`` reference, :func:`last_accuracy`)."""
     acc_after = ft["acc"] if ft is not None else pruned["acc_pruned"]
     rec = StepRecord(
         step=pruned["step"],
         unit=pruned["unit"],
         ratio=pruned["ratio"],
         params=pruned["params"],
-        sparsity=1 - pruned["params"] / state["params_original"],
+        sparsity=1 - pruned["params"] / start.params_original,
         macs=pruned["macs"],
         acc_pruned=pruned["acc_pruned"],
         finetuned=ft is not None,
@@ -345,20 +354,18 @@ def record_step(
         work_finetune=ft["work"] if ft is not None else 0.0,
         skipped=pruned.get("skipped", ""),
     )
-    if acc_after is not None:
-        state["acc_previous"] = acc_after
     return asdict(rec)
 
 
 def run_cost(
-    state: dict[str, Any], steps: list[dict[str, Any]], search_seconds: float = 0.0, search_work: float = 0.0
+    start: RunStart, steps: list[dict[str, Any]], search_seconds: float = 0.0, search_work: float = 0.0
 ) -> dict[str, float]:
     """A run's total seconds and work (GMACs), and their parts: the one definition of cost."""
     parts = {
         "search_seconds": search_seconds,
         "search_work": search_work,
-        "setup_seconds": state["seconds_setup"],
-        "setup_work": state["work_setup"],
+        "setup_seconds": start.seconds_setup,
+        "setup_work": start.work_setup,
         "finetune_seconds": sum(r["t_finetune"] for r in steps),
         "finetune_work": sum(r["work_finetune"] for r in steps),
         "eval_seconds": sum(r["t_eval"] for r in steps),
@@ -379,11 +386,11 @@ def add_search(cost: dict[str, float], seconds: float, work: float) -> dict[str,
     return out
 
 
-def recovery_freeze(model: nn.Module, state: dict[str, Any], params: Params) -> None:
+def recovery_freeze(model: nn.Module, plan: RunPlan, params: Params) -> None:
     """The layers that train during the recovery: ICE keeps its freeze list when
     ``ice.recovery_frozen`` (the list holds for the whole run); otherwise every layer trains."""
-    if state["frozen"] and spec(state["method"]).freezes and params.ice.recovery_frozen:
-        apply_frozen(model, state, params)
+    if plan.frozen and plan.spec.freezes and params.ice.recovery_frozen:
+        apply_frozen(model, plan, params)
     else:
         unfreeze(model)
 
@@ -400,7 +407,7 @@ class StepOps(Protocol):
         """The current model on the decision split: ``acc``, ``seconds``, ``work``."""
         ...
 
-    def decide(self, acc_now: float | None) -> bool:
+    def decide(self, reference: float | None, acc_now: float | None) -> bool:
         """Whether the step calls for a fine-tune (:func:`decide`)."""
         ...
 
@@ -412,25 +419,23 @@ class StepOps(Protocol):
 class ModelSteps:
     """:class:`StepOps` on a model in memory, changed in place."""
 
-    def __init__(
-        self, model: nn.Module, teacher: nn.Module | None, data: Dataset, state: dict[str, Any], params: Params
-    ):
-        self.model, self.teacher, self.data, self.state, self.params = model, teacher, data, state, params
+    def __init__(self, model: nn.Module, teacher: nn.Module | None, data: Dataset, plan: RunPlan, params: Params):
+        self.model, self.teacher, self.data, self.plan, self.params = model, teacher, data, plan, params
 
     def prune(self, k: int) -> dict[str, Any]:
-        return prune_and_lr(self.model, self.data, self.state, k, self.params)
+        return prune_and_lr(self.model, self.data, self.plan, k, self.params)
 
     def evaluate(self) -> dict[str, float]:
         return evaluate_step(self.model, self.data, self.params)
 
-    def decide(self, acc_now: float | None) -> bool:
-        return decide(self.state, acc_now, self.params)
+    def decide(self, reference: float | None, acc_now: float | None) -> bool:
+        return decide(self.plan, reference, acc_now)
 
     def finetune(self, k: int, lr: float) -> dict[str, Any]:
         return finetune_after(self.model, self.teacher, self.data, k, lr, self.params)
 
     def recover(self, i: int) -> dict[str, Any]:
-        recovery_freeze(self.model, self.state, self.params)
+        recovery_freeze(self.model, self.plan, self.params)
         return recover_chunk(self.model, self.teacher, self.data, i, self.params)
 
     def check(self) -> dict[str, float]:
@@ -439,7 +444,7 @@ class ModelSteps:
 
 def run_steps(
     ops: StepOps,
-    state: dict[str, Any],
+    start: RunStart,
     params: Params,
     *,
     done: list[dict[str, Any]] | None = None,
@@ -454,24 +459,28 @@ def run_steps(
     every step but the last; ``checkpoint(steps)`` is called after every step but the last.
     """
     steps = list(done or [])
-    n = len(state["plan"])
+    plan = start.plan
+    n = len(plan.steps)
+    previous = last_accuracy(steps, start.acc_original)  # the accuracy after the step before
     for k in range(len(steps), n):
         pruned = ops.prune(k)
         pruned.update(acc_pruned=None, t_eval=0.0, work_eval=0.0)
-        if needs_decision_eval(state):
+        if needs_decision_eval(plan):
             ev = ops.evaluate()
             pruned.update(acc_pruned=ev["acc"], t_eval=ev["seconds"], work_eval=ev["work"])
         ft = None
-        if ops.decide(pruned["acc_pruned"]):
+        if ops.decide(decision_reference(start.acc_original, previous, params), pruned["acc_pruned"]):
             ft = {"acc": None, "t_eval": 0.0, "work_eval": 0.0, **ops.finetune(k, pruned["lr"])}
-            if eval_after_finetune(state, params):
+            if eval_after_finetune(plan, params):
                 ev = ops.evaluate()
                 ft.update(acc=ev["acc"], t_eval=ev["seconds"], work_eval=ev["work"])
-        rec = record_step(state, pruned, ft, pruned["lr"], pruned["frozen"])
+        rec = record_step(start, pruned, ft, pruned["lr"], pruned["frozen"])
         steps.append(rec)
+        if rec["acc_finetuned"] is not None:
+            previous = rec["acc_finetuned"]
         if on_step is not None:
             on_step(k, n, rec)
-        if stop is not None and k + 1 < n and stop(k, run_cost(state, steps), rec):
+        if stop is not None and k + 1 < n and stop(k, run_cost(start, steps), rec):
             return steps, k
         if checkpoint is not None and k + 1 < n:
             checkpoint(steps)
@@ -500,8 +509,9 @@ def iterate(
     is asked after each step and ends the run early when it says so (the auto-tuner's
     early stopping); ``result.info["stopped_at"]`` then names the step.
 
-    ``checkpoint(model, state, steps)`` is called after every step but the last, with
-    plain-data state; passing those back as ``resume={"model", "state", "steps"}``
+    ``checkpoint(model, state, steps)`` is called after every step but the last, with the
+    run's :class:`~ice.methods.plan.RunStart` as plain data (``to_dict``); passing those
+    back as ``resume={"model", "state", "steps"}``
     continues the run where it stopped, with the same result.
 
     ``search_cost`` (``seconds``, ``work``) is a search's cost, counted in the totals. With
@@ -514,21 +524,22 @@ def iterate(
     teacher = copy.deepcopy(model).eval() if params.prune.kd else None
     shape = tuple(data.input_shape())
     if resume is not None:
-        model, state, done = resume["model"], resume["state"], list(resume["steps"])
+        model, start, done = resume["model"], RunStart.from_dict(resume["state"]), list(resume["steps"])
     else:
         model = copy.deepcopy(model)
-        state = start_run(model, data, method, params, hp=hp, callbacks=cb, freeze_scores=freeze_scores)
+        start = start_run(model, data, method, params, hp=hp, callbacks=cb, freeze_scores=freeze_scores)
         done = []
-    apply_frozen(model, state, params)
+    plan = start.plan
+    apply_frozen(model, plan, params)
     result = PruningResult(
         model=model,
         method=method,
         steps=done,
         info={
-            "acc_original": state["acc_original"],
-            "hp": state["hp"],
-            "frozen": state["frozen"],
-            "freeze_scores": state.get("freeze_scores"),
+            "acc_original": start.acc_original,
+            "hp": dict(plan.hp),
+            "frozen": list(plan.frozen),
+            "freeze_scores": None if start.freeze_scores is None else dict(start.freeze_scores),
         },
     )
 
@@ -537,20 +548,20 @@ def iterate(
             cb.on_step(rec)
         cb.log(step_line(method, k, n, rec))
 
-    ops = ModelSteps(model, teacher, data, state, params)
+    ops = ModelSteps(model, teacher, data, plan, params)
     result.steps, stopped = run_steps(
         ops,
-        state,
+        start,
         params,
         done=done,
         on_step=on_step,
         stop=stop,
-        checkpoint=None if checkpoint is None else lambda steps: checkpoint(model, state, steps),
+        checkpoint=None if checkpoint is None else lambda steps: checkpoint(model, start.to_dict(), steps),
     )
     if stopped is not None:
         result.info["stopped_at"] = stopped
     result.finetunes = sum(1 for r in result.steps if r["finetuned"])
-    cost = run_cost(state, result.steps)
+    cost = run_cost(start, result.steps)
     if search_cost is not None:
         cost = add_search(cost, search_cost["seconds"], search_cost["work"])
     if recover and stopped is None and params.prune.target.tolerance is not None:
@@ -566,7 +577,7 @@ def iterate(
             "macs": count_macs(model, shape),
             "work_gmacs": cost["work_gmacs"],
             "cost": cost,
-            "seconds_freeze_trial": state["seconds_freeze_trial"],
+            "seconds_freeze_trial": start.seconds_freeze_trial,
         }
     )
     return result

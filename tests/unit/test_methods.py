@@ -277,6 +277,7 @@ def test_driving_the_loop_one_step_at_a_time_through_checkpoints_matches(digits,
         run_steps,
         start_run,
     )
+    from ice.methods.plan import RunPlan, RunStart
 
     p = params(prune={"max_units": 3, "ratio": 0.5})  # at 0.5 the first step fine-tunes and the others do not
     reference = iterate(pretrained, digits, "ice", p)
@@ -284,19 +285,21 @@ def test_driving_the_loop_one_step_at_a_time_through_checkpoints_matches(digits,
     pre = tmp_path / "pretrained.pt"
     save_checkpoint(pre, pretrained)
     model, _ = load_checkpoint(pre)
-    state = json.loads(json.dumps(start_run(model, digits, "ice", p)))  # the state really is plain data
+    wire = json.loads(json.dumps(start_run(model, digits, "ice", p).to_dict()))  # it travels as plain data
+    start = RunStart.from_dict(wire)
+    plan = RunPlan.from_dict(json.loads(json.dumps(start.plan.to_dict())))  # what each step task gets
 
     class FileSteps:  # every call loads its input checkpoint and writes a new one, as the flow's tasks do
         ckpt = pre
 
         def _load(self):
             m, _ = load_checkpoint(self.ckpt)
-            apply_frozen(m, state, p)
+            apply_frozen(m, plan, p)
             return m
 
         def prune(self, k):
             m = self._load()
-            out = prune_and_lr(m, digits, state, k, p)
+            out = prune_and_lr(m, digits, plan, k, p)
             self.ckpt = tmp_path / f"pruned-{k}.pt"
             save_checkpoint(self.ckpt, m)
             return out
@@ -304,8 +307,8 @@ def test_driving_the_loop_one_step_at_a_time_through_checkpoints_matches(digits,
         def evaluate(self):
             return evaluate_step(self._load(), digits, p)
 
-        def decide(self, acc_now):
-            return decide(json.loads(json.dumps(state)), acc_now, p)
+        def decide(self, reference, acc_now):
+            return decide(plan, reference, acc_now)
 
         def finetune(self, k, lr):
             m = self._load()
@@ -315,7 +318,7 @@ def test_driving_the_loop_one_step_at_a_time_through_checkpoints_matches(digits,
             return out
 
     ops = FileSteps()
-    steps, stopped = run_steps(ops, state, p)
+    steps, stopped = run_steps(ops, start, p)
     assert stopped is None and len(steps) == 3
     strip = lambda rs: [{k: v for k, v in r.items() if not k.startswith("t_")} for r in rs]  # noqa: E731
     assert strip(steps) == strip(reference.steps)

@@ -66,15 +66,49 @@ def test_should_finetune_branches(ref, now, thre, expected):
 
 
 def test_decide_uses_the_configured_reference():
-    from ice.methods.core import decide
+    from ice.methods.core import decide, decision_reference
+    from ice.methods.plan import RunPlan
 
-    state = {"method": "ice", "acc_original": 95.0, "acc_previous": 92.0, "hp": {"thre": 1.5}}
+    plan = RunPlan("ice", (), hp={"thre": 1.5})
     orig = parse_params({"ice": {"reference": "original"}})
     prev = parse_params({"ice": {"reference": "previous"}})
-    assert decide(state, 91.0, orig) is True  # 4 points below the original
-    assert decide(state, 91.0, prev) is False  # 1 point below the previous step
-    assert decide(state, 90.5, prev) is True
-    assert decide({**state, "method": "iterative"}, 99.0, orig) is True  # the baseline always fine-tunes
+    assert decision_reference(95.0, 92.0, orig) == 95.0 and decision_reference(95.0, 92.0, prev) == 92.0
+    assert decide(plan, decision_reference(95.0, 92.0, orig), 91.0) is True  # 4 points below the original
+    assert decide(plan, decision_reference(95.0, 92.0, prev), 91.0) is False  # 1 point below the previous step
+    assert decide(plan, decision_reference(95.0, 92.0, prev), 90.5) is True
+    baseline = RunPlan("iterative", ())
+    assert decide(baseline, None, None) is True  # the baseline always fine-tunes, on nothing measured
+    assert decide(RunPlan("prune_once", ()), None, None) is False  # prune_once leaves it all to the recovery
+
+
+def test_the_previous_reference_is_the_last_measured_accuracy():
+    """What a resumed run compares with is found again from its finished steps."""
+    from ice.methods.plan import last_accuracy
+
+    steps = [{"acc_finetuned": 93.0}, {"acc_finetuned": 91.5}, {"acc_finetuned": None}]
+    assert last_accuracy(steps, 95.0) == 91.5
+    assert last_accuracy([], 95.0) == 95.0
+    assert last_accuracy([{"acc_finetuned": None}], None) is None
+
+
+def test_the_run_start_round_trips_as_plain_data(digits):
+    import json
+
+    from ice.methods.core import start_run
+    from ice.methods.plan import RunStart
+    from ice.models import build_model
+
+    torch.manual_seed(0)
+    m = build_model("cifar_resnet20", 10, in_channels=1)
+    for method in ("ice", "prune_once"):
+        p = parse_params({"ice": {"fr": 0.3, "autotune": {"enabled": False}}, "prune": {"max_units": 3}})
+        start = start_run(m, digits, method, p)
+        wire = json.loads(json.dumps(start.to_dict()))
+        assert RunStart.from_dict(wire) == start
+        assert set(wire) >= {"method", "plan", "frozen", "hp", "input_shape", "conv_params_original"}
+    assert len(start.plan.steps[0].units) == 3 and [s.to_dict() for s in start.plan.steps] == [
+        {"step": 1, "unit": "all", "units": list(start.plan.steps[0].units), "ratio": 0.6}
+    ]
 
 
 # ----------------------------------------------------------------------------- freezing
@@ -104,23 +138,23 @@ def test_freeze_trial_freezes_convs_with_their_batchnorm(digits, candidates):
             "prune": {"batch_size": 64, "augment": False},
         }
     )
-    state = start_run(m, digits, "ice", p)
+    plan = start_run(m, digits, "ice", p).plan
     convs = [n for n, x in m.named_modules() if isinstance(x, torch.nn.Conv2d)]
     # the reference code's candidates: each residual block's conv1 and conv2 (18 of ResNet-20's 21 convs)
     pool = (
         convs if candidates == "all" else [c for c in convs if c.endswith(("conv1", "conv2")) and c.startswith("layer")]
     )
     assert len(pool) == (21 if candidates == "all" else 18)
-    assert len(state["frozen"]) == math.ceil(0.3 * len(pool)) and set(state["frozen"]) <= set(pool)
-    apply_frozen(m, state, p)
+    assert len(plan.frozen) == math.ceil(0.3 * len(pool)) and set(plan.frozen) <= set(pool)
+    apply_frozen(m, plan, p)
     names = frozen_names(m)
-    for conv in state["frozen"]:
+    for conv in plan.frozen:
         assert conv in names
         bn = conv.replace("conv", "bn").replace("shortcut.0", "shortcut.1")
         assert bn in names, f"{bn} should be frozen with {conv}"
     opt = make_optimizer(m, 0.01)
     in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
-    assert all(id(m.get_submodule(c).weight) not in in_opt for c in state["frozen"])
+    assert all(id(m.get_submodule(c).weight) not in in_opt for c in plan.frozen)
 
 
 @pytest.mark.parametrize("bn_stats", [False, True])
