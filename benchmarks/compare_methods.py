@@ -30,7 +30,7 @@ from ice.data import load_dataset
 from ice.methods import METHODS, Callbacks, run_pruning
 from ice.metrics import count_macs, count_params
 from ice.models import build_model
-from ice.train import evaluate, fit, pick_device
+from ice.train import accuracy, fit, pick_device
 
 
 def main() -> None:
@@ -127,7 +127,7 @@ def main() -> None:
             device=device,
             on_epoch=lambda e, r: log(f"pretrain epoch {e}: val {r['val_acc']:.2f}%"),
         )
-        val = evaluate(model, data, "val")["acc"]
+        val = accuracy(model, data, "val")["acc"]
         save_checkpoint(ckpt, model, {"val_acc": val, "seconds": time.perf_counter() - t})
         log(f"pretrained in {time.perf_counter() - t:.0f}s: val {val:.2f}%")
 
@@ -136,8 +136,8 @@ def main() -> None:
             "method": "pretrained",
             "seconds": 0.0,
             "finetunes": 0,
-            "val": evaluate(model, data, "val")["acc"],
-            "test": evaluate(model, data, "test")["acc"],
+            "val": accuracy(model, data, "val")["acc"],
+            "test": accuracy(model, data, "test")["acc"],
             "params": count_params(model),
             "macs": count_macs(model, shape),
         }
@@ -159,8 +159,8 @@ def main() -> None:
                 "method": method,
                 "seconds": res.seconds,
                 "finetunes": res.finetunes,
-                "val": evaluate(res.model, data, "val")["acc"],
-                "test": evaluate(res.model, data, "test")["acc"],
+                "val": accuracy(res.model, data, "val")["acc"],
+                "test": accuracy(res.model, data, "test")["acc"],
                 "params": count_params(res.model, nonzero=True),
                 "macs": count_macs(res.model, shape),
             }

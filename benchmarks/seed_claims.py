@@ -40,7 +40,7 @@ from ice.data import load_dataset  # noqa: E402
 from ice.methods import run_pruning  # noqa: E402
 from ice.metrics import count_params  # noqa: E402
 from ice.models import build_model, seeded_model  # noqa: E402
-from ice.train import evaluate, fit  # noqa: E402
+from ice.train import accuracy, fit  # noqa: E402
 
 SPARSITIES = (0.8, 0.9, 0.95)
 SCHEDULES = ("one_shot", "iterative_schedule", "agp", "one_cycle")
@@ -131,7 +131,7 @@ def main() -> None:
         tmp.replace(a.out)
 
     def record(key: str, model: torch.nn.Module, seconds: float, work: float, extra: dict[str, Any]) -> None:
-        test = evaluate(model, data, "test", batch_size=1000)["acc"]
+        test = accuracy(model, data, "test", batch_size=1000)["acc"]
         results[key] = {
             "test_acc": test,
             "params_nonzero": count_params(model, nonzero=True),

@@ -42,7 +42,7 @@ from plumbing.prefect_views import prune_target_tag, publish_artifact
 from plumbing.records import read_json, write_csv, write_json
 from plumbing.registry import registered_name
 from plumbing.runtime import Stage, open_stage
-from tasks.evaluate import evaluate_model
+from tasks.evaluate import measure_model
 
 __all__ = ["evaluate"]
 
@@ -55,8 +55,8 @@ def evaluate(
         data_ref = st.require(st.paths.prepared, "prepare")
         pre_ref = st.require(st.paths.pretrained, "pretrain")
         cfg = st.device_cfg("seed", "evaluate")
-        ev = bind(evaluate_model, st.root, st.store_url)
-        pre = ev.named("evaluate-model-pretrained")(str(st.root), data_ref, pre_ref, cfg)
+        ev = bind(measure_model, st.root, st.store_url)
+        pre = ev.named("measure-model-pretrained")(str(st.root), data_ref, pre_ref, cfg)
         pre_report = read_json(st.paths.pretrain_report)
         # what pre-training cost: part of every method that starts from the pre-trained model
         pre_cost = (
@@ -71,7 +71,7 @@ def evaluate(
         for method in st.params.prune.methods:
             ref = st.require(st.paths.pruned(method), f"prune --method {method}")
             report = reports[method] = read_json(st.paths.prune_report(method))
-            m = ev.named(f"evaluate-model-{method}")(str(st.root), data_ref, ref, cfg)
+            m = ev.named(f"measure-model-{method}")(str(st.root), data_ref, ref, cfg)
             info = report.get("info") or {}
             from_pretrained = method in STEPWISE or info.get("init") == "pretrained"
             row = {

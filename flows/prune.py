@@ -3,9 +3,9 @@
     python -m flows.prune --method ice --params params.yaml
         ->  models/pruned-ice.pt, reports/steps/ice.csv, reports/prune/ice.json
 
-For ``ice`` and ``iterative`` each step is a chain of cached tasks: prune-step,
-evaluate-step, decide-finetune, then finetune and evaluate-step when the decision says
-so. Every task is keyed by its input checkpoint's sha256 and its own config, so a run
+For the step-wise methods each step is a chain of cached tasks: prune-step,
+decision-check (ICE only: the pruned model on the decision split), decide-finetune, then
+finetune and decision-check when the decision says so. Every task is keyed by its input checkpoint's sha256 and its own config, so a run
 killed at step k and started again reuses steps 0..k-1 from the cache and ends with a
 byte-identical checkpoint. The training-time methods (one_shot, iterative_schedule, agp,
 one_cycle, prune_while_training) are one task each, reporting every epoch; from scratch
@@ -40,7 +40,7 @@ from plumbing.store import resolve
 from tasks.prune import (
     check_target,
     decide_finetune,
-    evaluate_checkpoint,
+    decision_check_checkpoint,
     finetune_checkpoint,
     prune_one_step,
     recover_checkpoint,
@@ -73,7 +73,7 @@ class _TaskSteps:
             bind(t, st.root, st.store_url)
             for t in (
                 prune_one_step,
-                evaluate_checkpoint,
+                decision_check_checkpoint,
                 decide_finetune,
                 finetune_checkpoint,
                 recover_checkpoint,
@@ -82,7 +82,7 @@ class _TaskSteps:
         )
         self.chunk = 0  # recovery chunks done
 
-    def _label(self, what: str) -> str:  # e.g. "evaluate-4-layer1.3.conv1-pruned", as the UI lists it
+    def _label(self, what: str) -> str:  # e.g. "decision-check-4-layer1.3.conv1-pruned", as the UI lists it
         return f"{what}-{self.k + 1}-{self.run['plan'][self.k]['unit']}-{self.after}"
 
     def prune(self, k: int) -> dict[str, Any]:
@@ -90,8 +90,8 @@ class _TaskSteps:
         self.ref, self.k, self.after = out["ref"], k, "pruned"
         return out
 
-    def evaluate(self) -> dict[str, float]:
-        return self._eval.named(self._label("evaluate"))(self.root, self.data_ref, self.ref, self.cfg)
+    def decision_check(self) -> dict[str, float]:
+        return self._eval.named(self._label("decision-check"))(self.root, self.data_ref, self.ref, self.cfg)
 
     def decide(self, reference: float | None, acc_now: float | None) -> bool:
         decide = self._decide.named(self._label("decide-finetune").removesuffix("-pruned"))
@@ -111,7 +111,7 @@ class _TaskSteps:
         self.ref, self.chunk = out["ref"], i + 1
         return out
 
-    def check(self) -> dict[str, float]:
+    def target_check(self) -> dict[str, float]:
         return self._check.named(f"check-target-{self.chunk}")(self.root, self.data_ref, self.ref, self.recovery_cfg)
 
 

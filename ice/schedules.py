@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["one_shot", "iterative", "agp", "one_cycle"]
+__all__ = ["one_shot", "iterative_schedule", "agp", "one_cycle"]
 
 
 def _clip(t: float) -> float:
@@ -19,7 +19,9 @@ def one_shot(t: float, start: float = 0.0, end: float = 0.8, at: float = 0.45) -
     return end if _clip(t) >= at else start
 
 
-def iterative(t: float, start: float = 0.0, end: float = 0.8, n: int = 3, t0: float = 0.2, t1: float = 1.0) -> float:
+def iterative_schedule(
+    t: float, start: float = 0.0, end: float = 0.8, n: int = 3, t0: float = 0.2, t1: float = 1.0
+) -> float:
     """``n`` equal steps at t0, t0 + (t1-t0)/n, ...; the last one leaves time to recover."""
     t = _clip(t)
     if t < t0:

@@ -1,7 +1,7 @@
 """A readable training loop: no framework, hooks are plain callables.
 
 ``train_epoch`` runs one pass (or a fraction of one) over the training split, with
-optional knowledge distillation from a teacher. ``evaluate`` measures accuracy.
+optional knowledge distillation from a teacher. ``accuracy`` measures it.
 Frozen layers (see :func:`freeze`) are left out of the optimizer, their weight
 gradients are never computed, and frozen BatchNorm keeps its running statistics.
 """
@@ -23,7 +23,7 @@ from ice.metrics import G, count_macs, train_macs
 __all__ = [
     "pick_device",
     "train_epoch",
-    "evaluate",
+    "accuracy",
     "kd_loss",
     "make_optimizer",
     "fit",
@@ -267,7 +267,7 @@ def train_epoch(
 
 
 @torch.no_grad()
-def evaluate(
+def accuracy(
     model: nn.Module,
     data: Dataset,
     split: str | Split = "val",
@@ -380,7 +380,7 @@ def fit_epoch(
         lr_at=lr_at,
         amp=amp,
     )
-    val = evaluate(model, data, "val", device=device)
+    val = accuracy(model, data, "val", device=device)
     shape = data.input_shape()
     work = (stats["images"] * train_macs(model, shape) + len(data.val) * count_macs(model, shape)) / G
     rec = {

@@ -90,9 +90,9 @@ def store_file(paths: Paths, stem: str, write: Any, to: str = "") -> dict[str, s
 
 
 def accuracies(model: Any, data: Any, batch_size: int = 512) -> dict[str, float]:
-    from ice.train import evaluate
+    from ice.train import accuracy
 
     return {
-        "val_acc": evaluate(model, data, "val", batch_size=batch_size)["acc"],
-        "test_acc": evaluate(model, data, "test", batch_size=batch_size)["acc"],
+        "val_acc": accuracy(model, data, "val", batch_size=batch_size)["acc"],
+        "test_acc": accuracy(model, data, "test", batch_size=batch_size)["acc"],
     }

@@ -7,6 +7,7 @@ from typing import Any
 from prefect import task
 
 from plumbing.artifacts import (
+    accuracies,
     load_data,
     load_model,
     params_of,
@@ -14,18 +15,17 @@ from plumbing.artifacts import (
     task_device,
 )
 
-__all__ = ["evaluate_model"]
+__all__ = ["measure_model"]
 
 
-@task(name="evaluate-model", tags=["compute"])
-def evaluate_model(
+@task(name="measure-model", tags=["compute"])
+def measure_model(
     root: str, data_ref: dict[str, str], model_ref: dict[str, str], cfg: dict[str, Any]
 ) -> dict[str, Any]:
     """Final figures of one model: validation and test accuracy, size, MACs, latency."""
     import torch
 
     from ice.metrics import count_macs, count_params, measure_latency, sparsity
-    from ice.train import evaluate
 
     paths = project_paths(root)
     params = params_of(cfg)
@@ -39,8 +39,7 @@ def evaluate_model(
             model, data.input_shape(params.evaluate.latency_batch), iters=params.evaluate.latency_iters
         )
     return {
-        "val_acc": evaluate(model, data, "val", batch_size=bs)["acc"],
-        "test_acc": evaluate(model, data, "test", batch_size=bs)["acc"],
+        **accuracies(model, data, bs),
         "params": count_params(model),
         "params_nonzero": count_params(model, nonzero=True),
         "macs": count_macs(model, shape),

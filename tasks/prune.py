@@ -23,7 +23,7 @@ from plumbing.store import store_of
 __all__ = [
     "start_pruning",
     "prune_one_step",
-    "evaluate_checkpoint",
+    "decision_check_checkpoint",
     "decide_finetune",
     "finetune_checkpoint",
     "recover_checkpoint",
@@ -84,15 +84,15 @@ def prune_one_step(
     return info
 
 
-@task(name="evaluate-step", tags=["compute"])
-def evaluate_checkpoint(
+@task(name="decision-check", tags=["compute"])
+def decision_check_checkpoint(
     root: str, data_ref: dict[str, str], model_ref: dict[str, str], cfg: dict[str, Any]
 ) -> dict[str, float]:
     """Accuracy of a checkpoint on the decision split (validation), with its seconds and work."""
-    from ice.methods.core import evaluate_step
+    from ice.methods.core import decision_check
 
     paths = project_paths(root)
-    return evaluate_step(load_model(paths, model_ref, task_device(cfg)), load_data(paths, data_ref), params_of(cfg))
+    return decision_check(load_model(paths, model_ref, task_device(cfg)), load_data(paths, data_ref), params_of(cfg))
 
 
 @task(name="decide-finetune")

@@ -10,7 +10,7 @@ The loop does not touch a model itself: it calls a :class:`StepOps`, which does 
 work. :class:`ModelSteps` works on a model in memory (:func:`iterate`, the auto-tuner's
 trials); the Prefect flow (``flows/prune.py``) passes one whose operations are cached
 tasks over checkpoints. Both run the same loop and the same building blocks
-(:func:`prune_and_lr`, :func:`evaluate_step`, :func:`decide`, :func:`finetune_after`),
+(:func:`prune_and_lr`, :func:`decision_check`, :func:`decide`, :func:`finetune_after`),
 so their steps and figures are the same.
 
 The baseline pays only for what it needs: it fine-tunes after every step, so it never
@@ -54,7 +54,7 @@ from ice.metrics import G, count_macs, count_params, prunable_conv_params
 from ice.pruning import prunable_units, prune_unit
 from ice.pruning.graph import GraphError
 from ice.pruning.importance import DATA_CRITERIA
-from ice.train import evaluate, freeze, frozen_convs, unfreeze
+from ice.train import accuracy, freeze, frozen_convs, unfreeze
 
 __all__ = [
     "Callbacks",
@@ -67,7 +67,7 @@ __all__ = [
     "run_steps",
     "prune_only",
     "prune_and_lr",
-    "evaluate_step",
+    "decision_check",
     "needs_decision_eval",
     "decision_split",
     "val_accuracy",
@@ -150,10 +150,10 @@ def decision_split(data: Dataset, params: Params) -> Split:
 
 def val_accuracy(model: nn.Module, data: Dataset, params: Params) -> float:
     """Accuracy on the decision split (validation, never test)."""
-    return evaluate(model, data, decision_split(data, params), batch_size=params.prune.eval_batch_size)["acc"]
+    return accuracy(model, data, decision_split(data, params), batch_size=params.prune.eval_batch_size)["acc"]
 
 
-def evaluate_step(model: nn.Module, data: Dataset, params: Params) -> dict[str, float]:
+def decision_check(model: nn.Module, data: Dataset, params: Params) -> dict[str, float]:
     """Accuracy on the decision split, with its seconds and work (one forward pass per image)."""
     t0 = time.perf_counter()
     acc = val_accuracy(model, data, params)
@@ -196,7 +196,7 @@ def start_run(
     hparams: dict[str, float] = {}
     frozen: list[str] = []
     if how.finetune == "decide":  # the rule's reference accuracy and thresholds
-        ev = evaluate_step(model, data, params)
+        ev = decision_check(model, data, params)
         acc_original = ev["acc"]
         work_setup += ev["work"]
         hparams = ice_hparams(params, hp)
@@ -403,7 +403,7 @@ class StepOps(Protocol):
         """Apply planned step ``k``; :func:`prune_and_lr`'s record."""
         ...
 
-    def evaluate(self) -> dict[str, float]:
+    def decision_check(self) -> dict[str, float]:
         """The current model on the decision split: ``acc``, ``seconds``, ``work``."""
         ...
 
@@ -425,8 +425,8 @@ class ModelSteps:
     def prune(self, k: int) -> dict[str, Any]:
         return prune_and_lr(self.model, self.data, self.plan, k, self.params)
 
-    def evaluate(self) -> dict[str, float]:
-        return evaluate_step(self.model, self.data, self.params)
+    def decision_check(self) -> dict[str, float]:
+        return decision_check(self.model, self.data, self.params)
 
     def decide(self, reference: float | None, acc_now: float | None) -> bool:
         return decide(self.plan, reference, acc_now)
@@ -438,7 +438,7 @@ class ModelSteps:
         recovery_freeze(self.model, self.plan, self.params)
         return recover_chunk(self.model, self.teacher, self.data, i, self.params)
 
-    def check(self) -> dict[str, float]:
+    def target_check(self) -> dict[str, float]:
         return target_check(self.model, self.data, self.params)
 
 
@@ -466,13 +466,13 @@ def run_steps(
         pruned = ops.prune(k)
         pruned.update(acc_pruned=None, t_eval=0.0, work_eval=0.0)
         if needs_decision_eval(plan):
-            ev = ops.evaluate()
+            ev = ops.decision_check()
             pruned.update(acc_pruned=ev["acc"], t_eval=ev["seconds"], work_eval=ev["work"])
         ft = None
         if ops.decide(decision_reference(start.acc_original, previous, params), pruned["acc_pruned"]):
             ft = {"acc": None, "t_eval": 0.0, "work_eval": 0.0, **ops.finetune(k, pruned["lr"])}
             if eval_after_finetune(plan, params):
-                ev = ops.evaluate()
+                ev = ops.decision_check()
                 ft.update(acc=ev["acc"], t_eval=ev["seconds"], work_eval=ev["work"])
         rec = record_step(start, pruned, ft, pruned["lr"], pruned["frozen"])
         steps.append(rec)

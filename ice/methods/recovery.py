@@ -28,7 +28,7 @@ from ice.config import Params, TargetConfig
 from ice.data import Dataset
 from ice.methods.finetune import finetune
 from ice.metrics import G, count_macs
-from ice.train import evaluate
+from ice.train import accuracy
 
 __all__ = [
     "RecoveryOps",
@@ -72,7 +72,7 @@ def target_check(model: nn.Module, data: Dataset, params: Params) -> dict[str, f
     """Accuracy on the target's split (all of it), with the images, seconds and work."""
     split = params.prune.target.split
     t0 = time.perf_counter()
-    acc = evaluate(model, data, split, batch_size=params.prune.eval_batch_size)["acc"]
+    acc = accuracy(model, data, split, batch_size=params.prune.eval_batch_size)["acc"]
     n = len(getattr(data, split))
     return {
         "acc": acc,
@@ -116,7 +116,7 @@ class RecoveryOps(Protocol):
         """Train recovery chunk ``i`` (:func:`recover_chunk`); ``seconds`` and ``work``."""
         ...
 
-    def check(self) -> dict[str, float]:
+    def target_check(self) -> dict[str, float]:
         """The current model on the target's split (:func:`target_check`)."""
         ...
 
@@ -139,7 +139,7 @@ def run_recovery(
         if i > 0:
             tr = ops.recover(i - 1)
             spent += chunk_epochs(t, i - 1)[1]
-        ev = ops.check()
+        ev = ops.target_check()
         rec = {
             "check": i,
             "epochs": round(spent, 6),

@@ -80,7 +80,7 @@ SPECS: dict[str, MethodSpec] = {
         MethodSpec("iterative", True, finetune="always"),
         MethodSpec("prune_once", True, one_step=True, finetune="never"),
         MethodSpec("one_shot", False, _SCHEDULE, schedule="one_shot"),
-        MethodSpec("iterative_schedule", False, _SCHEDULE, schedule="iterative"),
+        MethodSpec("iterative_schedule", False, _SCHEDULE, schedule="iterative_schedule"),
         MethodSpec("agp", False, _SCHEDULE, schedule="agp"),
         MethodSpec("one_cycle", False, _SCHEDULE, schedule="one_cycle"),
         MethodSpec("prune_while_training", False, _SCHEDULE, filters=True),

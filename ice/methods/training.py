@@ -42,11 +42,11 @@ from ice.metrics import G, count_macs, count_params, sparsity, train_macs
 from ice.pruning import Masks, channel_importance, magnitude_masks, prunable_units, prune_channels
 from ice.pruning.importance import DATA_CRITERIA
 from ice.pruning.structured import n_to_remove, split_lowest
-from ice.schedules import agp, iterative, one_cycle, one_shot
+from ice.schedules import agp, iterative_schedule, one_cycle, one_shot
 from ice.train import (
     LR_SCHEDULES,
+    accuracy,
     epoch_fractions,
-    evaluate,
     make_optimizer,
     pick_device,
     remap_optimizer,
@@ -81,7 +81,7 @@ def schedule_for(method: str, params: Params) -> Callable[[float], float]:
     end = final_target(method, params)
     schedules: dict[str, Callable[[float], float]] = {
         "one_shot": lambda t: one_shot(t, 0.0, end, s.one_shot_at),
-        "iterative": lambda t: iterative(t, 0.0, end, s.n_steps, s.start, s.end),
+        "iterative_schedule": lambda t: iterative_schedule(t, 0.0, end, s.n_steps, s.start, s.end),
         "agp": lambda t: agp(t, 0.0, end, s.start, s.end),
         "one_cycle": lambda t: one_cycle(t, 0.0, end, s.alpha, s.beta),
     }
@@ -250,7 +250,7 @@ def train_with_pruning(
         # the last batch may be short: count the images that were really seen
         state["work"] += (stats["images"] - per_epoch[e] * batch_size) * state["per_image"]
         done += per_epoch[e]
-        acc = evaluate(model, data, "val", batch_size=params.prune.eval_batch_size)["acc"]
+        acc = accuracy(model, data, "val", batch_size=params.prune.eval_batch_size)["acc"]
         macs = count_macs(model, shape)
         state["work"] += len(data.val) * macs / G
         nonzero = count_params(model, nonzero=True)

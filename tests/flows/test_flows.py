@@ -330,7 +330,7 @@ def test_rerun_reuses_every_task(project):
     run_names = {r.name for r in runs}
     assert {
         "prune-step-1-layer1.0.conv1",
-        "evaluate-1-layer1.0.conv1-pruned",
+        "decision-check-1-layer1.0.conv1-pruned",
         "decide-finetune-1-layer1.0.conv1",
     } <= run_names
     # the Prefect UI's list names the run and can filter it by method, data, arch and ratio

@@ -17,14 +17,14 @@ from ice.methods.ice import freeze_candidates
 from ice.metrics import count_params, prunable_conv_params
 from ice.models import seeded_model
 from ice.pruning import prunable_units
-from ice.train import evaluate, fit
+from ice.train import accuracy, fit
 
 
 @pytest.mark.slow
 def test_ice_prunes_a_torchvision_mobilenet_end_to_end(digits, tmp_path):
     model = seeded_model("tv:mobilenet_v2", digits, 0)
     fit(model, digits, epochs=4, lr=0.05, batch_size=64, augment=False, seed=0)
-    base_acc = evaluate(model, digits, "test")["acc"]
+    base_acc = accuracy(model, digits, "test")["acc"]
     units = prunable_units(model)
     assert all(u.engine == "graph" for u in units)
     cands = freeze_candidates(model)
@@ -48,7 +48,7 @@ def test_ice_prunes_a_torchvision_mobilenet_end_to_end(digits, tmp_path):
     lrs = [r["lr"] for r in res.steps if r["finetuned"]]
     assert len(lrs) < 2 or len(set(lrs)) > 1  # the lr follows x, which shrinks every step
     assert res.info["params"] < count_params(model)
-    acc = evaluate(res.model, digits, "test")["acc"]
+    acc = accuracy(res.model, digits, "test")["acc"]
     assert acc > 25.0 and acc > base_acc - 30.0, (acc, base_acc)  # chance is 10%
     # the pruned torchvision model is a checkpoint like any other
     save_checkpoint(tmp_path / "ice.pt", res.model)

@@ -5,7 +5,7 @@ from ice.config import parse_params
 from ice.methods import METHODS, run_pruning
 from ice.methods.training import FilterPruner
 from ice.models import build_model
-from ice.train import evaluate, fit, make_optimizer, train_epoch
+from ice.train import accuracy, fit, make_optimizer, train_epoch
 
 BASE = {
     "prune": {"batch_size": 64, "augment": False, "max_units": 6},
@@ -38,8 +38,8 @@ def test_ice_fine_tunes_less_than_iterative_and_stays_close(digits, pretrained):
     ice = run_pruning(pretrained, digits, "ice", p)
     assert it.finetunes == 6 == len(it.steps)
     assert ice.finetunes < it.finetunes
-    a_it = evaluate(it.model, digits, "test")["acc"]
-    a_ice = evaluate(ice.model, digits, "test")["acc"]
+    a_it = accuracy(it.model, digits, "test")["acc"]
+    a_ice = accuracy(ice.model, digits, "test")["acc"]
     assert a_ice > a_it - 5.0, (a_ice, a_it)
     # identical structure: the same units at the same ratio
     assert ice.info["params"] == it.info["params"] < sum(q.numel() for q in pretrained.parameters())
@@ -270,7 +270,7 @@ def test_driving_the_loop_one_step_at_a_time_through_checkpoints_matches(digits,
     from ice.methods.core import (
         apply_frozen,
         decide,
-        evaluate_step,
+        decision_check,
         finetune_after,
         iterate,
         prune_and_lr,
@@ -304,8 +304,8 @@ def test_driving_the_loop_one_step_at_a_time_through_checkpoints_matches(digits,
             save_checkpoint(self.ckpt, m)
             return out
 
-        def evaluate(self):
-            return evaluate_step(self._load(), digits, p)
+        def decision_check(self):
+            return decision_check(self._load(), digits, p)
 
         def decide(self, reference, acc_now):
             return decide(plan, reference, acc_now)

@@ -6,7 +6,7 @@ import torch
 from ice.config import parse_params
 from ice.methods.autotune import TrialResult, sample_trials, score, select_best
 from ice.methods.ice import freeze_scores, pruning_aware_lr, select_frozen, should_finetune
-from ice.schedules import agp, iterative, one_cycle, one_shot
+from ice.schedules import agp, iterative_schedule, one_cycle, one_shot
 
 
 # ----------------------------------------------------------------------------- lr
@@ -52,7 +52,7 @@ def test_agp_values():
 
 def test_one_shot_and_iterative():
     assert one_shot(0.44, 0, 0.8, at=0.45) == 0 and one_shot(0.45, 0, 0.8, at=0.45) == 0.8
-    vals = [iterative(t, 0.0, 0.9, n=3, t0=0.2, t1=1.0) for t in (0.1, 0.2, 0.4, 0.47, 0.8, 1.0)]
+    vals = [iterative_schedule(t, 0.0, 0.9, n=3, t0=0.2, t1=1.0) for t in (0.1, 0.2, 0.4, 0.47, 0.8, 1.0)]
     assert vals == pytest.approx([0.0, 0.3, 0.3, 0.6, 0.9, 0.9])
 
 

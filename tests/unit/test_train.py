@@ -3,7 +3,7 @@ import torch
 
 from ice.models import build_model
 from ice.train import (
-    evaluate,
+    accuracy,
     fit,
     freeze,
     frozen_convs,
@@ -30,9 +30,9 @@ def test_kd_loss_is_zero_for_identical_logits_and_positive_otherwise():
 def test_training_learns_digits(digits):
     torch.manual_seed(0)
     m = build_model("cifar_resnet20", 10, in_channels=1)
-    before = evaluate(m, digits)["acc"]
+    before = accuracy(m, digits)["acc"]
     hist = fit(m, digits, epochs=3, lr=0.05, batch_size=64, augment=False, seed=0)
-    after = evaluate(m, digits)["acc"]
+    after = accuracy(m, digits)["acc"]
     assert len(hist) == 3
     assert after > 80.0 and after > before + 30
 
@@ -44,7 +44,7 @@ def test_bf16_autocast_trains_as_well_as_fp32(digits):
         torch.manual_seed(0)
         m = build_model("cifar_resnet20", 10, in_channels=1)
         fit(m, digits, epochs=3, lr=0.05, batch_size=64, augment=False, seed=0, amp=amp)
-        accs[amp] = evaluate(m, digits)["acc"]
+        accs[amp] = accuracy(m, digits)["acc"]
     assert accs["off"] > 80.0
     assert abs(accs["bf16"] - accs["off"]) <= 1.0, accs
 
@@ -173,5 +173,5 @@ def test_small_resnet_learns_real_cifar10(cifar_tar, tmp_path_factory):
     torch.manual_seed(0)
     m = build_model("cifar_resnet20", 10)
     fit(m, ds, epochs=2, lr=0.05, batch_size=128, augment=True, seed=0)
-    acc = evaluate(m, ds, "test")["acc"]
+    acc = accuracy(m, ds, "test")["acc"]
     assert acc > 30.0, f"test accuracy {acc:.1f}% is not well above chance (10%)"
