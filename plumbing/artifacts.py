@@ -11,7 +11,7 @@ from ice.files import temp_beside
 from plumbing.paths import Paths, project_root
 from plumbing.store import resolve, store_for
 
-__all__ = ["task_device", "load_data", "load_model", "save_model", "accuracies"]
+__all__ = ["params_of", "Unread", "task_device", "load_data", "load_model", "save_model", "accuracies"]
 
 _DATA: dict[str, Any] = {}
 
@@ -20,10 +20,38 @@ _MODELS: dict[str, Any] = {}
 
 
 # ----------------------------------------------------------------------------- loading
-def params_of(cfg: dict[str, Any]) -> Any:
-    from ice.config import parse_params
+class Unread:
+    """A params section, or key of one, that a task's config leaves out: reading it is an
+    error, where a default would silently stand in for a value the cache key does not hold."""
 
-    return parse_params(cfg, source="task config")
+    def __init__(self, where: str, section: Any = None, keys: frozenset[str] = frozenset()) -> None:
+        self._where, self._section, self._keys = where, section, keys
+
+    def __getattr__(self, key: str) -> Any:  # only called for what the instance itself lacks
+        if key.startswith("_"):
+            raise AttributeError(key)
+        if key in self._keys:
+            return getattr(self._section, key)
+        raise AttributeError(
+            f"a task read params.{self._where}.{key}, which its config leaves out: add the section to the "
+            "method's reads (ice.methods.registry) so that it is part of the task's cache key"
+        )
+
+
+def params_of(cfg: dict[str, Any]) -> Any:
+    """The params a task's config holds, validated; every section or key the config leaves
+    out (a method's config holds only what it reads, :func:`ice.methods.registry.method_inputs`)
+    is :class:`Unread` instead of a default."""
+    from ice.config import Params, parse_params
+
+    params = parse_params(cfg, source="task config")
+    absent: dict[str, Any] = {}
+    for name in Params.model_fields:
+        if name not in cfg:
+            absent[name] = Unread(name)
+        elif isinstance(cfg[name], dict) and set(cfg[name]) < set(type(getattr(params, name)).model_fields):
+            absent[name] = Unread(name, getattr(params, name), frozenset(cfg[name]))
+    return params.model_copy(update=absent)
 
 
 def task_device(cfg: dict[str, Any]) -> Any:

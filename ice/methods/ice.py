@@ -125,19 +125,16 @@ def freeze_trial(model: nn.Module, data: Dataset, params: Params, unit: Any) -> 
 
 def ice_hparams(params: Params, override: dict[str, float] | None = None) -> dict[str, float]:
     """ICE's hyperparameters from params, with an optional override (e.g. the tuner's pick)."""
-    cfg = params.ice
-    hp = {
-        "thre": cfg.thre,
-        "fr": cfg.fr,
-        "base": cfg.lr.base,
-        "delta": cfg.lr.delta,
-        "p": cfg.lr.p,
-        "beta": cfg.lr.beta,
-    }
-    for k, v in (override or {}).items():
+    override = override or {}
+    for k in override:
         if k not in HP_KEYS:
             raise ValueError(f"unknown ICE hyperparameter {k!r}; allowed: {', '.join(HP_KEYS)}")
-        hp[k] = float(v)
+
+    def from_params(k: str) -> float:  # read only what the override leaves to params
+        value: float = getattr(params.ice, k) if k in ("thre", "fr") else getattr(params.ice.lr, k)
+        return value
+
+    hp = {k: float(override[k]) if k in override else from_params(k) for k in HP_KEYS}
     if hp["delta"] >= hp["base"]:
         raise ValueError(f"delta {hp['delta']} must be below base {hp['base']} so the lr stays positive")
     return hp

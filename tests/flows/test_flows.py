@@ -320,11 +320,17 @@ def test_rerun_reuses_every_task(project):
     state = prune("ice", "params.yaml", str(root), return_state=True)
     assert state.is_completed()
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
-        )
+        # task-run states reach the API as events, after the flow returns: wait until every run has one
+        deadline = time.monotonic() + 30
+        while True:
+            runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+            )
+            if all(r.state is not None for r in runs) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
         fr = client.read_flow_run(state.state_details.flow_run_id)
-    names = {r.state.name for r in runs}
+    names = {r.state.name if r.state is not None else "no state" for r in runs}
     assert len(runs) >= 1 + 3 * 3 and names == {"Cached"}, names
     # every task run names its step and unit (a cached rerun shows the same names)
     run_names = {r.name for r in runs}
