@@ -53,11 +53,23 @@ class DataConfig(_Section):
     subset: float = Field(1.0, gt=0.0, le=1.0)  # fraction of train and val kept
     cache_dir: str = "data/cache"
     seed: int = 0
+    # folder data: every image resized (shorter side) and center-cropped to this square at
+    # prepare; null keeps the first image's size (others resized to it)
+    image_size: int | None = Field(None, ge=8)
+    # the kind of training augmentation (train.augment and prune.augment switch it on):
+    # pad_crop (random crop with padding, flip: CIFAR-style), resized_crop (random-resized
+    # crop, flip: ImageNet-style), or auto (resized_crop from 96 px on, pad_crop below)
+    augmentation: Literal["auto", "pad_crop", "resized_crop"] = "auto"
 
     @model_validator(mode="after")
     def _root_needed(self) -> DataConfig:
         if self.source == "folder" and not self.root:
             raise ValueError("root: None is not allowed when source is 'folder'; give a directory or a .tar(.gz) path")
+        if self.image_size is not None and self.source != "folder":
+            raise ValueError(
+                f"image_size: {self.image_size} is not allowed when source is {self.source!r}; "
+                "it resizes folder data only (null: keep the source's size)"
+            )
         return self
 
 

@@ -26,6 +26,8 @@ import torch
 from ice.config import DataConfig
 
 __all__ = [
+    "augment_kind",
+    "resized_crop_batch",
     "Split",
     "Dataset",
     "load_dataset",
@@ -82,6 +84,11 @@ class Dataset:
         return int(self.train.x.shape[1])
 
     @property
+    def augment(self) -> str:
+        """The training augmentation these images take: ``pad_crop`` or ``resized_crop``."""
+        return str(self.meta.get("augment", "pad_crop"))
+
+    @property
     def image_size(self) -> tuple[int, int]:
         return int(self.train.x.shape[2]), int(self.train.x.shape[3])
 
@@ -124,6 +131,7 @@ def load_dataset(spec: DataConfig | dict[str, Any] | None = None, **overrides: A
         raw = _cached(spec, lambda: _load_cifar(spec))
     else:
         raw = _cached(spec, lambda: _load_folder(spec))
+    kind = augment_kind(spec.augmentation, tuple(raw["train_x"].shape[2:]))
 
     train, val = holdout(Split(raw["train_x"], raw["train_y"]), spec.val_fraction, spec.seed)
     test = Split(raw["test_x"], raw["test_y"], torch.arange(len(raw["test_y"])))
@@ -131,10 +139,21 @@ def load_dataset(spec: DataConfig | dict[str, Any] | None = None, **overrides: A
     # computed once at decode time and cached with the tensors
     mean, std = raw["stats"] if "stats" in raw else _channel_stats(raw["train_x"])
     mean, std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
-    ds = Dataset(spec.source, train, val, test, list(raw["classes"]), mean, std, {"source": spec.source})
+    meta: dict[str, Any] = {"source": spec.source}
+    if kind != "pad_crop":  # the default is not written, so existing prepared data keeps its bytes
+        meta["augment"] = kind
+    ds = Dataset(spec.source, train, val, test, list(raw["classes"]), mean, std, meta)
     if spec.subset < 1.0:
         ds = ds.subset(spec.subset, seed=spec.seed)
     return ds
+
+
+def augment_kind(setting: str, size: tuple[int, ...]) -> str:
+    """``data.augmentation`` resolved for images of ``size`` (H, W): ``auto`` is ``resized_crop``
+    from 96 px on (ImageNet-style), ``pad_crop`` below (CIFAR-style)."""
+    if setting != "auto":
+        return setting
+    return "resized_crop" if min(size) >= 96 else "pad_crop"
 
 
 def holdout(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
@@ -218,7 +237,7 @@ def _load_folder(spec: DataConfig) -> dict[str, Any]:
             ) from None
     else:
         files = _dir_members(root)
-    return _decode_members(files, str(root))
+    return _decode_members(files, str(root), spec.image_size)
 
 
 def _split_class(parts: tuple[str, ...]) -> tuple[str, str] | None:
@@ -253,8 +272,13 @@ def _dir_members(root: Path) -> dict[str, list[tuple[str, Any]]]:
     return out
 
 
-def _decode_members(files: dict[str, list[tuple[str, Any]]], where: str) -> dict[str, Any]:
-    from PIL import Image
+def _decode_members(
+    files: dict[str, list[tuple[str, Any]]], where: str, image_size: int | None = None
+) -> dict[str, Any]:
+    """Decode every image into one uint8 tensor per split. With ``image_size`` each image is
+    resized (shorter side) and center-cropped to that square; without, every image takes
+    the first one's size."""
+    from PIL import Image, ImageOps
 
     if not files["train"] or not files["test"]:
         raise ValueError(f"{where}: expected an ImageFolder layout with train/<class>/ and test/<class>/ images")
@@ -273,9 +297,11 @@ def _decode_members(files: dict[str, list[tuple[str, Any]]], where: str) -> dict
                 with Image.open(io.BytesIO(src) if isinstance(src, bytes) else src) as raw:
                     if mode is None or size is None:
                         mode = "L" if raw.mode in ("L", "1", "I;16") else "RGB"
-                        size = raw.size
+                        size = (image_size, image_size) if image_size else raw.size
                     img = raw.convert(mode)
-                    if img.size != size:
+                    if image_size:  # the central square, resized: resize plus center crop
+                        img = ImageOps.fit(img, size, method=Image.Resampling.BILINEAR)
+                    elif img.size != size:
                         img = img.resize(size, Image.Resampling.BILINEAR)
                     xs.append(torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8))
             except (OSError, ValueError, SyntaxError) as err:  # PIL: unidentified, truncated or broken image
@@ -294,6 +320,8 @@ def _decode_members(files: dict[str, list[tuple[str, Any]]], where: str) -> dict
 def _source_key(spec: DataConfig) -> str:
     root = Path(spec.root or "data/raw")
     h = hashlib.sha256(f"{_CACHE_FORMAT}|{spec.source}|{root.resolve()}".encode())
+    if spec.image_size is not None:  # the decoded size is part of what is cached
+        h.update(f"|size={spec.image_size}".encode())
     if root.is_file():
         st = root.stat()
         h.update(f"|{st.st_size}|{st.st_mtime_ns}".encode())
@@ -419,6 +447,38 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator, padding: int = 4,
     return out
 
 
+def resized_crop_batch(
+    x: torch.Tensor,
+    generator: torch.Generator,
+    scale: tuple[float, float] = (0.25, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    flip: bool = True,
+) -> torch.Tensor:
+    """Random-resized crop and horizontal flip (ImageNet-style) on a whole batch at once, on
+    ``x``'s device: each image's box (a share ``scale`` of its area, aspect ``ratio``) is
+    resampled bilinearly back to the image's size. The boxes come from ``generator`` on the
+    CPU, so a seed gives the same crops on any device. Returns float images in 0-255."""
+    b, _, h, w = x.shape
+    area = torch.empty(b).uniform_(scale[0], scale[1], generator=generator)
+    log_r = torch.empty(b).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator)
+    r = torch.exp(log_r)
+    cw = torch.sqrt(area * r).clamp(max=1.0)  # box width and height as shares of the image's
+    ch = torch.sqrt(area / r).clamp(max=1.0)
+    cx = torch.rand(b, generator=generator) * (1 - cw)  # box corner, as shares
+    cy = torch.rand(b, generator=generator) * (1 - ch)
+    flips = torch.rand(b, generator=generator) < 0.5 if flip else torch.zeros(b, dtype=torch.bool)
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0] = torch.where(flips, -cw, cw)
+    theta[:, 0, 2] = 2 * cx + cw - 1
+    theta[:, 1, 1] = ch
+    theta[:, 1, 2] = 2 * cy + ch - 1
+    theta = theta.to(x.device)
+    grid = torch.nn.functional.affine_grid(theta, [b, x.shape[1], h, w], align_corners=False)
+    return torch.nn.functional.grid_sample(
+        x.to(torch.float32), grid, mode="bilinear", padding_mode="border", align_corners=False
+    )
+
+
 def probe_batch(data: Dataset, n: int = 256, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``n`` training images, normalised: data for activation-based criteria."""
     return next(batches(data.train, n, data.mean, data.std, device=device))
@@ -436,8 +496,12 @@ def batches(
     device: torch.device | str = "cpu",
     fraction: float = 1.0,
     channels_last: bool = False,
+    augment_kind: str = "pad_crop",
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield normalised ``(x, y)`` batches from in-memory tensors.
+
+    ``augment`` applies ``augment_kind`` (the dataset's :attr:`Dataset.augment`):
+    ``pad_crop`` (:func:`augment_batch`) or ``resized_crop`` (:func:`resized_crop_batch`).
 
     Random draws (order, crops, flips) come from ``generator`` on the CPU, so a seed
     gives the same batches on any device. ``fraction`` < 1 stops after that share of
@@ -456,7 +520,9 @@ def batches(
             xb, yb = xb.pin_memory(), yb.pin_memory()
         xb = xb.to(dev, non_blocking=True)
         yb = yb.to(dev, non_blocking=True)
-        if augment:
+        if augment and augment_kind == "resized_crop":
+            xb = resized_crop_batch(xb, generator)
+        elif augment:
             pad = 4 if xb.shape[-1] >= 16 else 1
             xb = augment_batch(xb, generator, padding=pad)
         xb = normalize(xb, mean, std)

@@ -229,6 +229,7 @@ def train_epoch(
             device=device,
             fraction=fraction,
             channels_last=cl,
+            augment_kind=data.augment,
         )
     ):
         # set lr

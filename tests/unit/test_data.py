@@ -144,3 +144,66 @@ def test_the_validation_draw_is_pinned():
     assert (len(train), len(val)) == (45_000, 5_000)
     assert _sha(val.index) == VAL_INDEX_SHA256
     assert not set(train.index.tolist()) & set(val.index.tolist())
+
+
+def _folder(root, sizes, g):
+    """train/ and test/ with two classes, one image per size in each: a gradient plus noise."""
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for cls in ("cat", "dog"):
+            d = root / split / cls
+            d.mkdir(parents=True)
+            for i, (w, h) in enumerate(sizes):
+                ramp = torch.linspace(0, 200, w).view(1, w, 1).expand(h, w, 3)
+                arr = (ramp + torch.randint(0, 50, (h, w, 3), generator=g)).clamp(0, 255).to(torch.uint8)
+                Image.fromarray(arr.numpy()).save(d / f"{i}.jpg")
+
+
+def test_image_size_resizes_and_center_crops_every_image(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    _folder(tmp_path / "imgs", [(300, 200), (128, 256), (500, 500), (96, 120)], g)
+    kw = dict(source="folder", root=str(tmp_path / "imgs"), val_fraction=0.25)
+    ds = load_dataset(cache_dir=str(tmp_path / "c"), image_size=112, **kw)
+    assert ds.train.x.shape[1:] == (3, 112, 112) and ds.test.x.shape == (8, 3, 112, 112)
+    assert ds.augment == "resized_crop" and ds.meta["augment"] == "resized_crop"  # auto, from 96 px on
+    small = load_dataset(cache_dir=str(tmp_path / "c"), image_size=64, **kw)  # the size is part of the cache key
+    assert small.train.x.shape[1:] == (3, 64, 64) and small.augment == "pad_crop" and "augment" not in small.meta
+    forced = load_dataset(cache_dir=str(tmp_path / "c"), image_size=64, augmentation="resized_crop", **kw)
+    assert forced.augment == "resized_crop"
+    # the center crop keeps the middle of a wide image: its gradient runs left to right
+    row = ds.test.x[0, 0, 56].float()
+    assert row[-8:].mean() > row[:8].mean() + 40
+
+
+def test_image_size_is_for_folder_data_only():
+    from ice.config import ParamsError, parse_params
+
+    with pytest.raises(ParamsError, match="image_size"):
+        parse_params({"data": {"source": "digits", "image_size": 64}})
+
+
+def test_resized_crop_is_seeded_in_range_and_the_identity_at_full_scale():
+    from ice.data import resized_crop_batch
+
+    x = torch.randint(0, 256, (4, 3, 32, 32), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    a = resized_crop_batch(x, torch.Generator().manual_seed(0))
+    b = resized_crop_batch(x, torch.Generator().manual_seed(0))
+    c = resized_crop_batch(x, torch.Generator().manual_seed(1))
+    assert a.shape == (4, 3, 32, 32) and torch.equal(a, b) and not torch.equal(a, c)
+    assert a.min() >= 0 and a.max() <= 255
+    whole = resized_crop_batch(x, torch.Generator().manual_seed(0), scale=(1.0, 1.0), ratio=(1.0, 1.0), flip=False)
+    assert torch.allclose(whole, x.float(), atol=1e-3)  # a box of the whole image is the image
+    flipped = resized_crop_batch(x, torch.Generator().manual_seed(0), scale=(1.0, 1.0), ratio=(1.0, 1.0))
+    assert all(
+        torch.allclose(f, x[i].float(), atol=1e-3) or torch.allclose(f, x[i].float().flip(2), atol=1e-3)
+        for i, f in enumerate(flipped)
+    )
+
+
+def test_batches_take_the_datasets_augmentation(digits):
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    kw = dict(shuffle=True, augment=True)
+    pad = next(batches(digits.train, 16, digits.mean, digits.std, generator=g(), **kw))[0]
+    res = next(batches(digits.train, 16, digits.mean, digits.std, generator=g(), augment_kind="resized_crop", **kw))[0]
+    assert pad.shape == res.shape and not torch.allclose(pad, res)
