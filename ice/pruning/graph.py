@@ -163,6 +163,11 @@ def _graph(model: nn.Module) -> _Graph:
     names = {m: n for n, m in model.named_modules()}
     was_training = model.training
     buffers = {k: v.clone() for k, v in model.state_dict().items() if not isinstance(v, nn.Parameter)}
+    # the graph is traced through autograd: a frozen layer (ICE's freeze list) fed by frozen
+    # layers leaves no trace, so every parameter takes part in the traced pass
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(True)
     _tolerate_unmappable_reshapes()
     try:
         dg = tp.DependencyGraph().build_dependency(
@@ -178,6 +183,8 @@ def _graph(model: nn.Module) -> _Graph:
             for k, v in model.state_dict().items():
                 if k in buffers:
                     v.copy_(buffers[k])
+        for p in frozen:
+            p.requires_grad_(False)
         model.train(was_training)
     for m in model.modules():
         if isinstance(m, nn.Conv2d | nn.Linear) and m not in dg.module2node:

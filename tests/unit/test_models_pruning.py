@@ -175,3 +175,27 @@ def test_round_to_keeps_widths_on_a_multiple():
     u = prunable_units(m)[0]
     info = prune_unit(m, u, 0.6, input_shape=SHAPE, round_to=8)
     assert info["width_after"] == 8 and m.layer1[0].conv2.in_channels == 8
+
+
+def test_a_frozen_stem_is_pruned_as_an_unfrozen_one():
+    """The dependency graph is traced through autograd: ICE's freeze list (here every conv,
+    the stem too) must not hide a layer, or ICE would skip units the baseline prunes."""
+    import copy
+
+    from ice.metrics import count_params
+    from ice.models import build_model
+    from ice.pruning import prunable_units, prune_unit
+    from ice.train import freeze
+
+    torch.manual_seed(0)
+    base = build_model("tv:resnet18", 10)  # traced by the dependency graph (CIFAR ResNets have a table)
+    frozen = copy.deepcopy(base)
+    convs = [n for n, m in frozen.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    freeze(frozen, convs)
+    units = prunable_units(frozen)  # the traced pass
+    assert [u.name for u in units] == [u.name for u in prunable_units(base)]
+    assert not any(p.requires_grad for n, p in frozen.named_parameters() if not n.startswith("fc."))  # as it was
+    for m in (base, frozen):
+        for u in prunable_units(m)[:2]:
+            prune_unit(m, u, 0.5, "l1", input_shape=(1, 3, 32, 32))
+    assert count_params(frozen) == count_params(base) < count_params(build_model("tv:resnet18", 10))
