@@ -462,14 +462,16 @@ def run_steps(
     plan = start.plan
     n = len(plan.steps)
     previous = last_accuracy(steps, start.acc_original)  # the accuracy after the step before
+    decides = needs_decision_eval(plan)  # only ICE's rule checks the pruned model and has a reference
     for k in range(len(steps), n):
         pruned = ops.prune(k)
         pruned.update(acc_pruned=None, t_eval=0.0, work_eval=0.0)
-        if needs_decision_eval(plan):
+        if decides:
             ev = ops.decision_check()
             pruned.update(acc_pruned=ev["acc"], t_eval=ev["seconds"], work_eval=ev["work"])
         ft = None
-        if ops.decide(decision_reference(start.acc_original, previous, params), pruned["acc_pruned"]):
+        reference = decision_reference(start.acc_original, previous, params) if decides else None
+        if ops.decide(reference, pruned["acc_pruned"]):
             ft = {"acc": None, "t_eval": 0.0, "work_eval": 0.0, **ops.finetune(k, pruned["lr"])}
             if eval_after_finetune(plan, params):
                 ev = ops.decision_check()

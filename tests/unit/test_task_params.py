@@ -32,3 +32,32 @@ def test_ice_reads_its_section():
     params = parse_params({"ice": {"thre": 3.0}})
     task = params_of(method_inputs(params, "ice"))
     assert task.ice.thre == 3.0 and task.ice.lr.beta == params.ice.lr.beta
+
+
+@pytest.mark.parametrize("init", ["scratch", "pretrained"])
+def test_every_method_runs_on_what_its_config_holds(digits, init):
+    """Each method, run on exactly the params its task gets, reads nothing its config leaves
+    out (an unread key would raise): its cache key holds everything it depends on."""
+    import torch
+
+    from ice.methods import METHODS, run_pruning, spec
+    from ice.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("cifar_resnet20", 10, in_channels=1)
+    params = parse_params(
+        {
+            "model": {"arch": "cifar_resnet20"},
+            "train": {"batch_size": 64, "device": "cpu"},
+            "prune": {"max_units": 2, "finetune_epochs": 0.05, "target": {"max_epochs": 0.25}},
+            "ice": {"autotune": {"enabled": False}},
+            "schedule": {"init": init, "epochs": 0.2},
+        }
+    )
+    for method in METHODS:
+        if spec(method).stepwise and init == "scratch":
+            continue  # the step-wise methods always start from the pre-trained model
+        task = params_of(method_inputs(params, method))
+        start = None if not spec(method).stepwise and init == "scratch" else model
+        result = run_pruning(start, digits, method, task)
+        assert result.model is not None, method
