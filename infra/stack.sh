@@ -34,7 +34,7 @@ start() {  # name, command...
   fi
   setsid "$@" >"$STACK/$name.log" 2>&1 < /dev/null &
   echo $! >"$STACK/$name.pid"
-  echo "$name started (pid $!, log .stack/$name.log)"
+  echo "$name started (pid $!, log $STACK/$name.log)"
 }
 
 wait_http() {  # url, seconds
@@ -101,9 +101,9 @@ case ${1:-help} in
     wait_http "$PREFECT_API_URL/health" 120
     wait_http "http://127.0.0.1:$MLFLOW_PORT/health" 120
     echo "S3: http://127.0.0.1:$S3_PORT (bucket $BUCKET)   Prefect UI: http://127.0.0.1:$PREFECT_PORT   MLflow UI: http://127.0.0.1:$MLFLOW_PORT"
-    echo "to use the stack from a shell: source .stack/env" ;;
+    echo "to use the stack from a shell: source $STACK/env" ;;
   remote)
-    [[ -f $STACK/env ]] || { echo "no .stack/env: run make up first" >&2; exit 1; }
+    [[ -f $STACK/env ]] || { echo "no $STACK/env: run make up first" >&2; exit 1; }
     # shellcheck disable=SC1091
     source "$STACK/env"
     "$BIN/dvc" remote add --local --force --default ice "s3://$BUCKET/dvc"
