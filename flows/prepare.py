@@ -1,6 +1,7 @@
-"""prepare: decode the data source once into uint8 tensors with fixed splits.
+"""prepare: decode the data source once into uint8 images with fixed splits.
 
 python -m flows.prepare --params params.yaml      ->  data/prepared/dataset.pt
+                                                     (+ data/prepared/shards/ with data.format shards)
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from plumbing.cli import cli
 from plumbing.log import progress
 from plumbing.records import Publication, json_bytes
 from plumbing.runtime import open_stage
+from plumbing.shard_store import prune_shards, publish_shards, shard_locator
 from plumbing.store import resolve
 from tasks.prepare import prepare_data
 
@@ -30,12 +32,22 @@ def prepare(
             "source": st.params.data.source,
             **{k: out[k] for k in ("train", "val", "test", "classes", "shape")},
         }
+        where = st.paths.rel(st.paths.prepared)
+        if out["format"] == "shards":
+            record["format"] = "shards"
+            record["shards"] = len(out["shards"])
+            where += f" + {len(out['shards'])} {out['kind']} shards"
+        # the shards first: a manifest is never published before the shards it names
+        locate = shard_locator(st.paths, out["ref"])
+        record_bytes = publish_shards(st.paths, out["shards"], locate)
         with Publication() as pub:
             pub.add_file(resolve(st.paths, out["ref"]), st.paths.prepared, out["ref"]["sha256"])
             pub.add_bytes(st.paths.prepared_record, json_bytes(record))
+        prune_shards(st.paths, out["shards"])
+        size = f", {record_bytes / 2**20:.0f} MiB of shards" if out["shards"] else ""
         progress(
             f"[prepare] {st.params.data.source}: train {out['train']}, val {out['val']}, test {out['test']}, "
-            f"{out['classes']} classes, images {'x'.join(map(str, out['shape']))} -> {st.paths.rel(st.paths.prepared)}"
+            f"{out['classes']} classes, images {'x'.join(map(str, out['shape']))}{size} -> {where}"
         )
         return out
 

@@ -60,6 +60,10 @@ class DataConfig(_Section):
     # pad_crop (random crop with padding, flip: CIFAR-style), resized_crop (random-resized
     # crop, flip: ImageNet-style), or auto (resized_crop from 96 px on, pad_crop below)
     augmentation: Literal["auto", "pad_crop", "resized_crop"] = "auto"
+    # how prepare stores the images: memory (one tensor file, read whole), shards (files of
+    # ~64 MiB read per batch with bounded memory: decoded up to 64 px, JPEG above), or auto
+    # (shards for a folder whose decoded images would pass 1 GiB)
+    format: Literal["auto", "memory", "shards"] = "auto"
 
     @model_validator(mode="after")
     def _root_needed(self) -> DataConfig:

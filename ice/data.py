@@ -1,8 +1,12 @@
-"""Datasets as in-memory uint8 tensors, decoded once, with batch-level augmentation.
+"""Datasets of uint8 images, in memory or in shards on disk, with batch-level augmentation.
 
 ``load_dataset(spec)`` returns a :class:`Dataset` whose ``train``, ``val`` and ``test``
 splits hold ``uint8`` images ``[N, C, H, W]`` and ``int64`` labels. The validation
 split is held out from train with a seed; the test split is never used for decisions.
+A split is a :class:`Split` (one tensor in memory) or a :class:`ShardedSplit` (records in
+shard files, :mod:`ice.shards`, read per batch): both answer ``len``, ``shape``,
+``read(idx)``, ``take`` and ``sample``, and :func:`batches` gives the same batches from
+either for the same seed.
 
 Decoded tensors are cached as a ``.pt`` file (loaded with ``weights_only=True``), keyed
 by the source's path, size and modification time, so a second load of CIFAR-10 takes
@@ -29,6 +33,7 @@ __all__ = [
     "augment_kind",
     "resized_crop_batch",
     "Split",
+    "ShardedSplit",
     "Dataset",
     "load_dataset",
     "holdout",
@@ -46,30 +51,80 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
 _CACHE_FORMAT = 2
 
 
-@dataclass
-class Split:
-    x: torch.Tensor  # uint8 [N, C, H, W]
-    y: torch.Tensor  # int64 [N]
-    index: torch.Tensor | None = None  # positions in the source split (for disjointness checks)
+class _Sampled:
+    y: torch.Tensor
+    index: torch.Tensor | None
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
-    def take(self, idx: torch.Tensor) -> Split:
-        base = self.index if self.index is not None else torch.arange(len(self))
-        return Split(self.x[idx], self.y[idx], base[idx])
+    def _base(self) -> torch.Tensor:
+        return self.index if self.index is not None else torch.arange(len(self))
 
-    def sample(self, n: int, generator: torch.Generator) -> Split:
+    def take(self, idx: torch.Tensor) -> Any:
+        raise NotImplementedError
+
+    def sample(self, n: int, generator: torch.Generator) -> Any:
         """``n`` items drawn at random with ``generator``, kept in their original order."""
         return self.take(torch.randperm(len(self), generator=generator)[:n].sort().values)
 
 
 @dataclass
+class Split(_Sampled):
+    x: torch.Tensor  # uint8 [N, C, H, W]
+    y: torch.Tensor  # int64 [N]
+    index: torch.Tensor | None = None  # positions in the source split (for disjointness checks)
+
+    prefetch = False  # reading is indexing a tensor: nothing to overlap
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """One image's ``(C, H, W)``."""
+        return int(self.x.shape[1]), int(self.x.shape[2]), int(self.x.shape[3])
+
+    def read(self, idx: torch.Tensor) -> torch.Tensor:
+        """uint8 images ``[B, C, H, W]`` at positions ``idx``."""
+        return self.x[idx]
+
+    def take(self, idx: torch.Tensor) -> Split:
+        return Split(self.x[idx], self.y[idx], self._base()[idx])
+
+
+@dataclass
+class ShardedSplit(_Sampled):
+    """A split whose images stay in shard files: ``rows`` are its records in ``reader``.
+
+    Views (``take``, ``sample``, the val holdout) share one reader and copy only positions
+    and labels, so every view of a large dataset costs a few bytes per image."""
+
+    reader: Any  # ice.shards.ShardReader
+    rows: torch.Tensor  # int64 [N]: records of reader
+    y: torch.Tensor  # int64 [N]
+    index: torch.Tensor | None = None
+
+    prefetch = True  # reads touch the disk (and decode): the next batch is read beside this one
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        c, h, w = self.reader.shape
+        return int(c), int(h), int(w)
+
+    def read(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.reader.read(self.rows[idx])
+
+    def take(self, idx: torch.Tensor) -> ShardedSplit:
+        return ShardedSplit(self.reader, self.rows[idx], self.y[idx], self._base()[idx])
+
+
+AnySplit = Split | ShardedSplit
+
+
+@dataclass
 class Dataset:
     name: str
-    train: Split
-    val: Split
-    test: Split
+    train: AnySplit
+    val: AnySplit
+    test: AnySplit
     classes: list[str]
     mean: tuple[float, ...]
     std: tuple[float, ...]
@@ -81,7 +136,7 @@ class Dataset:
 
     @property
     def in_channels(self) -> int:
-        return int(self.train.x.shape[1])
+        return self.train.shape[0]
 
     @property
     def augment(self) -> str:
@@ -90,7 +145,7 @@ class Dataset:
 
     @property
     def image_size(self) -> tuple[int, int]:
-        return int(self.train.x.shape[2]), int(self.train.x.shape[3])
+        return self.train.shape[1], self.train.shape[2]
 
     def input_shape(self, batch: int = 1) -> tuple[int, int, int, int]:
         return (batch, self.in_channels, *self.image_size)
@@ -110,7 +165,7 @@ class Dataset:
         )
 
 
-def _fraction(split: Split, fraction: float, g: torch.Generator) -> Split:
+def _fraction(split: AnySplit, fraction: float, g: torch.Generator) -> AnySplit:
     if fraction >= 1.0:
         return split
     return split.sample(max(1, round(len(split) * fraction)), g)
@@ -156,7 +211,7 @@ def augment_kind(setting: str, size: tuple[int, ...]) -> str:
     return "resized_crop" if min(size) >= 96 else "pad_crop"
 
 
-def holdout(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
+def holdout(split: Any, fraction: float, seed: int) -> tuple[Any, Any]:
     """``(train, val)``: ``fraction`` of ``split`` held out with ``seed``, each in the original order.
 
     The reference checkpoint's split depends on this draw (a test pins it)."""
@@ -272,46 +327,64 @@ def _dir_members(root: Path) -> dict[str, list[tuple[str, Any]]]:
     return out
 
 
+def class_lookup(files: dict[str, list[tuple[str, Any]]], where: str) -> list[str]:
+    """The sorted class names of an ImageFolder listing; a one-line error when a split is empty."""
+    if not files["train"] or not files["test"]:
+        raise ValueError(f"{where}: expected an ImageFolder layout with train/<class>/ and test/<class>/ images")
+    return sorted({key.split("/", 1)[0] for split in files.values() for key, _ in split})
+
+
+class ImageDecoder:
+    """Decodes source images one at a time to uint8 ``[H, W, C]``: every image takes the first
+    one's mode (grey or RGB) and size, or, with ``image_size``, is resized (shorter side) and
+    center-cropped to that square."""
+
+    def __init__(self, where: str, image_size: int | None = None) -> None:
+        self.where = where
+        self.image_size = image_size
+        self.mode: str | None = None
+        self.size: tuple[int, int] | None = None
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.mode == "L" else 3
+
+    def __call__(self, split: str, key: str, src: Any) -> Any:
+        import numpy as np
+        from PIL import Image, ImageOps
+
+        # one unreadable image fails the whole load, naming it: a dataset that silently
+        # loses images would make runs irreproducible
+        try:
+            with Image.open(io.BytesIO(src) if isinstance(src, bytes) else src) as raw:
+                if self.mode is None or self.size is None:
+                    self.mode = "L" if raw.mode in ("L", "1", "I;16") else "RGB"
+                    self.size = (self.image_size, self.image_size) if self.image_size else raw.size
+                img = raw.convert(self.mode)
+                if self.image_size:  # the central square, resized: resize plus center crop
+                    img = ImageOps.fit(img, self.size, method=Image.Resampling.BILINEAR)
+                elif img.size != self.size:
+                    img = img.resize(self.size, Image.Resampling.BILINEAR)
+                arr = np.asarray(img, dtype=np.uint8)
+        except (OSError, ValueError, SyntaxError) as err:  # PIL: unidentified, truncated or broken image
+            raise ValueError(
+                f"{self.where}: {split}/{key} is not a readable image ({type(err).__name__}: {err}); fix or remove it"
+            ) from None
+        return arr.reshape(arr.shape[0], arr.shape[1], self.channels)
+
+
 def _decode_members(
     files: dict[str, list[tuple[str, Any]]], where: str, image_size: int | None = None
 ) -> dict[str, Any]:
-    """Decode every image into one uint8 tensor per split. With ``image_size`` each image is
-    resized (shorter side) and center-cropped to that square; without, every image takes
-    the first one's size."""
-    from PIL import Image, ImageOps
-
-    if not files["train"] or not files["test"]:
-        raise ValueError(f"{where}: expected an ImageFolder layout with train/<class>/ and test/<class>/ images")
-    classes = sorted({key.split("/", 1)[0] for split in files.values() for key, _ in split})
+    """Decode every image into one uint8 tensor per split (see :class:`ImageDecoder`)."""
+    classes = class_lookup(files, where)
     lookup = {c: i for i, c in enumerate(classes)}
     out: dict[str, Any] = {"classes": classes}
-    mode = None
-    size = None
+    decode = ImageDecoder(where, image_size)
     for split in ("train", "test"):
         items = sorted(files[split], key=lambda kv: kv[0])
-        xs = []
-        for key, src in items:
-            # one unreadable image fails the whole load, naming it: a dataset that silently
-            # loses images would make runs irreproducible
-            try:
-                with Image.open(io.BytesIO(src) if isinstance(src, bytes) else src) as raw:
-                    if mode is None or size is None:
-                        mode = "L" if raw.mode in ("L", "1", "I;16") else "RGB"
-                        size = (image_size, image_size) if image_size else raw.size
-                    img = raw.convert(mode)
-                    if image_size:  # the central square, resized: resize plus center crop
-                        img = ImageOps.fit(img, size, method=Image.Resampling.BILINEAR)
-                    elif img.size != size:
-                        img = img.resize(size, Image.Resampling.BILINEAR)
-                    xs.append(torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8))
-            except (OSError, ValueError, SyntaxError) as err:  # PIL: unidentified, truncated or broken image
-                raise ValueError(
-                    f"{where}: {split}/{key} is not a readable image ({type(err).__name__}: {err}); fix or remove it"
-                ) from None
-        c = 1 if mode == "L" else 3
-        assert size is not None
-        x = torch.stack(xs).view(len(xs), size[1], size[0], c).permute(0, 3, 1, 2).contiguous()
-        out[f"{split}_x"] = x
+        xs = [torch.from_numpy(decode(split, key, src).copy()) for key, src in items]
+        out[f"{split}_x"] = torch.stack(xs).permute(0, 3, 1, 2).contiguous()
         out[f"{split}_y"] = torch.tensor([lookup[k.split("/", 1)[0]] for k, _ in items], dtype=torch.int64)
     return out
 
@@ -352,6 +425,7 @@ def _cached(spec: DataConfig, decode: Any) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- prepared data
 PREPARED_FORMAT = "ice-prepared/1"
+SHARDED_FORMAT = "ice-prepared-shards/1"  # a manifest: labels, splits and shard list (ice.sharded)
 
 
 def save_prepared(ds: Dataset, path: str | Path) -> str:
@@ -384,8 +458,13 @@ def save_prepared(ds: Dataset, path: str | Path) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def load_prepared(path: str | Path, sha256: str | None = None) -> Dataset:
-    """Read a file written by :func:`save_prepared`; verify ``sha256`` when given."""
+def load_prepared(path: str | Path, sha256: str | None = None, locate: Any = None) -> Dataset:
+    """Read a file written by :func:`save_prepared` or :func:`ice.sharded.write_sharded`;
+    verify ``sha256`` when given.
+
+    A sharded dataset's file is its manifest: its splits read their images from shards that
+    ``locate(sha256) -> Path`` finds (default: ``shards/`` beside ``path``, each shard
+    verified against its name the first time it is opened)."""
     try:
         data = Path(path).read_bytes()
     except OSError as err:
@@ -400,9 +479,13 @@ def load_prepared(path: str | Path, sha256: str | None = None) -> Dataset:
         raise ValueError(
             f"{path}: truncated or corrupt prepared data ({type(err).__name__}); rerun the prepare stage"
         ) from None
-    if not isinstance(p, dict) or p.get("format") != PREPARED_FORMAT:
+    if not isinstance(p, dict) or p.get("format") not in (PREPARED_FORMAT, SHARDED_FORMAT):
         raise ValueError(f"{path}: not prepared data (run the prepare stage)")
-    splits = {k: Split(p[k]["x"], p[k]["y"], p[k]["index"]) for k in ("train", "val", "test")}
+    splits: dict[str, AnySplit]
+    if p["format"] == SHARDED_FORMAT:
+        splits = _sharded_splits(p, locate or verified_dir(Path(path).parent / "shards"))
+    else:
+        splits = {k: Split(p[k]["x"], p[k]["y"], p[k]["index"]) for k in ("train", "val", "test")}
     return Dataset(
         p["name"],
         splits["train"],
@@ -413,6 +496,37 @@ def load_prepared(path: str | Path, sha256: str | None = None) -> Dataset:
         tuple(p["std"]),
         dict(p["meta"]),
     )
+
+
+def _sharded_splits(p: dict[str, Any], locate: Any) -> dict[str, AnySplit]:
+    from ice.shards import ShardReader
+
+    readers = {name: ShardReader(shards, p["kind"], p["shape"], locate) for name, shards in p["sources"].items()}
+    return {
+        k: ShardedSplit(readers[p[k]["source"]], p[k]["rows"], p[k]["y"], p[k]["index"])
+        for k in ("train", "val", "test")
+    }
+
+
+def verified_dir(where: Path) -> Any:
+    """A ``locate`` for shards in the directory ``where``: each file is hashed the first time
+    it is asked for, and one whose bytes do not match its name is refused."""
+    from ice.files import sha256_file
+    from ice.shards import shard_name
+
+    seen: set[str] = set()
+
+    def locate(sha: str) -> Path:
+        f = where / shard_name(sha)
+        if sha not in seen:
+            if not f.is_file():
+                raise FileNotFoundError(f"{f} is missing: the prepared data lists it (rerun the prepare stage)")
+            if sha256_file(f) != sha:
+                raise ValueError(f"{f}: sha256 does not match its name; the shard changed (rerun the prepare stage)")
+            seen.add(sha)
+        return f
+
+    return locate
 
 
 # ----------------------------------------------------------------------------- batches
@@ -485,7 +599,7 @@ def probe_batch(data: Dataset, n: int = 256, device: torch.device | str = "cpu")
 
 
 def batches(
-    split: Split,
+    split: AnySplit,
     batch_size: int,
     mean: tuple[float, ...],
     std: tuple[float, ...],
@@ -497,15 +611,19 @@ def batches(
     fraction: float = 1.0,
     channels_last: bool = False,
     augment_kind: str = "pad_crop",
+    start: int = 0,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield normalised ``(x, y)`` batches from in-memory tensors.
+    """Yield normalised ``(x, y)`` batches from a split, in memory or in shards.
 
     ``augment`` applies ``augment_kind`` (the dataset's :attr:`Dataset.augment`):
     ``pad_crop`` (:func:`augment_batch`) or ``resized_crop`` (:func:`resized_crop_batch`).
 
     Random draws (order, crops, flips) come from ``generator`` on the CPU, so a seed
-    gives the same batches on any device. ``fraction`` < 1 stops after that share of
-    the batches.
+    gives the same batches on any device, from either kind of split. ``fraction`` < 1
+    stops after that share of the batches. ``start`` resumes mid-epoch: the first
+    ``start`` batches are not read, but their random draws are made, so batch ``k`` is
+    the same bytes as in a pass that began at 0. A sharded split reads (and decodes) the
+    next batch in a thread while this one is used.
     """
     n = len(split)
     if generator is None:
@@ -513,19 +631,45 @@ def batches(
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     n_batches = n_steps(n, batch_size, fraction)
     dev = torch.device(device)
-    for i in range(n_batches):
-        idx = order[i * batch_size : (i + 1) * batch_size]
-        xb, yb = split.x[idx], split.y[idx]
+    _, h, w = split.shape
+    pad = 4 if w >= 16 else 1
+    for i in range(min(start, n_batches)):  # the skipped batches' draws: the same calls on stand-in images
+        if augment:
+            stand_in = torch.zeros(len(order[i * batch_size : (i + 1) * batch_size]), 1, 2, 2, dtype=torch.uint8)
+            _augment(stand_in, generator, augment_kind, pad)
+    todo = [order[i * batch_size : (i + 1) * batch_size] for i in range(start, n_batches)]
+    for idx, xb in zip(todo, _reads(split, todo), strict=True):
+        yb = split.y[idx]
         if dev.type == "cuda":  # pinned pages: the copy runs beside the GPU's work, not before it
             xb, yb = xb.pin_memory(), yb.pin_memory()
         xb = xb.to(dev, non_blocking=True)
         yb = yb.to(dev, non_blocking=True)
-        if augment and augment_kind == "resized_crop":
-            xb = resized_crop_batch(xb, generator)
-        elif augment:
-            pad = 4 if xb.shape[-1] >= 16 else 1
-            xb = augment_batch(xb, generator, padding=pad)
+        if augment:
+            xb = _augment(xb, generator, augment_kind, pad)
         xb = normalize(xb, mean, std)
         if channels_last:
             xb = xb.contiguous(memory_format=torch.channels_last)
         yield xb, yb
+
+
+def _augment(xb: torch.Tensor, generator: torch.Generator, kind: str, pad: int) -> torch.Tensor:
+    if kind == "resized_crop":
+        return resized_crop_batch(xb, generator)
+    return augment_batch(xb, generator, padding=pad)
+
+
+def _reads(split: AnySplit, todo: list[torch.Tensor]) -> Iterator[torch.Tensor]:
+    """``split.read`` of each index batch, in order; one batch ahead in a thread where reads are slow."""
+    if not split.prefetch or len(todo) < 2:
+        for idx in todo:
+            yield split.read(idx)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1, thread_name_prefix="ice-prefetch") as pool:
+        ahead = pool.submit(split.read, todo[0])
+        for k in range(len(todo)):
+            got = ahead.result()
+            if k + 1 < len(todo):
+                ahead = pool.submit(split.read, todo[k + 1])
+            yield got

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ice.data import Dataset, Split, batches, n_steps
+from ice.data import AnySplit, Dataset, batches, n_steps
 from ice.metrics import G, count_macs, train_macs
 
 __all__ = [
@@ -186,8 +186,9 @@ def train_epoch(
     channels_last: bool | str = "auto",
     lr_at: Callable[[int, int], float] | None = None,
     on_step: StepHook | None = None,
-    split: Split | None = None,
+    split: AnySplit | None = None,
     amp: str = "off",
+    start: int = 0,
 ) -> dict[str, float]:
     """One pass (or ``fraction`` of one) over ``data.train``; returns loss, accuracy and timing.
 
@@ -198,6 +199,10 @@ def train_epoch(
     ``amp``: ``off``, ``bf16`` or ``fp16`` autocast of the forward passes and the loss (fp16
     with a gradient scaler). The loss and correct counts are summed on the device and read
     once, after the last step: no device-to-host sync per step.
+
+    ``start`` resumes an epoch that stopped after ``start`` steps: with the model and
+    optimizer as they were then and a ``generator`` seeded as for the whole epoch, the steps
+    from ``start`` on see the same batches and lrs as in an epoch that never stopped.
     """
     if amp not in AMP_DTYPES:
         raise ValueError(f"train.amp must be one of {', '.join(AMP_DTYPES)}, not {amp!r}")
@@ -230,7 +235,9 @@ def train_epoch(
             fraction=fraction,
             channels_last=cl,
             augment_kind=data.augment,
-        )
+            start=start,
+        ),
+        start=start,
     ):
         # set lr
         if lr_at is not None:
@@ -271,7 +278,7 @@ def train_epoch(
 def accuracy(
     model: nn.Module,
     data: Dataset,
-    split: str | Split = "val",
+    split: str | AnySplit = "val",
     *,
     batch_size: int = 512,
     device: torch.device | None = None,

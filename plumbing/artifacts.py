@@ -63,11 +63,12 @@ def task_device(cfg: dict[str, Any]) -> Any:
 def load_data(paths: Paths, ref: dict[str, str]) -> Any:
     """The prepared dataset, decoded once per process."""
     from ice.data import load_prepared
+    from plumbing.shard_store import shard_locator
 
     key = ref["sha256"]
     if key not in _DATA:
         _DATA.clear()  # one dataset at a time
-        _DATA[key] = load_prepared(resolve(paths, ref), sha256=key)
+        _DATA[key] = load_prepared(resolve(paths, ref), sha256=key, locate=shard_locator(paths, ref))
     return _DATA[key]
 
 

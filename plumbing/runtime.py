@@ -25,6 +25,7 @@ from plumbing.paths import Paths, make_ref, project_root
 from plumbing.pipeline_run import parent_tags, pipeline_key, pipeline_name, source_tags
 from plumbing.prefect_views import flow_run_id, prefect_run_url, tag_flow_run
 from plumbing.records import publish, verify_input
+from plumbing.shard_store import share_prepared
 from plumbing.store import resolve, store_for
 from plumbing.tracking import PIPELINE_TAG, Tracker, git_commit
 
@@ -64,6 +65,8 @@ class Stage:
         if no producer put them there already), so tasks on other machines can read it."""
         ref = require(self.paths, path, stage)
         self.inputs[self.paths.rel(path)] = ref["sha256"]
+        if path == self.paths.prepared:  # a sharded dataset's shards travel with its manifest
+            share_prepared(self.paths, self.store_url)
         return self.share(path, ref["sha256"])
 
     def share(self, path: Path, sha256: str | None = None) -> dict[str, str]:

@@ -158,7 +158,7 @@ def _main(args: argparse.Namespace) -> int:
     if not ckpt.exists():
         raise ExportError(f"{ckpt} does not exist; run `dvc repro` (or make run) first")
     data = load_prepared(paths.prepared)
-    x = normalize(data.test.x[:64], data.mean, data.std)
+    x = normalize(data.test.read(torch.arange(min(64, len(data.test)))), data.mean, data.std)
     out = Path(args.out) if args.out else paths.export(args.method, SUFFIX[args.format])
     side = export_model(
         ckpt, args.format, out, classes=list(data.classes), mean=list(data.mean), std=list(data.std), check_images=x

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from ice.config import Params
-from ice.data import Dataset, Split, probe_batch
+from ice.data import AnySplit, Dataset, probe_batch
 from ice.methods.finetune import finetune
 from ice.methods.ice import (
     freeze_trial,
@@ -139,7 +139,7 @@ def unit_by_name(model: nn.Module, name: str) -> Any:
     raise KeyError(f"unit {name!r} is not in the model")
 
 
-def decision_split(data: Dataset, params: Params) -> Split:
+def decision_split(data: Dataset, params: Params) -> AnySplit:
     """The images every per-step evaluation uses: ``prune.eval_images`` of the validation
     split (a seeded draw, the same for every method), or all of it."""
     n = params.prune.eval_images

@@ -1,0 +1,205 @@
+"""Prepare a dataset into shards, streaming: one image decoded at a time, one shard in memory.
+
+``write_sharded(spec, manifest, shard_dir)`` reads the source (an ImageFolder, or digits and
+CIFAR through their in-memory loaders), writes its ``train`` and ``test`` images as shards
+(:mod:`ice.shards`) and a small manifest that :func:`ice.data.load_prepared` reads: the
+classes, normalisation statistics, the kind and shape of the records, the shard list, and
+each split (train, the held-out val, test) as labels plus positions into the shards.
+
+Peak memory is one shard being written (64 MiB by default) plus the labels, whatever the
+number of images; the in-memory path (``save_prepared``) holds every decoded image several
+times over. Same source and spec give the same shards and manifest, byte for byte.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ice.config import DataConfig
+from ice.data import (
+    SHARDED_FORMAT,
+    Dataset,
+    ImageDecoder,
+    ShardedSplit,
+    _cached,
+    _dir_members,
+    _load_cifar,
+    _load_digits,
+    _tar_members,
+    augment_kind,
+    class_lookup,
+    holdout,
+)
+from ice.shards import ShardWriter, encode_image, record_kind
+
+__all__ = ["storage", "write_sharded", "MEMORY_LIMIT"]
+
+MEMORY_LIMIT = 1 << 30  # data.format auto: shards once the decoded images would pass 1 GiB
+
+
+def storage(spec: DataConfig) -> str:
+    """``data.format`` resolved: ``memory`` or ``shards``. ``auto`` shards a folder whose decoded
+    images would take more than :data:`MEMORY_LIMIT`; digits and CIFAR stay in memory."""
+    if spec.format != "auto":
+        return spec.format
+    if spec.source != "folder" or spec.root is None or not Path(spec.root).is_dir():
+        return "memory"
+    files = _dir_members(Path(spec.root))
+    n = len(files["train"]) + len(files["test"])
+    if n == 0:
+        return "memory"
+    if spec.image_size:
+        h = w = spec.image_size
+    else:
+        from PIL import Image
+
+        with Image.open(files["train"][0][1] if files["train"] else files["test"][0][1]) as img:
+            w, h = img.size
+    return "shards" if n * 3 * h * w > MEMORY_LIMIT else "memory"
+
+
+class _Stats:
+    """Per-channel mean and std of the training images from exact integer sums, one image at a
+    time (memory: nothing kept). Rounded to 6 places, as ``ice.data._channel_stats`` rounds."""
+
+    def __init__(self) -> None:
+        self.s: np.ndarray | None = None
+        self.s2: np.ndarray | None = None
+        self.pixels = 0
+
+    def add(self, chw: np.ndarray) -> None:
+        v = chw.reshape(chw.shape[0], -1).astype(np.int64)
+        if self.s is None or self.s2 is None:
+            self.s = np.zeros(chw.shape[0], dtype=np.int64)
+            self.s2 = np.zeros(chw.shape[0], dtype=np.int64)
+        self.s += v.sum(axis=1)
+        self.s2 += (v * v).sum(axis=1)
+        self.pixels += v.shape[1]
+
+    def result(self) -> tuple[list[float], list[float]]:
+        assert self.s is not None and self.s2 is not None
+        mean = self.s.astype(np.float64) / (255.0 * self.pixels)
+        sq = self.s2.astype(np.float64) / (255.0 * 255.0 * self.pixels)
+        std = np.sqrt(np.clip(sq - mean * mean, 1e-12, None))
+        return [round(float(v), 6) for v in mean], [round(float(v), 6) for v in std]
+
+
+def _source(spec: DataConfig) -> tuple[list[str], dict[str, Iterator[tuple[np.ndarray, int]]], dict[str, int]]:
+    """Classes, and per split an iterator of ``(HWC uint8 image, label)`` and its length."""
+    if spec.source == "folder":
+        assert spec.root is not None
+        root = Path(spec.root)
+        if not root.exists():
+            raise FileNotFoundError(f"data.root {str(root)!r} does not exist")
+        files = _tar_members(root) if root.is_file() else _dir_members(root)
+        classes = class_lookup(files, str(root))
+        lookup = {c: i for i, c in enumerate(classes)}
+        decode = ImageDecoder(str(root), spec.image_size)
+
+        def images(split: str) -> Iterator[tuple[np.ndarray, int]]:
+            for key, src in sorted(files[split], key=lambda kv: kv[0]):
+                yield decode(split, key, src), lookup[key.split("/", 1)[0]]
+
+        return classes, {s: images(s) for s in ("train", "test")}, {s: len(files[s]) for s in ("train", "test")}
+    raw = _load_digits(spec) if spec.source == "digits" else _cached(spec, lambda: _load_cifar(spec))
+
+    def rows(split: str) -> Iterator[tuple[np.ndarray, int]]:
+        x, y = raw[f"{split}_x"], raw[f"{split}_y"]
+        for i in range(len(y)):
+            yield x[i].permute(1, 2, 0).numpy(), int(y[i])
+
+    return (
+        list(raw["classes"]),
+        {s: rows(s) for s in ("train", "test")},
+        {s: len(raw[f"{s}_y"]) for s in ("train", "test")},
+    )
+
+
+def write_sharded(
+    spec: DataConfig,
+    manifest: str | Path,
+    shard_dir: str | Path,
+    *,
+    shard_bytes: int | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Write ``spec``'s data as shards into ``shard_dir`` and its manifest (atomically) at
+    ``manifest``; a summary: the manifest's sha256, split sizes, classes, shape, record kind,
+    and the shards (sha256, count, bytes) in order. Shards hold about ``shard_bytes`` each
+    (default :data:`ice.shards.SHARD_BYTES`, 64 MiB)."""
+    from ice import shards as shard_files
+    from ice.files import atomic_write_bytes
+
+    shard_bytes = shard_bytes or shard_files.SHARD_BYTES
+    classes, sources, sizes = _source(spec)
+    total = sum(sizes.values())
+    done = 0
+    kind = ""
+    shape: tuple[int, int, int] | None = None
+    stats = _Stats()
+    labels: dict[str, list[int]] = {}
+    shards: dict[str, list[dict[str, Any]]] = {}
+    for split in ("train", "test"):
+        writer = ShardWriter(shard_dir, shard_bytes)
+        labels[split] = []
+        for hwc, label in sources[split]:
+            chw = hwc.transpose(2, 0, 1)
+            if shape is None:
+                shape = (int(chw.shape[0]), int(chw.shape[1]), int(chw.shape[2]))
+                kind = record_kind(shape)
+            if split == "train":
+                stats.add(chw)
+            writer.add(encode_image(hwc, kind))
+            labels[split].append(label)
+            done += 1
+            if progress is not None and (done % 5000 == 0 or done == total):
+                progress(f"[prepare] {done}/{total} images -> {len(writer.shards) + 1} {split} shards")
+        shards[split] = writer.close()
+    assert shape is not None
+    mean, std = stats.result()
+    ys = {s: torch.tensor(labels[s], dtype=torch.int64) for s in labels}
+    whole = ShardedSplit(None, torch.arange(len(ys["train"])), ys["train"])
+    train, val = holdout(whole, spec.val_fraction, spec.seed)
+    test = ShardedSplit(None, torch.arange(len(ys["test"])), ys["test"], torch.arange(len(ys["test"])))
+    meta: dict[str, Any] = {"source": spec.source}
+    augment = augment_kind(spec.augmentation, shape[1:])
+    if augment != "pad_crop":
+        meta["augment"] = augment
+    ds = Dataset(spec.source, train, val, test, classes, tuple(mean), tuple(std), meta)
+    if spec.subset < 1.0:
+        ds = ds.subset(spec.subset, seed=spec.seed)
+    payload: dict[str, Any] = {
+        "format": SHARDED_FORMAT,
+        "name": ds.name,
+        "classes": list(ds.classes),
+        "mean": list(ds.mean),
+        "std": list(ds.std),
+        "meta": dict(ds.meta),
+        "kind": kind,
+        "shape": list(shape),
+        "sources": shards,
+    }
+    for name, source in (("train", "train"), ("val", "train"), ("test", "test")):
+        s = getattr(ds, name)
+        payload[name] = {"source": source, "rows": s.rows.contiguous(), "y": s.y.contiguous(), "index": s._base()}
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    data = buf.getvalue()
+    atomic_write_bytes(manifest, data)
+    return {
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "train": len(ds.train),
+        "val": len(ds.val),
+        "test": len(ds.test),
+        "classes": len(classes),
+        "shape": list(shape),
+        "kind": kind,
+        "shards": [s for split in ("train", "test") for s in shards[split]],
+    }
