@@ -4,7 +4,9 @@ Tiny-ImageNet and ImageNet cannot be downloaded here, so each preset runs on a f
 few synthetic JPEGs per class in the same layout (``train/<class>/``, ``test/<class>/``,
 images of mixed sizes, resized at prepare). Only sizes are reduced with overrides: classes,
 images, epochs, units, trials, batch sizes, the recovery's budget and, for WRN-101-2, the
-image size. Everything else (architecture, criterion, fp16 autocast, no distillation, the
+image size. Tiny-ImageNet's 110,000 images at 64 px decode to 1.35 GB, so its preset's
+``data.format: auto`` stores them as shards; the small folder here would stay in memory, so its
+test sets ``data.format: shards``, the format the real dataset takes. Everything else (architecture, criterion, fp16 autocast, no distillation, the
 fine-tune share, the search grid and objective) is the preset's own.
 """
 
@@ -67,7 +69,7 @@ def _first_units(preset):
 @pytest.mark.parametrize(
     "preset, extra",
     [
-        ("tiny-imagenet-densenet121", {}),
+        ("tiny-imagenet-densenet121", {"data.format": "shards"}),
         # 127 M parameters, a 500 MB checkpoint per step: 3 min 44 s even at 32 px, so it runs with
         # `pytest -m zoo` (as the torchvision zoo does), not in the default suite
         pytest.param("imagenet-wrn101-2", {"data.image_size": 32}, marks=pytest.mark.zoo),
@@ -89,9 +91,15 @@ def test_the_paper_preset_runs_on_a_folder_of_its_layout(preset, extra, harness,
     assert set(metrics["methods"]) == set(p.prune.methods) == {"ice", "iterative", "prune_once"}
     pruned = {m: r["params"] for m, r in metrics["methods"].items()}
     assert len(set(pruned.values())) == 1 and pruned["ice"] < metrics["pretrained"]["params"]  # one architecture
-    from ice.data import load_prepared
+    from ice.data import ShardedSplit, load_prepared
 
     ds = load_prepared(tmp_path / "data" / "prepared" / "dataset.pt")
+    # both presets stream their images from shards (WRN-101-2's preset says shards; Tiny-ImageNet's is set)
+    assert isinstance(ds.train, ShardedSplit) and isinstance(ds.test, ShardedSplit)
+    shards = sorted((tmp_path / "data" / "prepared" / "shards").glob("*.shard"))
+    assert shards and {p.name for p in shards} == {
+        f"{s['sha256']}.shard" for src in ds.train.reader.shards + ds.test.reader.shards for s in [src]
+    }
     size = extra.get("data.image_size", p.data.image_size)
     assert ds.image_size == (size, size) and ds.num_classes == 3
     assert ds.augment == ("pad_crop" if preset.startswith("tiny") else "resized_crop")
