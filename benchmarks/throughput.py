@@ -2,11 +2,14 @@
 
 For each model it prints
 - ``library``: images/s through ``ice.train.train_epoch`` (batches drawn from in-memory
-  uint8 tensors, random crop + flip on the whole batch, normalisation, forward, backward, step);
+  uint8 tensors, random crop + flip on the whole batch, normalisation, forward, backward, step),
+  for each ``--formats``: ``memory`` (one tensor, what CIFAR gets) or ``shards`` (the same
+  images in decoded shards on disk, read per batch: what a large dataset gets);
 - ``compute``: images/s of forward + backward + step on one preloaded, normalised batch;
 and their ratio. Target: ratio >= 0.9 (data handling costs under 10%).
 
     python benchmarks/throughput.py [--images 1536] [--batch 128] [--archs cifar_resnet20 cifar_resnet56]
+                                    [--formats memory shards]
 """
 
 from __future__ import annotations
@@ -28,6 +31,22 @@ def synthetic_cifar(n: int) -> Dataset:
     y = torch.randint(0, 10, (n,), generator=g)
     s = Split(x, y)
     return Dataset("synthetic", s, s, s, [str(i) for i in range(10)], (0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
+
+
+def sharded(ds: Dataset, where: str) -> Dataset:
+    """``ds`` with its images in decoded shards under ``where`` (1 MiB each), read per batch."""
+    from pathlib import Path
+
+    from ice.data import ShardedSplit, verified_dir
+    from ice.shards import ShardReader, ShardWriter, encode_image
+
+    assert isinstance(ds.train, Split)
+    w = ShardWriter(where, 1 << 20)
+    for img in ds.train.x:
+        w.add(encode_image(img.permute(1, 2, 0).numpy(), "raw"))
+    reader = ShardReader(w.close(), "raw", ds.train.shape, verified_dir(Path(where)))
+    s = ShardedSplit(reader, torch.arange(len(ds.train)), ds.train.y)
+    return Dataset("synthetic-shards", s, s, s, ds.classes, ds.mean, ds.std)
 
 
 def library_rate(arch: str, ds: Dataset, batch: int, device: torch.device) -> float:
@@ -78,16 +97,23 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=1536)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--archs", nargs="+", default=["cifar_resnet20", "cifar_resnet56"])
+    ap.add_argument("--formats", nargs="+", default=["memory", "shards"], choices=["memory", "shards"])
     args = ap.parse_args()
+    import tempfile
+
     device = pick_device()
     ds = synthetic_cifar(args.images)
+    tmp = tempfile.TemporaryDirectory(prefix="ice-throughput-")
+    data = {"memory": ds, "shards": sharded(ds, tmp.name)}
     print(f"device={device} threads={torch.get_num_threads()} images={args.images} batch={args.batch}")
-    print(f"{'arch':<16} {'library img/s':>14} {'compute img/s':>14} {'ratio':>7}")
+    print(f"{'arch':<16} {'format':<8} {'library img/s':>14} {'compute img/s':>14} {'ratio':>7}")
     for arch in args.archs:
-        # interleave to share the machine's noise between the two figures
-        lib = library_rate(arch, ds, args.batch, device)
-        comp = compute_rate(arch, ds, args.batch, device)
-        print(f"{arch:<16} {lib:>14.1f} {comp:>14.1f} {lib / comp:>7.3f}")
+        for fmt in args.formats:
+            # interleave to share the machine's noise between the two figures
+            lib = library_rate(arch, data[fmt], args.batch, device)
+            comp = compute_rate(arch, ds, args.batch, device)
+            print(f"{arch:<16} {fmt:<8} {lib:>14.1f} {comp:>14.1f} {lib / comp:>7.3f}", flush=True)
+    tmp.cleanup()
 
 
 if __name__ == "__main__":

@@ -206,9 +206,11 @@ class ShardReader:
             for i, r in enumerate(rs):
                 out[i] = self._one(r)
         else:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="ice-decode")
-            for i, arr in enumerate(self._pool.map(self._one, rs)):
+            with self._lock:  # one pool, even when several tasks' threads read at once
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="ice-decode")
+                pool = self._pool
+            for i, arr in enumerate(pool.map(self._one, rs)):
                 out[i] = arr
         return torch.from_numpy(out)
 

@@ -98,7 +98,7 @@ def test_the_paper_preset_runs_on_a_folder_of_its_layout(preset, extra, harness,
     assert isinstance(ds.train, ShardedSplit) and isinstance(ds.test, ShardedSplit)
     shards = sorted((tmp_path / "data" / "prepared" / "shards").glob("*.shard"))
     assert shards and {p.name for p in shards} == {
-        f"{s['sha256']}.shard" for src in ds.train.reader.shards + ds.test.reader.shards for s in [src]
+        f"{s['sha256']}.shard" for s in ds.train.reader.shards + ds.test.reader.shards
     }
     size = extra.get("data.image_size", p.data.image_size)
     assert ds.image_size == (size, size) and ds.num_classes == 3
