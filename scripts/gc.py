@@ -8,6 +8,8 @@ stored file whose sha256 is not that of a current output (reports/pretrain.json,
 reports/prune/*.json, data/prepared/dataset.json) or of a registered model version (its
 ``sha256`` tag), then every cached task result that points at a removed file. A later
 run recomputes what it needs; nothing it reads is ever taken from a removed entry.
+Shards (``store/shards/``) are kept only if the current prepared data lists them, and the
+download cache of shards read from a bucket (``store/shard-cache/``) is emptied.
 """
 
 from __future__ import annotations
@@ -47,6 +49,19 @@ def referenced(paths: Paths) -> set[str]:
     return keep
 
 
+def current_shards(paths: Paths) -> set[str]:
+    """The shard files the published prepared data lists (none for the in-memory format)."""
+    try:
+        if json.loads(paths.prepared_record.read_text()).get("format") != "shards":
+            return set()
+        import torch
+
+        manifest = torch.load(paths.prepared, weights_only=True)
+    except (OSError, ValueError, RuntimeError):
+        return set()
+    return {f"{s['sha256']}.shard" for source in manifest["sources"].values() for s in source}
+
+
 def _result_text(path: Path) -> str:
     """A cached result's content, decoded (Prefect stores the serialized value base64-encoded)."""
     import base64
@@ -77,6 +92,14 @@ def main() -> None:
             removed.add(f.name)
             if not args.dry_run:
                 f.unlink()
+    shards = current_shards(paths)
+    for sub in ("shards", "shard-cache"):
+        for f in (paths.store / sub).glob("*") if (paths.store / sub).is_dir() else []:
+            if f.is_file() and (sub == "shard-cache" or f.name not in shards):
+                freed += f.stat().st_size
+                removed.add(f.name)
+                if not args.dry_run:
+                    f.unlink()
     stale = 0
     for r in paths.results.glob("*") if paths.results.exists() else []:
         text = _result_text(r)

@@ -197,3 +197,33 @@ def test_a_worker_with_no_local_copy_trains_from_shards_in_a_bucket(src, tmp_pat
     cached = list(cache.glob("*.shard"))
     assert cached and sum(p.stat().st_size for p in cached) <= 3 * biggest < total
     assert not (tmp_path / "worker" / "data").exists()
+
+
+def test_gc_keeps_the_current_shards_and_drops_stale_ones_and_the_download_cache(src, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+    from plumbing.paths import Paths
+
+    paths = Paths(tmp_path / "project")
+    paths.prepared.parent.mkdir(parents=True)
+    out = write_sharded(_spec(tmp_path, 32), paths.prepared, paths.store / "shards", shard_bytes=16_000)
+    paths.prepared_record.write_text(json.dumps({"sha256": out["sha256"], "format": "shards"}))
+    stale = paths.store / "shards" / f"{'0' * 64}.shard"
+    stale.write_bytes(b"an earlier dataset's shard")
+    cached = paths.store / "shard-cache" / f"{'1' * 64}.shard"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"downloaded from a bucket")
+    r = subprocess.run(
+        [sys.executable, "scripts/gc.py", "--root", str(paths.root)], cwd=ROOT, capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr
+    assert not stale.exists() and not cached.exists()
+    assert sorted(p.name for p in (paths.store / "shards").glob("*.shard")) == sorted(
+        f"{s['sha256']}.shard" for s in out["shards"]
+    )
+    assert load_prepared(paths.prepared, out["sha256"], locate=verified_dir(paths.store / "shards")).train.read(
+        torch.arange(3)
+    ).shape == (3, 3, 32, 32)
