@@ -44,12 +44,16 @@ def prepare(
             pub.add_file(resolve(st.paths, out["ref"]), st.paths.prepared, out["ref"]["sha256"])
             pub.add_bytes(st.paths.prepared_record, json_bytes(record))
         prune_shards(st.paths, out["shards"])
-        size = f", {record_bytes / 2**20:.0f} MiB of shards" if out["shards"] else ""
+        size = f", {_mib(record_bytes)} of shards" if out["shards"] else ""
         progress(
             f"[prepare] {st.params.data.source}: train {out['train']}, val {out['val']}, test {out['test']}, "
             f"{out['classes']} classes, images {'x'.join(map(str, out['shape']))}{size} -> {where}"
         )
         return out
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.0f} MiB" if n >= 10 * 2**20 else f"{n / 2**20:.2f} MiB"
 
 
 if __name__ == "__main__":
