@@ -7,6 +7,8 @@ the same deployment from nothing but the bucket and the servers: every compute t
 cache hit, and its outputs are the same bytes. A third directory loads the registered model
 through the MLflow server. Then B's flow-run process is SIGKILLed mid-prune: the run is
 marked crashed, and a re-trigger completes it, reusing every step that had finished.
+The data is prepared as shards (``data.format: shards``): the Dask workers read them from
+the bucket through their bounded shard caches, and worker B publishes them from there.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 NAME = "cifar_resnet20-digits"
 SETTINGS = {
+    "data": {"format": "shards"},  # the images travel as shards through the bucket, as a large dataset's do
     "store": {"url": "s3://ice/scale"},
     "scale": {"runner": "dask", "workers": 2},
     "prune": {"methods": ["ice", "iterative"], "max_units": 2},
@@ -178,6 +181,8 @@ def test_workers_with_no_shared_disk_share_one_store(prefect_server, s3_server, 
         keys = s3_server.keys("scale/")
         assert f"scale/objects/{report_a['sha256']}.pt" in keys  # the final checkpoint is in the bucket
         assert any(k.startswith("scale/objects/") for k in keys) and any(k.startswith("scale/results/") for k in keys)
+        shards_a = sorted(p.name for p in (a / "data" / "prepared" / "shards").glob("*.shard"))
+        assert shards_a and all(f"scale/objects/{name}" in keys for name in shards_a)  # the shards too
         assert s3_server.keys("mlartifacts/")  # MLflow's artifacts (registered models) too
         assert not (a / "mlartifacts").exists() and not (a / "mlflow.db").exists()
         tasks_a = _task_runs(prefect_server.url, run_a)
@@ -198,6 +203,8 @@ def test_workers_with_no_shared_disk_share_one_store(prefect_server, s3_server, 
         )
         report_b = json.loads((b / "reports" / "prune" / "ice.json").read_text())
         assert report_b["sha256"] == report_a["sha256"]
+        # B's published data came from the bucket: the same shards, each verified on download
+        assert sorted(p.name for p in (b / "data" / "prepared" / "shards").glob("*.shard")) == shards_a
         assert (b / "reports" / "compare.md").exists()
 
         # ---- a third directory, knowing only the MLflow server, loads the registered model
