@@ -105,9 +105,19 @@ def _verified_in(dirs: Iterable[Path]) -> Callable[[str], Path]:
 def shard_locator(paths: Paths, ref: dict[str, str]) -> Callable[[str], Path]:
     """How the dataset ``ref`` (its manifest) finds its shards: the bucket through a bounded
     cache when the reference is in S3, else the project's published and stored copies."""
-    if is_s3(ref["uri"]):
-        return ShardCache(s3_store(paths, ref["uri"]), paths.store / "shard-cache", cache_bytes())
-    return _verified_in([paths.prepared.parent / "shards", paths.store / "shards"])
+    local = [paths.prepared.parent / "shards", paths.store / "shards"]
+    if not is_s3(ref["uri"]):
+        return _verified_in(local)
+    on_disk = _verified_in(local)
+    cache = ShardCache(s3_store(paths, ref["uri"]), paths.store / "shard-cache", cache_bytes())
+
+    def locate(sha: str) -> Path:  # a copy already on this disk (the producer's), else the bucket
+        try:
+            return on_disk(sha)
+        except FileNotFoundError:
+            return cache(sha)
+
+    return locate
 
 
 def upload_shards(paths: Paths, url: str, shards: Iterable[dict[str, Any]], src: Callable[[str], Path]) -> None:
