@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -42,6 +41,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory, from /proc (VmHWM). Not ``ru_maxrss``: Linux keeps
+    that across fork and exec, so a child would report at least its parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def _image(rng, quality: int = 85) -> bytes:  # type: ignore[no-untyped-def]
@@ -148,7 +156,7 @@ def child(args: argparse.Namespace) -> None:
             seen += len(y)
         out["images"] = seen
     out["seconds"] = time.perf_counter() - t0
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
+    out["peak_rss_mb"] = peak_rss_mb()
     print(json.dumps(out))
 
 

@@ -28,7 +28,6 @@ import hashlib
 import json
 import os
 import pickle
-import resource
 import shutil
 import subprocess
 import sys
@@ -38,6 +37,8 @@ import types
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
 sys.path.insert(0, str(ROOT))
 FORMATS = ("ice", "ice-1thread", "memmap", "webdataset", "mosaic", "litdata")
 SHARD = 64 << 20
@@ -241,7 +242,9 @@ def child(args: argparse.Namespace) -> None:
             order.update(x[:, 0, 0].numpy().tobytes())
         res["seconds"] = time.perf_counter() - t0
         res["images"] = seen
-        res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        from benchmarks.data_scale import peak_rss_mb
+
+        res["peak_rss_mb"] = peak_rss_mb()
         again = hashlib.sha256()
         for x, y in epoch(args.fmt, out, seed=0):
             again.update(y.numpy().tobytes())
