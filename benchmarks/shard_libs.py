@@ -37,8 +37,6 @@ import types
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
 sys.path.insert(0, str(ROOT))
 FORMATS = ("ice", "ice-1thread", "memmap", "webdataset", "mosaic", "litdata")
 SHARD = 64 << 20
