@@ -5,9 +5,10 @@
 
 For the step-wise methods each step is a chain of cached tasks: prune-step,
 decision-check (ICE only: the pruned model on the decision split), decide-finetune, then
-finetune and decision-check when the decision says so. Every task is keyed by its input checkpoint's sha256 and its own config, so a run
-killed at step k and started again reuses steps 0..k-1 from the cache and ends with a
-byte-identical checkpoint. The training-time methods (one_shot, iterative_schedule, agp,
+finetune and decision-check when the decision says so; with ``prune.target`` set, recovery
+chunks follow the last step, each a cached task with its val check. Every task is keyed by
+its input checkpoint's sha256 and its own config, so a run killed at step k and started
+again reuses steps 0..k-1 from the cache and ends with a byte-identical checkpoint. The training-time methods (one_shot, iterative_schedule, agp,
 one_cycle, prune_while_training) are one task each, reporting every epoch; from scratch
 (``schedule.init``, the default) they train a fresh model and read no pre-trained checkpoint.
 

@@ -202,19 +202,17 @@ def start_run(
         hparams = ice_hparams(params, hp)
     if how.freezes:
         hparams = hparams or ice_hparams(params, hp)
-        if hparams["fr"] > 0:
-            t1 = time.perf_counter()
-            if freeze_scores is None:
-                trial = freeze_trial(model, data, params, units[0])
-                freeze_scores = trial["scores"]
-                work_setup += trial["work"]
-            frozen = select_frozen(freeze_scores, hparams["fr"])
-            seconds_freeze_trial = time.perf_counter() - t1
-            cb.log(f"freeze trial: {len(frozen)} convs frozen")
-        else:
-            freeze_scores = None
+    if how.freezes and hparams["fr"] > 0:
+        t1 = time.perf_counter()
+        if freeze_scores is None:
+            trial = freeze_trial(model, data, params, units[0])
+            freeze_scores = trial["scores"]
+            work_setup += trial["work"]
+        frozen = select_frozen(freeze_scores, hparams["fr"])
+        seconds_freeze_trial = time.perf_counter() - t1
+        cb.log(f"freeze trial: {len(frozen)} convs frozen")
     else:
-        freeze_scores = None
+        freeze_scores = None  # this run froze nothing: it records no scores
     plan = RunPlan(
         method=method,
         steps=plan_steps(method, [u.name for u in units], params.prune.ratio),
