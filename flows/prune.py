@@ -8,9 +8,10 @@ decision-check (ICE only: the pruned model on the decision split), decide-finetu
 finetune and decision-check when the decision says so; with ``prune.target`` set, recovery
 chunks follow the last step, each a cached task with its val check. Every task is keyed by
 its input checkpoint's sha256 and its own config, so a run killed at step k and started
-again reuses steps 0..k-1 from the cache and ends with a byte-identical checkpoint. The training-time methods (one_shot, iterative_schedule, agp,
-one_cycle, prune_while_training) are one task each, reporting every epoch; from scratch
-(``schedule.init``, the default) they train a fresh model and read no pre-trained checkpoint.
+again reuses steps 0..k-1 from the cache and ends with a byte-identical checkpoint. The
+training-time methods (one_shot, iterative_schedule, agp, one_cycle, prune_while_training)
+are one task each, reporting every epoch; from scratch (``schedule.init``, the default) they
+train a fresh model and read no pre-trained checkpoint.
 
 A method's total seconds are compute seconds: the steps' prune, evaluation and
 fine-tune time, ICE's freeze trial and, for ICE, the auto-tuner's search.

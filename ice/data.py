@@ -20,7 +20,7 @@ import io
 import math
 import os
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -508,23 +508,30 @@ def _sharded_splits(p: dict[str, Any], locate: Any) -> dict[str, AnySplit]:
     }
 
 
-def verified_dir(where: Path) -> Any:
-    """A ``locate`` for shards in the directory ``where``: each file is hashed the first time
-    it is asked for, and one whose bytes do not match its name is refused."""
+def verified_dir(*dirs: Path) -> Callable[[str], Path]:
+    """A ``locate`` for shards in the directories ``dirs`` (the first that holds one wins):
+    each shard is hashed the first time it is asked for, and one whose bytes do not match
+    its name is refused."""
     from ice.files import sha256_file
     from ice.shards import shard_name
 
     seen: set[str] = set()
 
     def locate(sha: str) -> Path:
-        f = where / shard_name(sha)
-        if sha not in seen:
-            if not f.is_file():
-                raise FileNotFoundError(f"{f} is missing: the prepared data lists it (rerun the prepare stage)")
-            if sha256_file(f) != sha:
-                raise ValueError(f"{f}: sha256 does not match its name; the shard changed (rerun the prepare stage)")
-            seen.add(sha)
-        return f
+        for d in dirs:
+            f = d / shard_name(sha)
+            if f.is_file():
+                if sha not in seen:
+                    if sha256_file(f) != sha:
+                        raise ValueError(
+                            f"{f}: sha256 does not match its name; the shard changed (rerun the prepare stage)"
+                        )
+                    seen.add(sha)
+                return f
+        where = " or ".join(str(d) for d in dirs)
+        raise FileNotFoundError(
+            f"shard {sha[:12]}… is not in {where}, though the prepared data lists it; rerun the prepare stage"
+        )
 
     return locate
 

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from ice.data import verified_dir
 from ice.shards import shard_name
 from plumbing.paths import Paths
 from plumbing.s3 import S3Store, is_s3, s3_store
@@ -29,6 +30,7 @@ __all__ = [
     "publish_shards",
     "prune_shards",
     "share_prepared",
+    "published_shards",
     "ShardCache",
     "cache_bytes",
 ]
@@ -81,34 +83,12 @@ class ShardCache:
             self.seen.discard(p.name.removesuffix(SUFFIX))
 
 
-def _verified_in(dirs: Iterable[Path]) -> Callable[[str], Path]:
-    from ice.files import sha256_file
-
-    dirs = list(dirs)
-    seen: set[str] = set()
-
-    def locate(sha: str) -> Path:
-        for d in dirs:
-            f = d / shard_name(sha)
-            if f.is_file():
-                if sha not in seen:
-                    if sha256_file(f) != sha:
-                        raise ValueError(f"{f}: sha256 does not match its name; rerun the prepare stage")
-                    seen.add(sha)
-                return f
-        where = " or ".join(str(d) for d in dirs)
-        raise FileNotFoundError(f"shard {sha[:12]}… is in neither {where}; rerun the prepare stage")
-
-    return locate
-
-
 def shard_locator(paths: Paths, ref: dict[str, str]) -> Callable[[str], Path]:
     """How the dataset ``ref`` (its manifest) finds its shards: the bucket through a bounded
     cache when the reference is in S3, else the project's published and stored copies."""
-    local = [paths.prepared.parent / "shards", paths.store / "shards"]
+    on_disk = verified_dir(paths.prepared.parent / "shards", paths.store / "shards")
     if not is_s3(ref["uri"]):
-        return _verified_in(local)
-    on_disk = _verified_in(local)
+        return on_disk
     cache = ShardCache(s3_store(paths, ref["uri"]), paths.store / "shard-cache", cache_bytes())
 
     def locate(sha: str) -> Path:  # a copy already on this disk (the producer's), else the bucket
@@ -162,17 +142,24 @@ def prune_shards(paths: Paths, shards: list[dict[str, Any]]) -> None:
             stale.unlink()
 
 
-def share_prepared(paths: Paths, url: str) -> None:
-    """With an S3 store ``url``, put the published dataset's shards in the bucket too (the
-    manifest itself is shared like any file), so a worker with no shared disk can read them."""
+def published_shards(paths: Paths) -> list[dict[str, Any]]:
+    """The shards (sha256, count, bytes) the published prepared data lists, in order; none for
+    the in-memory format or where nothing is published."""
     import json
 
     import torch
 
-    if not is_s3(url) or not paths.prepared_record.is_file():
-        return
+    if not paths.prepared_record.is_file():
+        return []
     if json.loads(paths.prepared_record.read_text()).get("format") != "shards":
-        return
+        return []
     manifest = torch.load(paths.prepared, weights_only=True)
-    shards = [s for source in manifest["sources"].values() for s in source]
-    upload_shards(paths, url, shards, _verified_in([paths.prepared.parent / "shards", paths.store / "shards"]))
+    return [s for source in manifest["sources"].values() for s in source]
+
+
+def share_prepared(paths: Paths, url: str) -> None:
+    """With an S3 store ``url``, put the published dataset's shards in the bucket too (the
+    manifest itself is shared like any file), so a worker with no shared disk can read them."""
+    if is_s3(url):
+        local = verified_dir(paths.prepared.parent / "shards", paths.store / "shards")
+        upload_shards(paths, url, published_shards(paths), local)

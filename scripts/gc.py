@@ -51,15 +51,13 @@ def referenced(paths: Paths) -> set[str]:
 
 def current_shards(paths: Paths) -> set[str]:
     """The shard files the published prepared data lists (none for the in-memory format)."""
-    try:
-        if json.loads(paths.prepared_record.read_text()).get("format") != "shards":
-            return set()
-        import torch
+    from ice.shards import shard_name
+    from plumbing.shard_store import published_shards
 
-        manifest = torch.load(paths.prepared, weights_only=True)
+    try:
+        return {shard_name(s["sha256"]) for s in published_shards(paths)}
     except (OSError, ValueError, RuntimeError):
         return set()
-    return {f"{s['sha256']}.shard" for source in manifest["sources"].values() for s in source}
 
 
 def _result_text(path: Path) -> str:

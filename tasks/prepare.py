@@ -49,6 +49,7 @@ def prepare_data(root: str, data_cfg: dict[str, Any], store_url: str = "") -> di
 
 def _prepare_shards(paths: Any, spec: Any, store_url: str) -> dict[str, Any]:
     from ice.sharded import write_sharded
+    from ice.shards import shard_name
     from plumbing.log import progress
     from plumbing.shard_store import upload_shards
 
@@ -61,7 +62,7 @@ def _prepare_shards(paths: Any, spec: Any, store_url: str) -> dict[str, Any]:
 
     ref = store_file(paths, "prepared", write, store_url)
     if store_url:
-        upload_shards(paths, store_url, summary["shards"], lambda sha: shard_dir / f"{sha}.shard")
+        upload_shards(paths, store_url, summary["shards"], lambda sha: shard_dir / shard_name(sha))
     return {
         "ref": ref,
         "format": "shards",
