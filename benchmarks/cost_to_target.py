@@ -37,16 +37,19 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "cost_to_target.json"
 PRESET = "params/cifar10-resnet56-cpu.yaml"
 
-# what every cell shares on top of the preset: the target (section 4 of the issue)
+# what every cell shares on top of the preset: the target and the recovery (issue 32)
 COMMON: dict[str, Any] = {
-    "prune.ratio": 0.6,
     "prune.target.tolerance": 1.0,
     "prune.target.max_epochs": 10.0,
     "prune.target.check_every": 0.25,
+    "prune.bn_recal_batches": 10,
+    "prune.target.policy": "decay",
 }
+# the six cells of the first map (policy sgdr, no batch-norm re-estimation), kept in the results
+SGDR: dict[str, Any] = {"prune.target.policy": "sgdr", "prune.bn_recal_batches": 0}
 
-# name -> method, fine-tune epochs per step (None: the method has no per-step fine-tune), overrides
-CELLS: dict[str, tuple[str, float | None, dict[str, Any]]] = {
+# recipe -> method, fine-tune epochs per step (None: no per-step fine-tune), overrides
+RECIPES: dict[str, tuple[str, float | None, dict[str, Any]]] = {
     "prune_once": ("prune_once", None, {}),
     "ice-prev-thre2-fr0-0.2": (
         "ice",
@@ -58,6 +61,36 @@ CELLS: dict[str, tuple[str, float | None, dict[str, Any]]] = {
     "iterative-0.1": ("iterative", 0.1, {}),
     "ice-0.1": ("ice", 0.1, {}),
 }
+GRID = (1.0, 2.0, 4.0, 6.0)  # the hindsight limit's fixed budgets, run in this order
+
+
+def cell_name(recipe: str, ratio: float, policy: str, budget: float | None = None) -> str:
+    """``prune_once@0.6-online``, ``ice-...@0.8-budget2``; the sgdr cells keep their first names."""
+    if policy == "sgdr":
+        return recipe
+    return f"{recipe}@{ratio:g}-{policy}{'' if budget is None else format(budget, 'g')}"
+
+
+def _grid(recipe: str, ratio: float) -> list[tuple[str, float, str, float | None]]:
+    return [(recipe, ratio, "budget", b) for b in GRID]
+
+
+# every cell, in the order that answers most first: online at 0.6, then 0.8, then the grids
+PLAN: list[tuple[str, float, str, float | None]] = [
+    ("prune_once", 0.6, "online", None),
+    ("ice-prev-thre2-fr0-0.2", 0.6, "online", None),
+    ("prune_once", 0.8, "online", None),
+    ("ice-prev-thre2-fr0-0.2", 0.8, "online", None),
+    ("iterative-0.1", 0.6, "online", None),
+    ("iterative-0.1", 0.8, "online", None),
+    *_grid("prune_once", 0.6),
+    *_grid("ice-prev-thre2-fr0-0.2", 0.6),
+    *_grid("prune_once", 0.8),
+    *_grid("ice-prev-thre2-fr0-0.2", 0.8),
+]
+# the budget rule's fit (benchmarks/README.md): prune_once at a ratio no reported cell uses
+FIT: list[tuple[str, float, str, float | None]] = _grid("prune_once", 0.7)
+CELLS = {cell_name(*c): c for c in PLAN + FIT}
 
 
 def _set(raw: dict[str, Any], dotted: str, value: Any) -> None:
@@ -76,7 +109,15 @@ def _absolute(raw: dict[str, Any], dotted: str) -> None:
 
 
 def load(path: Path) -> list[dict[str, Any]]:
-    return json.loads(path.read_text()) if path.exists() else []
+    """The results; the first map's cells, written before these dimensions, read as sgdr at 0.6."""
+    rows = json.loads(path.read_text()) if path.exists() else []
+    for r in rows:
+        r.setdefault("ratio", 0.6)
+        r.setdefault("policy", "sgdr")
+        r.setdefault("budget_epochs", None)
+        r.setdefault("bn_recal_batches", 0)
+        r.setdefault("recipe", r["cell"])
+    return rows
 
 
 def save(path: Path, rows: list[dict[str, Any]], commit: bool, msg: str) -> None:
@@ -99,16 +140,20 @@ def save(path: Path, rows: list[dict[str, Any]], commit: bool, msg: str) -> None
 
 
 def run_cell(name: str, preset: str) -> dict[str, Any]:
-    method, eps, extra = CELLS[name]
+    recipe, ratio, policy, budget = CELLS[name]
+    method, eps, extra = RECIPES[recipe]
     raw = yaml.safe_load((ROOT / preset).read_text())
-    overrides = {**COMMON, "prune.methods": [method], **extra}
+    overrides = {**COMMON, "prune.ratio": ratio, "prune.methods": [method], **extra}
+    if policy == "budget":  # a fixed decay over B epochs, and no more
+        overrides.update({"prune.target.budget_epochs": budget, "prune.target.max_epochs": budget})
     if eps is not None:
         overrides["prune.finetune_epochs"] = eps
     for k, v in overrides.items():
         _set(raw, k, v)
     for dotted in ("data.root", "data.cache_dir", "model.weights"):
         _absolute(raw, dotted)
-    out = ROOT / "bench" / f"ctt-{name}"
+    # one project per recipe and ratio: its budget cells reuse the online cell's cached steps
+    out = ROOT / "bench" / f"ctt-{recipe}-r{ratio:g}"
     out.mkdir(parents=True, exist_ok=True)
     (out / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     env = {**os.environ, "DO_NOT_TRACK": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
@@ -128,7 +173,12 @@ def run_cell(name: str, preset: str) -> dict[str, Any]:
         steps = [r for r in csv.DictReader(f) if r.get("phase", "step") == "step"]
     return {
         "cell": name,
+        "recipe": recipe,
         "method": method,
+        "ratio": ratio,
+        "policy": policy,
+        "budget_epochs": budget if policy == "budget" else target.get("budget_epochs"),
+        "bn_recal_batches": COMMON["prune.bn_recal_batches"],
         "epochs_per_step": eps,
         "config": {k: v for k, v in extra.items()},
         "reached": target["reached"],
@@ -156,6 +206,11 @@ def run_cell(name: str, preset: str) -> dict[str, Any]:
         "wall_seconds": wall,
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
+
+
+def grid_done(rows: list[dict[str, Any]], recipe: str, ratio: float) -> bool:
+    """A hindsight grid stops at its first budget that reached the target."""
+    return any(r["recipe"] == recipe and r["ratio"] == ratio and r["policy"] == "budget" and r["reached"] for r in rows)
 
 
 def cost_at(row: dict[str, Any], tolerance: float) -> tuple[float, float] | None:
@@ -261,7 +316,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--cells", nargs="*", default=list(CELLS), choices=list(CELLS))
+    ap.add_argument("--cells", nargs="*", default=[cell_name(*c) for c in PLAN], choices=list(CELLS))
     ap.add_argument("--preset", default=PRESET)
     ap.add_argument("--results", type=Path, default=RESULTS)
     ap.add_argument("--commit", action="store_true", help="git-commit the results file after each cell")
@@ -272,6 +327,10 @@ def main() -> None:
         for name in args.cells:
             if any(r["cell"] == name for r in rows):
                 print(f"[ctt] {name}: already in {args.results.name}, skipped", flush=True)
+                continue
+            recipe, ratio, policy, _ = CELLS[name]
+            if policy == "budget" and grid_done(rows, recipe, ratio):
+                print(f"[ctt] {name}: a smaller budget already reached the target, not run", flush=True)
                 continue
             row = run_cell(name, args.preset)
             rows = load(args.results)

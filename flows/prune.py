@@ -108,8 +108,8 @@ class _TaskSteps:
         """The unpruned model on the target's split: what the target is measured from."""
         return self._check.named("check-target-unpruned")(self.root, self.data_ref, self.pre_ref, self.recovery_cfg)
 
-    def recover(self, i: int) -> dict[str, Any]:
-        out = self._recover(self.root, self.data_ref, self.ref, self.pre_ref, self.run, i, self.recovery_cfg)
+    def recover(self, i: int, budget: float | None) -> dict[str, Any]:
+        out = self._recover(self.root, self.data_ref, self.ref, self.pre_ref, self.run, i, budget, self.recovery_cfg)
         self.ref, self.chunk = out["ref"], i + 1
         return out
 

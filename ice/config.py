@@ -122,18 +122,29 @@ class TargetConfig(_Section):
     after each, until it is within ``tolerance`` points of the unpruned model or has spent
     ``max_epochs``. ``tolerance: null`` turns the recovery off (a fixed budget, as before).
 
-    The recovery's lr is the same for every method: SGD from a fresh optimizer each chunk,
-    the lr following a cosine with warm restarts (SGDR) peaking at ``lr``, the first cycle
-    ``cycle_epochs`` long and each next one ``cycle_mult`` times longer. A check that meets
-    the target mid-cycle ends the run there."""
+    The recovery's lr is the same for every method. ``policy: decay`` (the default): one
+    SGD optimizer for the whole recovery (momentum kept across chunks), and one linear decay
+    of the lr from ``lr`` to ``lr * final_lr_frac`` over a budget of B epochs that never
+    rises: past B the lr stays at its last value. B is ``budget_epochs`` when given (the
+    hindsight grid), else the rule ``epochs_per_point`` times the points the pruned model
+    misses the target by at the first check, at least ``min_budget_epochs`` and at most
+    ``max_epochs``, rounded up to a whole number of checks. ``policy: sgdr`` is the earlier
+    recovery: a fresh optimizer each chunk and a cosine with warm restarts (SGDR) peaking at
+    ``lr``, the first cycle ``cycle_epochs`` long and each next one ``cycle_mult`` times
+    longer. Either way a check that meets the target ends the recovery there."""
 
     tolerance: float | None = Field(None, gt=0)  # points below the unpruned model's accuracy on `split`
     split: Literal["val"] = "val"  # the whole validation split; never test
     max_epochs: float = Field(10.0, gt=0)  # the most a recovery may spend
     check_every: float = Field(0.1, gt=0)  # epochs of training between checks
-    lr: float = Field(0.01, gt=0)  # the cosine's peak
-    cycle_epochs: float = Field(1.0, gt=0)  # the first cosine cycle
-    cycle_mult: float = Field(2.0, ge=1.0)  # each next cycle this many times longer
+    lr: float = Field(0.01, gt=0)  # the peak: where the decay (or each SGDR cycle) starts
+    policy: Literal["decay", "sgdr"] = "decay"
+    budget_epochs: float | None = Field(None, gt=0)  # decay: a fixed budget B (null: B by the rule)
+    epochs_per_point: float = Field(0.25, gt=0)  # decay's rule: B = this x points missing at the first check
+    min_budget_epochs: float = Field(1.0, gt=0)  # decay's rule: the shortest B
+    final_lr_frac: float = Field(0.02, ge=0, lt=1)  # decay: the lr at the end of B (and past it), x lr
+    cycle_epochs: float = Field(1.0, gt=0)  # sgdr: the first cosine cycle
+    cycle_mult: float = Field(2.0, ge=1.0)  # sgdr: each next cycle this many times longer
 
     @model_validator(mode="after")
     def _chunks(self) -> TargetConfig:
@@ -186,6 +197,9 @@ class PruneConfig(_Section):
     eval_images: int | None = Field(None, ge=1)
     # evaluate after each fine-tune (the per-step accuracy curve; every method pays for it)
     eval_after_finetune: bool = True
+    # batch-norm statistics re-estimated after every pruning step, from this many training
+    # batches of `batch_size` (forward only, counted in the cost; 0: off)
+    bn_recal_batches: int = Field(10, ge=0)
     # run every step-wise method until it is good enough, and count what that cost
     target: TargetConfig = Field(default_factory=TargetConfig)
 

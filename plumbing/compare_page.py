@@ -30,11 +30,30 @@ def _budget(p: Params) -> str:
     )
     evals = f"{pr.eval_images} validation images" if pr.eval_images else "the whole validation split"
     t = pr.target
+    if t.policy == "sgdr":
+        how = (
+            f"a fresh SGD each {t.check_every:g}-epoch chunk, lr a cosine with warm restarts (SGDR) peaking at "
+            f"{t.lr:g} (first cycle {t.cycle_epochs:g} epoch, each next x{t.cycle_mult:g})"
+        )
+    else:
+        budget = (
+            f"{t.budget_epochs:g} epochs"
+            if t.budget_epochs is not None
+            else f"{t.epochs_per_point:g} epoch per point missing at the first check (at least {t.min_budget_epochs:g})"
+        )
+        how = (
+            f"one SGD for the whole recovery (momentum kept), lr one linear decay from {t.lr:g} to "
+            f"{t.lr * t.final_lr_frac:g} over a budget of {budget}, never rising"
+        )
+    bn = (
+        f"batch norm re-estimated from {pr.bn_recal_batches} batches after every pruning step; "
+        if pr.bn_recal_batches
+        else ""
+    )
     recovery = (
-        f" Then every step-wise method (prune_once too) recovers: CE + KD at batch {pr.batch_size}, a fresh SGD each "
-        f"{t.check_every:g}-epoch chunk, lr a cosine with warm restarts peaking at {t.lr:g} (first cycle "
-        f"{t.cycle_epochs:g} epoch, each next x{t.cycle_mult:g}), the whole validation split checked after each "
-        f"chunk, until within {t.tolerance:g} point(s) of the unpruned model or {t.max_epochs:g} epochs."
+        f" Then every step-wise method (prune_once too) recovers: {bn}CE + KD at batch {pr.batch_size}, {how}, "
+        f"the whole validation split checked every {t.check_every:g} epoch, until within {t.tolerance:g} "
+        f"point(s) of the unpruned model or {t.max_epochs:g} epochs."
         if t.tolerance is not None
         else ""
     )

@@ -18,7 +18,7 @@ from plumbing.artifacts import (
     task_device,
 )
 from plumbing.log import STEP_SINK, progress
-from plumbing.store import store_of
+from plumbing.store import resolve, store_of
 
 __all__ = [
     "start_pruning",
@@ -163,20 +163,31 @@ def recover_checkpoint(
     teacher_ref: dict[str, str],
     run: dict[str, Any],
     i: int,
+    budget: float | None,
     cfg: dict[str, Any],
 ) -> dict[str, Any]:
-    """Recovery chunk ``i`` toward the target (CE + KD, fresh SGD, the recovery's lr)."""
+    """Recovery chunk ``i`` toward the target (CE + KD, the recovery's lr; ``budget`` the
+    decay's B). The recovery's SGD state travels in the chunk checkpoints' meta: chunk ``i``
+    reads the one chunk ``i - 1`` wrote (none before the first) and writes its own, so a
+    killed recovery resumes with the same momentum and the same bytes."""
+    from ice.checkpoint import load_checkpoint
     from ice.methods.core import recovery_freeze
     from ice.methods.recovery import recover_chunk
 
-    def train(model: Any, teacher: Any, data: Any, params: Any) -> dict[str, Any]:
-        recovery_freeze(model, RunPlan.from_dict(run), params)
-        return recover_chunk(model, teacher, data, i, params)
-
-    meta = {"method": run["method"], "recover": i}
-    return _train_checkpoint(
-        root, data_ref, model_ref, teacher_ref, cfg, train, f"{run['method']}-recover{i:03d}", meta
-    )
+    paths = project_paths(root)
+    params = params_of(cfg)
+    device = task_device(cfg)
+    model, meta = load_checkpoint(resolve(paths, model_ref), sha256=model_ref["sha256"], map_location=device)
+    teacher = load_teacher(paths, teacher_ref, device) if params.prune.kd else None
+    state = meta.get("optimizer") if i > 0 else None
+    recovery_freeze(model, RunPlan.from_dict(run), params)
+    stats = recover_chunk(model, teacher, load_data(paths, data_ref), i, params, budget, state)
+    out_meta: dict[str, Any] = {"method": run["method"], "recover": i}
+    if stats["optimizer"] is not None:
+        out_meta["optimizer"] = stats["optimizer"]
+    stats.pop("optimizer")
+    ref = save_model(paths, model, f"{run['method']}-recover{i:03d}", out_meta, store_of(data_ref))
+    return {"ref": ref, **stats}
 
 
 @task(name="check-target", tags=["compute"])

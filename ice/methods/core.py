@@ -54,6 +54,7 @@ from ice.metrics import G, count_macs, count_params, prunable_conv_params
 from ice.pruning import prunable_units, prune_unit
 from ice.pruning.graph import GraphError
 from ice.pruning.importance import DATA_CRITERIA
+from ice.recalibrate import recalibrate_bn
 from ice.train import accuracy, freeze, frozen_convs, unfreeze
 
 __all__ = [
@@ -269,6 +270,11 @@ def prune_only(model: nn.Module, data: Dataset, plan: RunPlan, k: int, params: P
     if not info:  # every unit of the step was skipped
         info = {"params_after": count_params(model), "macs_after": count_macs(model, plan.input_shape)}
     apply_frozen(model, plan, params)
+    # the statistics the pruned layers' inputs now have, before anything evaluates or trains it
+    bn = recalibrate_bn(
+        model, data, params.prune.bn_recal_batches, params.prune.batch_size, params.seed * 1000 + 500_009 + k
+    )
+    work += bn["work"]
     return {
         "step": k + 1,  # steps count from 1, as the logs and task names do
         "unit": step.unit,
@@ -277,6 +283,7 @@ def prune_only(model: nn.Module, data: Dataset, plan: RunPlan, k: int, params: P
         "macs": info["macs_after"],
         "t_prune": time.perf_counter() - t0,
         "work_prune": work,
+        "bn_images": bn["images"],
         "skipped": "; ".join(skipped),
     }
 
@@ -419,6 +426,7 @@ class ModelSteps:
 
     def __init__(self, model: nn.Module, teacher: nn.Module | None, data: Dataset, plan: RunPlan, params: Params):
         self.model, self.teacher, self.data, self.plan, self.params = model, teacher, data, plan, params
+        self.optimizer_state: dict[str, Any] | None = None  # the recovery's SGD, carried across chunks
 
     def prune(self, k: int) -> dict[str, Any]:
         return prune_and_lr(self.model, self.data, self.plan, k, self.params)
@@ -432,9 +440,11 @@ class ModelSteps:
     def finetune(self, k: int, lr: float) -> dict[str, Any]:
         return finetune_after(self.model, self.teacher, self.data, k, lr, self.params)
 
-    def recover(self, i: int) -> dict[str, Any]:
+    def recover(self, i: int, budget: float | None) -> dict[str, Any]:
         recovery_freeze(self.model, self.plan, self.params)
-        return recover_chunk(self.model, self.teacher, self.data, i, self.params)
+        out = recover_chunk(self.model, self.teacher, self.data, i, self.params, budget, self.optimizer_state)
+        self.optimizer_state = out.pop("optimizer")
+        return out
 
     def target_check(self) -> dict[str, float]:
         return target_check(self.model, self.data, self.params)

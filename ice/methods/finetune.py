@@ -26,11 +26,13 @@ def finetune(
     seed: int,
     epochs: float | None = None,
     lr_at_epoch: Callable[[float], float] | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
 ) -> dict[str, float]:
     """ICE's fine-tune: SGD (momentum, wd) with a fresh optimizer, CE + KD from the teacher.
 
     ``lr_at_epoch(e)`` sets the lr before each step, ``e`` the epochs trained so far in
-    this fine-tune (the recovery's schedule); without it the lr stays ``lr``.
+    this fine-tune (the recovery's schedule); without it the lr stays ``lr``. ``optimizer``
+    continues one that already holds state (the recovery's momentum) instead of a fresh one.
     Returns loss, accuracy, images, seconds and ``work`` (GMACs, with the teacher's
     forward pass; frozen layers skip their weight gradients).
     """
@@ -38,7 +40,7 @@ def finetune(
     epochs = cfg.finetune_epochs if epochs is None else epochs
     shape = data.input_shape()
     per_image = train_macs(model, shape) + (count_macs(teacher, shape) if teacher is not None and cfg.kd else 0)
-    opt = make_optimizer(model, lr, cfg.momentum, cfg.weight_decay)
+    opt = optimizer if optimizer is not None else make_optimizer(model, lr, cfg.momentum, cfg.weight_decay)
     g = torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
     stats: dict[str, float] = {}

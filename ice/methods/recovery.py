@@ -9,10 +9,15 @@ is everything it spent up to that check: search, freeze trial, steps, fine-tunes
 evaluations, the reference check of the unpruned model, the chunks and their checks.
 
 The recovery is the same for every method (MLPerf's rule: one measurement for all):
-CE + KD from the unpruned model, SGD with a fresh optimizer each chunk, and an lr that
-follows a cosine with warm restarts (SGDR, Loshchilov and Hutter 2017) over the
-recovery's position in epochs, so a check late in a cycle sees an annealed model and a
-model already close to the target stops within the first short cycle.
+CE + KD from the unpruned model, and by default (``policy: decay``) one SGD optimizer
+for the whole recovery, its momentum carried from chunk to chunk (in the chunk's
+checkpoint, so a killed run resumes with the same bytes), and one linear decay of the
+lr over a budget of B epochs that never rises again (budgeted training: Li, Yumer and
+Ramanan 2020). B comes from the gap the pruned model leaves at the first check
+(:func:`recovery_budget`), so a model that starts close to the target gets a short,
+fast-annealing budget and one that starts far a long one; past B the lr stays at its
+last value. ``policy: sgdr`` keeps the earlier recovery: a fresh optimizer each chunk and
+a cosine with warm restarts (SGDR, Loshchilov and Hutter 2017).
 """
 
 from __future__ import annotations
@@ -28,11 +33,14 @@ from ice.config import Params, TargetConfig
 from ice.data import Dataset
 from ice.methods.finetune import finetune
 from ice.metrics import G, count_macs
-from ice.train import accuracy
+from ice.train import accuracy, make_optimizer
 
 __all__ = [
     "RecoveryOps",
     "sgdr_lr",
+    "decay_lr",
+    "recovery_lr",
+    "recovery_budget",
     "n_chunks",
     "chunk_epochs",
     "target_check",
@@ -55,6 +63,34 @@ def sgdr_lr(pos: float, t: TargetConfig) -> float:
         start += length
         length *= t.cycle_mult
     return 0.5 * t.lr * (1 + math.cos(math.pi * (pos - start) / length))
+
+
+def decay_lr(pos: float, budget: float, t: TargetConfig) -> float:
+    """The decay's lr at ``pos`` epochs: linear from ``lr`` to ``lr * final_lr_frac`` at
+    ``budget`` epochs, and that last value after it; it never rises."""
+    done = min(max(pos, 0.0) / budget, 1.0)
+    return t.lr * (1.0 - (1.0 - t.final_lr_frac) * done)
+
+
+def recovery_lr(pos: float, t: TargetConfig, budget: float | None) -> float:
+    """The recovery's lr at ``pos`` epochs into it, by ``t.policy``."""
+    if t.policy == "sgdr":
+        return sgdr_lr(pos, t)
+    assert budget is not None, "the decay needs its budget"
+    return decay_lr(pos, budget, t)
+
+
+def recovery_budget(t: TargetConfig, acc_start: float, goal: float) -> float | None:
+    """The decay's budget B in epochs: ``budget_epochs`` when fixed, else ``epochs_per_point``
+    times the points ``acc_start`` (the first check) misses ``goal`` by, within
+    [``min_budget_epochs``, ``max_epochs``] and rounded up to a whole number of checks.
+    None for SGDR, which has no budget."""
+    if t.policy == "sgdr":
+        return None
+    if t.budget_epochs is not None:
+        return t.budget_epochs
+    raw = min(max(t.epochs_per_point * max(goal - acc_start, 0.0), t.min_budget_epochs), t.max_epochs)
+    return min(math.ceil(raw / t.check_every - _EPS) * t.check_every, t.max_epochs)
 
 
 def n_chunks(t: TargetConfig) -> int:
@@ -83,37 +119,55 @@ def target_check(model: nn.Module, data: Dataset, params: Params) -> dict[str, f
 
 
 def recover_chunk(
-    model: nn.Module, teacher: nn.Module | None, data: Dataset, i: int, params: Params
-) -> dict[str, float]:
-    """Train recovery chunk ``i`` in place: the fine-tune (CE + KD, fresh SGD) with the
-    recovery's lr by position. The chunk's batches are drawn with a generator seeded by
-    ``seed`` and ``i``, so a chunk run again from the same checkpoint gives the same bytes."""
+    model: nn.Module,
+    teacher: nn.Module | None,
+    data: Dataset,
+    i: int,
+    params: Params,
+    budget: float | None = None,
+    optimizer_state: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train recovery chunk ``i`` in place: CE + KD with the recovery's lr by position
+    (:func:`recovery_lr`, ``budget`` the decay's B). The chunk's batches are drawn with a
+    generator seeded by ``seed`` and ``i``, so a chunk run again from the same checkpoint
+    gives the same bytes. Under ``policy: decay`` the SGD continues from ``optimizer_state``
+    (the previous chunk's; None before the first) and the result's ``optimizer`` is its
+    state after this chunk, for the next; under ``sgdr`` each chunk has a fresh SGD."""
     t = params.prune.target
     start, length = chunk_epochs(t, i)
+    opt = None
+    if t.policy == "decay":
+        opt = make_optimizer(model, recovery_lr(start, t, budget), params.prune.momentum, params.prune.weight_decay)
+        if optimizer_state is not None:
+            opt.load_state_dict(optimizer_state)
     stats = finetune(
         model,
         data,
         params,
-        lr=sgdr_lr(start, t),
+        lr=recovery_lr(start, t, budget),
         teacher=teacher,
         seed=params.seed * 1000 + 700_003 + i,
         epochs=length,
-        lr_at_epoch=lambda e: sgdr_lr(start + e, t),
+        lr_at_epoch=lambda e: recovery_lr(start + e, t, budget),
+        optimizer=opt,
     )
     return {
         "seconds": stats["seconds"],
         "work": stats["work"],
         "images": stats["images"],
         "train_loss": stats.get("loss", 0.0),
-        "lr_start": sgdr_lr(start, t),
+        "lr_start": recovery_lr(start, t, budget),
+        "lr_end": recovery_lr(start + length, t, budget),
+        "optimizer": opt.state_dict() if opt is not None else None,
     }
 
 
 class RecoveryOps(Protocol):
     """The work a recovery needs, on whatever holds the model (memory, checkpoints, tasks)."""
 
-    def recover(self, i: int) -> dict[str, Any]:
-        """Train recovery chunk ``i`` (:func:`recover_chunk`); ``seconds`` and ``work``."""
+    def recover(self, i: int, budget: float | None) -> dict[str, Any]:
+        """Train recovery chunk ``i`` (:func:`recover_chunk`, ``budget`` the decay's B, carrying
+        the optimizer from chunk ``i - 1``); ``seconds``, ``work`` and ``lr_start``."""
         ...
 
     def target_check(self) -> dict[str, float]:
@@ -130,16 +184,20 @@ def run_recovery(
 ) -> list[dict[str, Any]]:
     """Check, then train a chunk and check again, until a check reaches ``goal`` or the
     chunks of ``max_epochs`` are spent. Returns one record per check (the first, after
-    zero epochs, is the pruned model as the steps left it)."""
+    zero epochs, is the pruned model as the steps left it); the decay's budget B is set from
+    that first check (:func:`recovery_budget`) and held for the whole recovery."""
     t = params.prune.target
     records: list[dict[str, Any]] = []
     spent = 0.0
+    budget: float | None = None
     for i in range(n_chunks(t) + 1):
         tr: dict[str, Any] = {"seconds": 0.0, "work": 0.0, "lr_start": 0.0}
         if i > 0:
-            tr = ops.recover(i - 1)
+            tr = ops.recover(i - 1, budget)
             spent += chunk_epochs(t, i - 1)[1]
         ev = ops.target_check()
+        if i == 0:
+            budget = recovery_budget(t, ev["acc"], goal)
         rec = {
             "check": i,
             "epochs": round(spent, 6),
@@ -147,6 +205,7 @@ def run_recovery(
             "images": ev["images"],
             "reached": ev["acc"] >= goal - _EPS,
             "lr": tr["lr_start"],
+            "budget_epochs": budget,
             "t_recover": tr["seconds"],
             "work_recover": tr["work"],
             "t_check": ev["seconds"],
@@ -181,6 +240,7 @@ def cost_to_target(base: dict[str, float], reference: dict[str, float], checks: 
         "check_seconds": reference["seconds"] + sum(r["t_check"] for r in checks),
         "check_work": reference["work"] + sum(r["work_check"] for r in checks),
         "recovery_epochs": checks[-1]["epochs"] if checks else 0.0,
+        "budget_epochs": checks[0].get("budget_epochs") if checks else None,
         "val_acc": checks[-1]["acc"] if checks else None,
     }
 
@@ -193,9 +253,13 @@ def target_goal(acc_reference: float, params: Params) -> float:
 
 
 def recovery_line(method: str, rec: dict[str, Any], goal: float) -> str:
-    """One progress line per recovery check."""
+    """One progress line per recovery check (the first names the decay's budget)."""
     mark = "reached" if rec["reached"] else f"target {goal:.2f}"
-    return f"[{method}] recovery {rec['epochs']:g} epochs: val {rec['acc']:.2f}% ({mark})"
+    budget = rec.get("budget_epochs")
+    plan = (
+        f"; decay budget {budget:g} epochs" if rec["check"] == 0 and budget is not None and not rec["reached"] else ""
+    )
+    return f"[{method}] recovery {rec['epochs']:g} epochs: val {rec['acc']:.2f}% ({mark}){plan}"
 
 
 def recover_to_target(
@@ -215,9 +279,11 @@ def recover_to_target(
     in-memory run (:func:`ice.methods.core.iterate`) and the prune flow's cached tasks."""
     goal = target_goal(reference["acc"], params)
     t = params.prune.target
+    policy = "SGDR warm restarts" if t.policy == "sgdr" else "one linear lr decay, momentum kept"
     log(
         f"[{method}] recovery: to {goal:.2f}% on {t.split} (unpruned {reference['acc']:.2f}%, tolerance "
-        f"{t.tolerance:g}), checks every {t.check_every:g} epoch, at most {t.max_epochs:g} epochs"
+        f"{t.tolerance:g}), {policy} from lr {t.lr:g}, checks every {t.check_every:g} epoch, "
+        f"at most {t.max_epochs:g} epochs"
     )
     checks = run_recovery(
         ops,
