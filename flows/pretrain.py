@@ -33,7 +33,7 @@ from plumbing.records import Publication, json_bytes
 from plumbing.registry import registered_name
 from plumbing.runtime import Stage, open_stage
 from plumbing.store import resolve, store_path
-from plumbing.weights import WeightsError, check_weights, fetch_weights
+from plumbing.weights import WeightsError, as_checkpoint, check_weights, fetch_weights
 from tasks.pretrain import finish_pretrain, import_pretrained, pretrain_epoch
 
 
@@ -70,25 +70,29 @@ def _import(st: Stage, data_ref: dict[str, str]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(dir=st.paths.store, prefix=".weights-") as tmp:
         tracking = st.tracker.uri if st.tracker is not None else ""
         path, vouched = fetch_weights(uri, st.root, tracking, Path(tmp))
-        sha = sha256_file(path)
-        if want and sha != want:
-            raise WeightsError(f"model.weights: {uri} has sha256 {sha}, model.weights_sha256 is {want}")
-        if vouched and sha != vouched:
-            raise WeightsError(f"model.weights: {uri} has sha256 {sha}, its registry tag says {vouched}")
+        source_sha = sha256_file(path)  # what model.weights_sha256 pins: the user's own file
+        if want and source_sha != want:
+            raise WeightsError(f"model.weights: {uri} has sha256 {source_sha}, model.weights_sha256 is {want}")
+        if vouched and source_sha != vouched:
+            raise WeightsError(f"model.weights: {uri} has sha256 {source_sha}, its registry tag says {vouched}")
         data = load_data(st.paths, data_ref)
-        meta = check_weights(path, uri, st.params.model.arch, data.num_classes, data.in_channels)
+        arch = st.params.model.arch
+        path, kind = as_checkpoint(path, uri, arch, data.num_classes, data.in_channels, data.image_size, Path(tmp))
+        sha = sha256_file(path)
+        meta = check_weights(path, uri, arch, data.num_classes, data.in_channels)
         dst = store_path(st.paths, "pretrained", sha)
         if not dst.exists():
             part = Path(tmp) / "part.pt"
             shutil.copyfile(path, part)
             part.replace(dst)
     ref = make_ref(st.paths, dst, sha)
-    st.inputs[uri] = sha  # the run's config/inputs.json names the weights it imported
+    st.inputs[uri] = source_sha  # the run's config/inputs.json names the weights it imported
     acc = bind(import_pretrained, st.root, st.store_url)(str(st.root), data_ref, ref, st.device_cfg())
     progress(
         f"[pretrain] imported {uri} (sha256 {sha[:12]}…): val acc {acc['val_acc']:.2f}%, test acc {acc['test_acc']:.2f}%"
     )
-    return {"ref": ref, **acc, "seconds": 0.0, "history": [], "source": f"imported from {uri}", "meta": meta}
+    source = f"imported from {uri}" + ("" if kind == "ice" else f" ({kind.replace('_', ' ')})")
+    return {"ref": ref, **acc, "seconds": 0.0, "history": [], "source": source, "meta": meta}
 
 
 @flow(name="pretrain", flow_run_name="pretrain-{params_path}")

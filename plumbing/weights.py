@@ -1,17 +1,22 @@
 """``model.weights``: start from an existing model instead of pre-training.
 
-One resolver, :func:`fetch_weights`, turns the setting into a local checkpoint file,
+One resolver, :func:`fetch_weights`, turns the setting into a local weights file,
 one branch per scheme:
 
-- a path (relative to the project root) to a checkpoint written by
-  ``ice.checkpoint.save_checkpoint``;
-- ``models:/<name>@<alias>`` or ``models:/<name>/<version>``: that registered version's
-  checkpoint, through MLflow (the version's ``sha256`` tag is verified).
+- a path (relative to the project root);
+- ``models:/<name>@<alias>`` or ``models:/<name>/<version>``: a registered version, through
+  MLflow (for this pipeline's versions the ``sha256`` tag is verified);
+- ``runs:/<run_id>/<artifact path>``: a run's artifact, e.g. what another project logged with
+  ``mlflow.pytorch.log_state_dict`` or ``mlflow.pytorch.log_model``.
 
-A new scheme (``s3://``) is one more branch there. :func:`check_weights` checks the
-model against params (arch, classes, channels); the task ``tasks.pretrain.import_pretrained``
-evaluates it, and the pretrain flow drives both. Every refusal is a :class:`WeightsError`
-with one line naming both values.
+The file may be an ice checkpoint or any format :mod:`ice.weights` reads without unpickling (a
+plain state dict, ``.safetensors``, the ``.pt2`` archive MLflow 3's ``log_model`` writes by
+default); :func:`as_checkpoint` turns the others into an ice checkpoint of ``model.arch``,
+every shape checked first. A pickled whole model (``log_model(serialization_format="pickle")``,
+``torch.save(model)``) is refused with the lines that convert it. :func:`check_weights` checks
+the model against params (arch, classes, channels); the task ``tasks.pretrain.import_pretrained``
+evaluates it, and the pretrain flow drives them. Every refusal is a :class:`WeightsError` with
+one line naming both values.
 """
 
 from __future__ import annotations
@@ -19,9 +24,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SCHEMES", "WeightsError", "fetch_weights", "check_weights"]
+__all__ = ["SCHEMES", "WeightsError", "fetch_weights", "as_checkpoint", "check_weights"]
 
-SCHEMES = ("<path>", "models:/<name>@<alias>", "models:/<name>/<version>")
+SCHEMES = ("<path>", "models:/<name>@<alias>", "models:/<name>/<version>", "runs:/<run_id>/<path>")
 
 
 class WeightsError(ValueError):
@@ -77,12 +82,55 @@ def _from_registry(uri: str, tracking_uri: str, dest: Path) -> tuple[Path, str |
     )
     flavor = yaml.safe_load((local / "MLmodel").read_text()).get("flavors", {}).get("python_function", {})
     rel = (flavor.get("artifacts") or {}).get("checkpoint", {}).get("path")
-    if not rel or not (local / rel).is_file():
-        raise WeightsError(
-            f"model.weights: {uri} (version {mv.version}) holds no ice checkpoint; "
-            "register models with this pipeline (flows.pretrain or flows.prune)"
+    if rel and (local / rel).is_file():  # registered by this pipeline: its checkpoint, and the sha256 it vouches for
+        return local / rel, (mv.tags or {}).get("sha256")
+    return _weights_in(local, f"{uri} (version {mv.version})"), None
+
+
+def _from_run(uri: str, tracking_uri: str, dest: Path) -> Path:
+    import mlflow
+
+    rest = uri.removeprefix("runs:/")
+    run_id, _, path = rest.partition("/")
+    if not run_id or not path:
+        raise WeightsError(f"model.weights = {uri!r} is not allowed; allowed: {', '.join(SCHEMES)}")
+    try:
+        local = Path(
+            mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest), tracking_uri=tracking_uri)
         )
-    return local / rel, (mv.tags or {}).get("sha256")
+    except Exception as err:
+        raise WeightsError(
+            f"model.weights: {uri}: cannot be downloaded from {tracking_uri} ({type(err).__name__})"
+        ) from None
+    return local if local.is_file() else _weights_in(local, uri)
+
+
+def _weights_in(local: Path, source: str) -> Path:
+    """The weights file inside a downloaded MLflow model or artifact directory: an MLflow
+    ``pytorch`` flavor's ``.pt2`` (refusing its pickled form), a logged state dict, or one
+    weights file."""
+    import yaml
+
+    from ice.weights import CONVERT
+
+    mlmodel = local / "MLmodel"
+    if mlmodel.is_file():
+        flavor = yaml.safe_load(mlmodel.read_text()).get("flavors", {}).get("pytorch", {})
+        data = local / str(flavor.get("model_data", "data"))
+        if (data / "model.pt2").is_file():
+            return data / "model.pt2"
+        if (data / "model.pth").is_file():
+            raise WeightsError(
+                f"model.weights: {source} was logged as a pickled whole model (serialization_format='pickle'), "
+                f"which runs code when it is read; {CONVERT}, or log it with mlflow.pytorch.log_state_dict"
+            )
+    found = [p for p in sorted(local.rglob("*")) if p.is_file() and p.suffix in (".pth", ".pt", ".safetensors", ".pt2")]
+    if len(found) == 1:
+        return found[0]
+    raise WeightsError(
+        f"model.weights: {source} holds {'no' if not found else len(found)} weights files; "
+        "point runs:/<run_id>/<path> at one (a logged state dict, .safetensors or .pt2)"
+    )
 
 
 def fetch_weights(uri: str, root: Path, tracking_uri: str, dest: Path) -> tuple[Path, str | None]:
@@ -90,6 +138,8 @@ def fetch_weights(uri: str, root: Path, tracking_uri: str, dest: Path) -> tuple[
     sha256 that its source vouches for (the registry's tag), if any."""
     if uri.startswith("models:/"):
         return _from_registry(uri, tracking_uri, dest)
+    if uri.startswith("runs:/"):
+        return _from_run(uri, tracking_uri, dest), None
     if "://" in uri:
         raise WeightsError(
             f"model.weights = {uri!r}: scheme {uri.split('://')[0]!r} is not supported; allowed: {', '.join(SCHEMES)}"
@@ -99,6 +149,29 @@ def fetch_weights(uri: str, root: Path, tracking_uri: str, dest: Path) -> tuple[
     if not path.is_file():
         raise WeightsError(f"model.weights: {path} does not exist")
     return path, None
+
+
+def as_checkpoint(
+    path: Path, source: str, arch: str, num_classes: int, in_channels: int, image_size: Any, dest: Path
+) -> tuple[Path, str]:
+    """An ice checkpoint of the weights at ``path`` and their format: the file itself when it is
+    one, else ``arch`` built for this data with the file's tensors loaded (every key and shape
+    checked first), written under ``dest``. Nothing in the file is unpickled."""
+    from ice.checkpoint import save_checkpoint
+    from ice.models import build_model
+    from ice.weights import WeightsFormatError, load_weights, read_state_dict, sniff
+
+    try:
+        if sniff(path) == "ice":
+            return path, "ice"
+        kind, tensors = read_state_dict(path)
+        model = build_model(arch, num_classes, in_channels, image_size=image_size)
+        load_weights(model, tensors, source, arch)
+    except WeightsFormatError as err:
+        raise WeightsError(f"model.weights: {source}: {str(err).split(': ', 1)[-1]}") from None
+    out = dest / "imported.pt"
+    save_checkpoint(out, model, {"imported_from": kind})
+    return out, kind
 
 
 def check_weights(path: Path, source: str, arch: str, num_classes: int, in_channels: int) -> dict[str, Any]:

@@ -1,12 +1,13 @@
-"""export: ship a pruned model as ONNX or TorchScript, with what a deployer needs beside it.
+"""export: ship a pruned model as ONNX, TorchScript or safetensors, with what a deployer needs beside it.
 
     python -m scripts.export --params params.yaml --method ice --format onnx
         ->  models/export/ice.onnx and models/export/ice.onnx.json
 
 The JSON sidecar names the input (shape ``[batch, C, H, W]``, float32, normalised with the
 recorded mean and std), the class names, the architecture, the params and MACs, and the
-file's sha256. The exported file is checked before it is kept: ONNX with onnxruntime,
-TorchScript by loading it back, against PyTorch's outputs on real test images; the
+file's sha256 (for safetensors also the spec and per-layer widths that rebuild the pruned
+architecture, ``ice.models.rebuild``). The exported file is checked before it is kept: ONNX with onnxruntime,
+TorchScript by loading it back, safetensors by loading its tensors into the rebuilt model, against PyTorch's outputs on real test images; the
 largest absolute difference is printed and recorded. The export is written atomically,
 so a failed check leaves nothing behind.
 """
@@ -27,9 +28,10 @@ import torch
 from ice.checkpoint import CheckpointError, load_checkpoint
 from ice.files import atomic_write_bytes, sha256_file
 from ice.metrics import count_macs, count_params
+from ice.models import layer_widths
 
-FORMATS = ("onnx", "torchscript")
-SUFFIX = {"onnx": ".onnx", "torchscript": ".ts"}
+FORMATS = ("onnx", "torchscript", "safetensors")
+SUFFIX = {"onnx": ".onnx", "torchscript": ".ts", "safetensors": ".safetensors"}
 TOLERANCE = 1e-3  # max abs logit difference accepted between PyTorch and the exported file
 
 
@@ -62,8 +64,27 @@ def _torchscript_bytes(model: torch.nn.Module, example: torch.Tensor) -> bytes:
     return buf.getvalue()
 
 
-def run_exported(data: bytes, fmt: str, x: torch.Tensor) -> torch.Tensor:
-    """Outputs of an exported file on ``x``: onnxruntime for ONNX, ``torch.jit.load`` otherwise."""
+def _safetensors_bytes(model: torch.nn.Module) -> bytes:
+    from safetensors.torch import save
+
+    return save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
+
+
+def run_exported(data: bytes, fmt: str, x: torch.Tensor, spec: Any = None) -> torch.Tensor:
+    """Outputs of an exported file on ``x``: onnxruntime for ONNX, ``torch.jit.load`` for
+    TorchScript, and for safetensors its tensors loaded into the architecture rebuilt from
+    ``spec`` (the sidecar's ``spec`` and ``widths``)."""
+    if fmt == "safetensors":
+        from safetensors.torch import load
+
+        from ice.models import adopt_shapes, rebuild
+
+        state = load(data)
+        model = rebuild(spec["spec"], spec["widths"])
+        adopt_shapes(model, state)
+        model.load_state_dict(state, strict=True)
+        with torch.no_grad():
+            return model.eval()(x)
     if fmt == "onnx":
         import onnxruntime as ort
 
@@ -93,8 +114,12 @@ def export_model(
     example = check_images[:2]
     with torch.no_grad():
         ref = model(check_images)
-    data = _onnx_bytes(model, example) if fmt == "onnx" else _torchscript_bytes(model, example)
-    got = run_exported(data, fmt, check_images)
+    rebuild_spec = {"spec": dict(model.ice_spec), "widths": layer_widths(model)}  # type: ignore[arg-type]
+    if fmt == "safetensors":
+        data = _safetensors_bytes(model)
+    else:
+        data = _onnx_bytes(model, example) if fmt == "onnx" else _torchscript_bytes(model, example)
+    got = run_exported(data, fmt, check_images, rebuild_spec)
     diff = float((got - ref).abs().max())
     agree = float((got.argmax(1) == ref.argmax(1)).float().mean())
     if diff > TOLERANCE:
@@ -121,6 +146,10 @@ def export_model(
         "macs": count_macs(model, (1, *shape)),
         "check": {"images": int(check_images.shape[0]), "max_abs_diff": diff, "argmax_agreement": agree},
     }
+    if fmt == "safetensors":  # tensors alone: the sidecar says how to rebuild the pruned shapes
+        sidecar.update(rebuild_spec)
+        sidecar["input"].pop("name")
+        sidecar["output"].pop("name")
     atomic_write_bytes(out, data)
     atomic_write_bytes(out.with_name(out.name + ".json"), (json.dumps(sidecar, indent=2) + "\n").encode())
     return sidecar
@@ -131,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--params", default="params.yaml", help="params file (for the method list and the data)")
     ap.add_argument("--method", required=True, help="a method of params.yaml, or 'pretrained'")
     ap.add_argument("--format", default="onnx", help=f"one of {', '.join(FORMATS)}")
-    ap.add_argument("--out", default=None, help="output file (default models/export/<method>.<onnx|ts>)")
+    ap.add_argument("--out", default=None, help="output file (default models/export/<method>.<onnx|ts|safetensors>)")
     ap.add_argument("--root", default=".", help="project root")
     args = ap.parse_args(argv)
     try:

@@ -157,5 +157,74 @@ def test_a_file_that_is_not_a_checkpoint_is_refused(trained):
 
     root, _ = trained
     (root / "weights" / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(WeightsError, match=r"weights/junk\.pt: truncated or corrupt checkpoint"):
+    with pytest.raises(
+        WeightsError, match=r"weights/junk\.pt: not a weights file .*allowed: ice checkpoint, state dict"
+    ):
         pretrain("params.yaml", str(root), {"model.weights": "weights/junk.pt", "tracking.register_models": False})
+
+
+def _trained_model(root: Path):
+    from ice.checkpoint import load_checkpoint
+
+    return load_checkpoint(root / "models" / "pretrained.pt")[0].eval()
+
+
+def test_a_plain_state_dict_and_safetensors_import_with_the_checkpoints_accuracy(trained):
+    """The most common way to save a model, and Hugging Face's safe format, for the same weights."""
+    import torch
+
+    from flows.pretrain import pretrain
+    from ice.weights import save_safetensors
+
+    root, first = trained
+    model = _trained_model(root)
+    torch.save(model.state_dict(), root / "weights" / "plain_state_dict.pt")
+    save_safetensors(root / "weights" / "r20.safetensors", model)
+    for uri, kind in (("weights/plain_state_dict.pt", "state dict"), ("weights/r20.safetensors", "safetensors")):
+        report = pretrain("params.yaml", str(root), {"model.weights": uri, "tracking.register_models": False})
+        assert report["source"] == f"imported from {uri} ({kind})"
+        assert (report["val_acc"], report["test_acc"]) == (first["val_acc"], first["test_acc"])
+
+
+_LOG_ELSEWHERE = """
+import sys, mlflow, torch
+from ice.checkpoint import load_checkpoint
+model = load_checkpoint(sys.argv[1])[0].eval()
+x = torch.zeros(1, 1, 8, 8).numpy()
+mlflow.set_experiment("someone-else")
+with mlflow.start_run() as run:
+    mlflow.pytorch.log_state_dict(model.state_dict(), "weights")
+    mlflow.pytorch.log_model(model, name="exported", input_example=x, registered_model_name="their-model")
+    mlflow.pytorch.log_model(model, name="pickled", serialization_format="pickle",
+                             registered_model_name="their-pickled-model")
+print(run.info.run_id)
+"""
+
+
+def test_models_another_project_logged_with_mlflow_import_weights_only(trained):
+    """Another project's MLflow (a process of its own): log_state_dict (runs:/) and log_model in its
+    default pt2 form (runs:/ and models:/) give the checkpoint's accuracy; log_model's pickled form
+    is refused in one line, without unpickling it."""
+    from flows.pretrain import pretrain
+    from plumbing.weights import WeightsError
+
+    root, first = trained
+    env = sub_env(MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}")
+    out = subprocess.run(
+        [sys.executable, "-c", _LOG_ELSEWHERE, str(root / "models" / "pretrained.pt")],
+        env=env,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    run_id = out.stdout.split()[-1]
+    for weights in (f"runs:/{run_id}/weights", f"runs:/{run_id}/exported", "models:/their-model/1"):
+        report = pretrain("params.yaml", str(root), {"model.weights": weights, "tracking.register_models": False})
+        assert report["source"].startswith(f"imported from {weights} (")
+        assert (report["val_acc"], report["test_acc"]) == (first["val_acc"], first["test_acc"]), weights
+    for weights in (f"runs:/{run_id}/pickled", "models:/their-pickled-model/1"):
+        with pytest.raises(WeightsError, match="pickled whole model") as err:
+            pretrain("params.yaml", str(root), {"model.weights": weights, "tracking.register_models": False})
+        assert "\n" not in str(err.value) and "model.state_dict()" in str(err.value)

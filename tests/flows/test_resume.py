@@ -126,8 +126,11 @@ def test_sigterm_stops_a_running_trial_after_its_step_and_the_rerun_resumes_it(p
 
 
 def test_killed_recovery_resumes_from_cache_with_identical_checkpoint(prefect_server, tmp_path):
-    """prune_once, then a recovery toward a target it cannot reach in 0.6 epoch (3 chunks):
-    killed after its first chunk, the rerun reuses the finished chunks and ends with the same bytes."""
+    """prune_once, then a decay recovery toward a target it cannot reach in 0.6 epoch (3 chunks):
+    killed after its first chunk, the rerun reuses the finished chunks, continues with the momentum
+    the first chunk's checkpoint carries, and ends with the same bytes. A hindsight budget run
+    afterwards reuses the cached step and reruns only the recovery."""
+    from ice.checkpoint import load_checkpoint
     from ice.files import sha256_file
 
     env = sub_env(
@@ -142,7 +145,7 @@ def test_killed_recovery_resumes_from_cache_with_identical_checkpoint(prefect_se
             "methods": ["prune_once"],
             "max_units": STEPS,
             # an lr too small to recover anything: the target stays out of reach
-            "target": {"tolerance": 0.01, "max_epochs": 0.6, "check_every": 0.2, "lr": 1e-6},
+            "target": {"tolerance": 0.01, "max_epochs": 0.6, "check_every": 0.2, "lr": 1e-6, "policy": "decay"},
         },
         tracking={"register_models": False},
     )
@@ -185,3 +188,24 @@ def test_killed_recovery_resumes_from_cache_with_identical_checkpoint(prefect_se
     report = json.loads((killed / "reports" / "prune" / "prune_once.json").read_text())
     assert report["target"]["reached"] is False and report["target"]["recovery_epochs"] == pytest.approx(0.6)
     assert [c["epochs"] for c in report["recovery"]] == pytest.approx([0, 0.2, 0.4, 0.6])
+    lrs = [c["lr"] for c in report["recovery"][1:]]
+    assert lrs == sorted(lrs, reverse=True) and lrs[0] > lrs[-1], lrs  # one decay, never back up
+    # the chunks hand the optimizer on: the first chunk's checkpoint holds its momentum
+    first = next((killed / ".ice-cache" / "store").glob("prune_once-recover000*.pt"))
+    _, meta = load_checkpoint(first)
+    assert any("momentum_buffer" in st for st in meta["optimizer"]["state"].values())
+
+    # the hindsight grid: the same project with a fixed budget reruns only the recovery
+    grid = subprocess.run(
+        [*cmd, "--root", str(killed), "--set", "prune.target.budget_epochs=0.4"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert grid.returncode == 0, grid.stderr[-3000:]
+    assert _states(grid.stderr, "prune-step") == ["Cached"] and _states(grid.stderr, "start-pruning") == ["Cached"]
+    assert _states(grid.stderr, "recover-chunk") == ["Completed"] * 3
+    grid_report = json.loads((killed / "reports" / "prune" / "prune_once.json").read_text())
+    assert grid_report["target"]["budget_epochs"] == pytest.approx(0.4)

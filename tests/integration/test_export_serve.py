@@ -1,4 +1,4 @@
-"""Ship the pruned model: ONNX and TorchScript exports checked against PyTorch, and
+"""Ship the pruned model: ONNX, TorchScript and safetensors exports checked against PyTorch, and
 `mlflow models serve` of a registered pruned model answering with PyTorch's predictions.
 
 The served model is a torchvision MobileNetV3 pruned through Torch-Pruning's groups, so
@@ -37,7 +37,7 @@ def pruned(tmp_path_factory):
     return m.eval(), path
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript", "safetensors"])
 def test_export_matches_pytorch(pruned, fmt, tmp_path):
     model, path = pruned
     x = torch.randn(16, 3, 32, 32)
@@ -50,7 +50,11 @@ def test_export_matches_pytorch(pruned, fmt, tmp_path):
     # a batch size the export never saw
     y = torch.randn(5, 3, 32, 32)
     with torch.no_grad():
-        assert torch.allclose(run_exported(out.read_bytes(), fmt, y), model(y), atol=1e-3)
+        assert torch.allclose(run_exported(out.read_bytes(), fmt, y, side), model(y), atol=1e-3)
+    if fmt == "safetensors":  # tensors alone, read by the safetensors package; the sidecar rebuilds the shapes
+        from safetensors.torch import load_file
+
+        assert load_file(str(out)).keys() == model.state_dict().keys() and side["widths"]
 
 
 def test_export_cli_rejects_a_bad_format_in_one_line(tmp_path):
