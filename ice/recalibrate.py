@@ -64,8 +64,8 @@ def recalibrate_bn(
         images += len(x)
     for m, mom in zip(layers, momenta, strict=True):
         m.momentum = mom
-    for m, mode in was_training.items():
-        m.train(mode)
+    for mod, mode in was_training.items():
+        mod.train(mode)
     return {
         "images": float(images),
         "seconds": time.perf_counter() - t0,

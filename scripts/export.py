@@ -124,7 +124,7 @@ def export_model(
     agree = float((got.argmax(1) == ref.argmax(1)).float().mean())
     if diff > TOLERANCE:
         raise ExportError(f"{fmt} export differs from PyTorch by {diff:.2e} (> {TOLERANCE:g}); nothing written")
-    sidecar = {
+    sidecar: dict[str, Any] = {
         "format": fmt,
         "file": out.name,
         "sha256": hashlib.sha256(data).hexdigest(),
