@@ -31,25 +31,19 @@ bench:  ## data-path throughput benchmark
 	$(PY) benchmarks/throughput.py
 
 gc:  ## shrink .ice-cache/: keep what the current outputs and the registry reference
-	$(PY) scripts/gc.py
+	$(VENV)/bin/ice gc
 
 clean:  ## remove caches (keeps .venv)
 	rm -rf .pytest_cache .ruff_cache .mypy_cache data/cache
 
-run:  ## the main job: `dvc repro` of the whole pipeline on params.yaml (bundled digits by default)
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/dvc repro
-	@echo
-	@cat reports/compare.md
-	@echo
-	@echo "Results: reports/compare.md, reports/metrics.json, reports/figures/, models/ (DVC outs)"
-	@$(PY) -m scripts.links
-	@echo "Plots:             $(VENV)/bin/dvc plots show   (renders offline)"
+run:  ## the main job: `dvc repro` of the whole pipeline on params.yaml (bundled digits by default), via `ice run`
+	$(VENV)/bin/ice run
 
 pipeline:  ## the same stages as one Prefect flow (python -m flows.pipeline)
-	$(PY) -m flows.pipeline --params params.yaml
+	$(VENV)/bin/ice pipeline --params params.yaml
 
 compare:  ## every method in one process, no orchestration (benchmarks/compare_methods.py)
-	$(PY) benchmarks/compare_methods.py --params params.yaml
+	$(VENV)/bin/ice compare --params params.yaml
 
 overhead:  ## orchestration overhead: flows with tracking vs calling ice directly
 	$(PY) benchmarks/overhead.py --params params.yaml
@@ -59,7 +53,7 @@ mlflow-ui:  ## browse runs and model versions of the local sqlite store on 127.0
 	$(VENV)/bin/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///$(CURDIR)/mlflow.db
 
 up:  ## start S3 (SeaweedFS :8333), a Prefect server (:4200) and an MLflow server (:5000, artifacts in S3) on 127.0.0.1
-	bash infra/stack.sh up
+	$(VENV)/bin/ice up
 
 remote:  ## configure the DVC remote s3://ice/dvc on the stack's S3 (in .dvc/config.local)
 	bash infra/stack.sh remote
@@ -77,7 +71,7 @@ trigger:  ## run a deployment: make trigger DEPLOYMENT=prune/prune ARGS='--param
 	bash infra/stack.sh trigger $(or $(DEPLOYMENT),pipeline/pipeline) $(ARGS)
 
 status:  ## which stack processes are running
-	bash infra/stack.sh status
+	$(VENV)/bin/ice status
 
 down:  ## stop the worker and the servers, by their PIDs
-	bash infra/stack.sh down
+	$(VENV)/bin/ice down

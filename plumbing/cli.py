@@ -20,7 +20,7 @@ from typing import Any
 
 from ice.checkpoint import CheckpointError
 from ice.config import Params, ParamsError, load_params, parse_yaml
-from plumbing.log import progress
+from plumbing.log import prog, progress
 from plumbing.paths import Paths, project_root
 from plumbing.records import IntegrityError, verify_input
 from plumbing.runtime import (
@@ -206,7 +206,7 @@ def cli(
     arguments, 1 otherwise), and nothing is created before params, the project root and
     the servers have been checked. ``--debug`` (or ``ICE_DEBUG=1``) shows full tracebacks.
     """
-    ap = _Parser(prog=f"python -m flows.{name}", description=description)
+    ap = _Parser(prog=prog(f"python -m flows.{name}"), description=description)
     ap.add_argument("--params", default="params.yaml", help="params file, relative to the project root")
     ap.add_argument("--root", default=None, help="project root (default: $ICE_PROJECT_DIR or the working directory)")
     ap.add_argument(

@@ -10,7 +10,7 @@ import sys
 import threading
 from typing import Any
 
-__all__ = ["STEP_SINK", "STOP", "check_stop", "warn", "progress"]
+__all__ = ["STEP_SINK", "STOP", "check_stop", "warn", "progress", "prog"]
 
 # Where a long task reports each finished epoch while it runs (the flow logs them to MLflow
 # live); None: nobody listens. A context variable, so a task called from the flow sees it.
@@ -53,3 +53,9 @@ def progress(msg: str) -> None:
     if os.environ.get("ICE_QUIET") not in ("1", "true", "yes"):
         print(msg, file=sys.stderr, flush=True)
     _to_run_log(msg, logging.INFO)
+
+
+def prog(default: str) -> str:
+    """The name a command's ``--help`` shows: ``ice <command>`` when the ``ice`` console script
+    runs it (scripts/cli.py sets ``sys.argv[0]``), else ``default`` (``python -m ...``)."""
+    return sys.argv[0] if sys.argv and sys.argv[0].startswith("ice ") else default

@@ -29,6 +29,7 @@ from ice.checkpoint import CheckpointError, load_checkpoint
 from ice.files import atomic_write_bytes, sha256_file
 from ice.metrics import count_macs, count_params
 from ice.models import layer_widths
+from plumbing.log import prog
 
 FORMATS = ("onnx", "torchscript", "safetensors")
 SUFFIX = {"onnx": ".onnx", "torchscript": ".ts", "safetensors": ".safetensors"}
@@ -156,7 +157,7 @@ def export_model(
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m scripts.export", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog=prog("python -m scripts.export"), description=__doc__.splitlines()[0])
     ap.add_argument("--params", default="params.yaml", help="params file (for the method list and the data)")
     ap.add_argument("--method", required=True, help="a method of params.yaml, or 'pretrained'")
     ap.add_argument("--format", default="onnx", help=f"one of {', '.join(FORMATS)}")

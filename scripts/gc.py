@@ -22,6 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from plumbing.log import prog  # noqa: E402
 from plumbing.paths import Paths, project_root  # noqa: E402
 
 
@@ -73,7 +74,7 @@ def _result_text(path: Path) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(prog="scripts/gc.py", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog=prog("scripts/gc.py"), description=__doc__.split("\n\n")[0])
     ap.add_argument("--root", default=None)
     ap.add_argument("--dry-run", action="store_true")
     args = ap.parse_args()

@@ -12,11 +12,12 @@ import argparse
 import sys
 
 from ice.config import ParamsError
+from plumbing.log import prog
 from plumbing.tracking import project_links
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(prog="python -m scripts.links", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog=prog("python -m scripts.links"), description=__doc__.split("\n\n")[0])
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--root", default=None)
     args = ap.parse_args()
