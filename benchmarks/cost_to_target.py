@@ -236,31 +236,124 @@ def loose_table(rows: list[dict[str, Any]], tolerance: float = 2.0) -> str:
     return "\n".join(lines)
 
 
+_POLICY_ORDER = {"online": 0, "budget": 1, "sgdr": 2}
+
+
+def _policy(r: dict[str, Any]) -> str:
+    return f"budget {r['budget_epochs']:g}" if r["policy"] == "budget" else r["policy"]
+
+
 def table(rows: list[dict[str, Any]]) -> str:
-    """The cells ranked by cost to target (those that did not reach it last), with ties by noise."""
-    ranked = sorted(rows, key=lambda r: (not r["reached"], r["cost_gmacs"] or 0.0))
+    """Every cell, by ratio and policy, ranked by cost to target (those that did not reach it
+    last), with the cells of the same ratio whose noise ranges overlap (a tie)."""
+    ranked = sorted(
+        rows, key=lambda r: (r["ratio"], _POLICY_ORDER[r["policy"]], not r["reached"], r["cost_gmacs"] or 0.0)
+    )
     head = (
-        "| rank | cell | method | epochs/step | reached | cost to target (GMACs) | noise range (GMACs) "
-        "| cost to target (s) | fine-tunes | recovery epochs | val at stop | test at stop (95% CI) | within noise of |"
+        "| ratio | policy | recipe | reached | cost to target (GMACs) | noise range (GMACs) | cost to target (s) "
+        "| fine-tunes | B (epochs) | recovery epochs | val at stop | test at stop (95% CI) | within noise of |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for i, r in enumerate(ranked, 1):
+    for r in ranked:
         lo, hi = r["cost_range_gmacs"]
         tie = [
             o["cell"]
             for o in rows
-            if o is not r and r["reached"] and o["reached"] and _overlap((lo, hi), tuple(o["cost_range_gmacs"]))
+            if o is not r
+            and o["ratio"] == r["ratio"]
+            and r["reached"]
+            and o["reached"]
+            and _overlap((lo, hi), tuple(o["cost_range_gmacs"]))
         ]
-        cost = f"{r['cost_gmacs']:,.0f}" if r["reached"] else f"not reached (max budget; {r['spent_gmacs']:,.0f} spent)"
+        cost = f"{r['cost_gmacs']:,.0f}" if r["reached"] else f"not reached ({r['spent_gmacs']:,.0f} spent)"
         secs = f"{r['cost_seconds']:,.0f}" if r["reached"] else f"({r['spent_seconds']:,.0f} spent)"
         rng = f"{lo:,.0f} to {hi:,.0f}" if lo is not None and hi is not None else "-"
         ci = r["test_acc_ci95"]
+        budget = f"{r['budget_epochs']:g}" if r.get("budget_epochs") is not None else "-"
         lines.append(
-            f"| {i} | {r['cell']} | {r['method']} | {r['epochs_per_step'] if r['epochs_per_step'] is not None else '-'} "
-            f"| {'yes' if r['reached'] else 'no'} | {cost} | {rng} | {secs} | {r['fine_tunes']} | {r['recovery_epochs']:g} "
-            f"| {r['val_acc']:.2f} | {r['test_acc']:.2f} ({ci[0]:.2f}-{ci[1]:.2f}) | {', '.join(tie) or '-'} |"
+            f"| {r['ratio']:g} | {_policy(r)} | {r['recipe']} | {'yes' if r['reached'] else 'no'} | {cost} | {rng} "
+            f"| {secs} | {r['fine_tunes']} | {budget} | {r['recovery_epochs']:g} | {r['val_acc']:.2f} "
+            f"| {r['test_acc']:.2f} ({ci[0]:.2f}-{ci[1]:.2f}) | {', '.join(tie) or '-'} |"
         )
     return "\n".join(lines)
+
+
+def limits(rows: list[dict[str, Any]]) -> dict[tuple[str, float], dict[str, Any]]:
+    """Each (recipe, ratio)'s hindsight limit: its cheapest reached budget cell."""
+    out: dict[tuple[str, float], dict[str, Any]] = {}
+    for r in rows:
+        key = (r["recipe"], r["ratio"])
+        if r["policy"] == "budget" and r["reached"] and (key not in out or r["cost_gmacs"] < out[key]["cost_gmacs"]):
+            out[key] = r
+    return out
+
+
+def limit_table(rows: list[dict[str, Any]]) -> str:
+    """The online policy against the hindsight limit (target: at most 1.25x), where both exist."""
+    lines = [
+        "| recipe | ratio | online B (epochs) | online cost (GMACs) | limit (GMACs) | limit's B | online / limit |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lim = limits(rows)
+    for r in sorted((r for r in rows if r["policy"] == "online"), key=lambda r: (r["ratio"], r["recipe"])):
+        best = lim.get((r["recipe"], r["ratio"]))
+        online = f"{r['cost_gmacs']:,.0f}" if r["reached"] else f"not reached ({r['spent_gmacs']:,.0f})"
+        if best is None:
+            lines.append(f"| {r['recipe']} | {r['ratio']:g} | {r['budget_epochs']:g} | {online} | - | - | - |")
+            continue
+        frac = f"{r['cost_gmacs'] / best['cost_gmacs']:.2f}x" if r["reached"] else "-"
+        lines.append(
+            f"| {r['recipe']} | {r['ratio']:g} | {r['budget_epochs']:g} | {online} | {best['cost_gmacs']:,.0f} "
+            f"| {best['budget_epochs']:g} | {frac} |"
+        )
+    return "\n".join(lines)
+
+
+def plot_map(rows: list[dict[str, Any]], path: Path) -> None:
+    """Cost to target against the pruning ratio: one line per recipe (online policy) with its
+    noise range, and each recipe's hindsight limit dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=100)
+    lim = limits(rows)
+    recipes = sorted({r["recipe"] for r in rows if r["policy"] == "online"})
+    for i, recipe in enumerate(recipes):
+        color = f"C{i}"
+        cells = sorted((r for r in rows if r["policy"] == "online" and r["recipe"] == recipe), key=lambda r: r["ratio"])
+        xs = [r["ratio"] for r in cells if r["reached"]]
+        ys = [r["cost_gmacs"] / 1000 for r in cells if r["reached"]]
+        ax.plot(xs, ys, "o-", color=color, label=f"{recipe} (online)")
+        for r in cells:
+            lo, hi = r["cost_range_gmacs"]
+            if r["reached"] and lo is not None:
+                ax.plot([r["ratio"]] * 2, [lo / 1000, hi / 1000], "-", color=color, lw=4, alpha=0.3)
+            if not r["reached"]:
+                ax.plot([r["ratio"]], [r["spent_gmacs"] / 1000], "x", color=color, ms=9)
+                ax.annotate(" not reached", (r["ratio"], r["spent_gmacs"] / 1000), fontsize=8, color=color)
+        lx = sorted(k[1] for k in lim if k[0] == recipe)
+        if lx:
+            ax.plot(
+                lx,
+                [lim[recipe, x]["cost_gmacs"] / 1000 for x in lx],
+                "s--",
+                color=color,
+                ms=4,
+                lw=1,
+                label=f"{recipe} (hindsight limit)",
+            )
+    ax.set_xlabel("pruning ratio (share of each unit's filters removed)")
+    ax.set_ylabel("cost to target (thousand GMACs)")
+    ax.set_title("Where each recipe wins: cost to within 1 point (lower is better; band: noise range)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, metadata={"Software": None})
+    plt.close(fig)
+    tmp.replace(path)
 
 
 def _overlap(a: tuple[Any, Any], b: tuple[Any, Any]) -> bool:
@@ -340,10 +433,13 @@ def main() -> None:
     print(table(rows))
     if rows:
         print()
-        print(loose_table(rows))
+        print(limit_table(rows))
+        print()
+        print(loose_table([r for r in rows if r["ratio"] == 0.6 and r["policy"] != "budget"]))
         png = args.results.with_suffix(".png")
-        plot(rows, png)
-        print(f"plot: {png}")
+        plot([r for r in rows if r["ratio"] == 0.6 and r["policy"] != "budget"], png)
+        plot_map(rows, args.results.with_name(args.results.stem + "_map.png"))
+        print(f"plots: {png}, {args.results.stem}_map.png")
 
 
 if __name__ == "__main__":
