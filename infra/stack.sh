@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The local stack: an S3 server (SeaweedFS), a Prefect server, an MLflow server whose
-# artifacts live in S3, a process work pool and a worker, all on 127.0.0.1. Every process
-# is started in the background with its PID written to .stack/<name>.pid, and `down`
-# stops exactly those PIDs (never by name). `up` writes .stack/env: `source` it to point
+# artifacts live in S3, a process work pool and a worker, all on 127.0.0.1. Every server
+# is started in a process group of its own, its id written to .stack/<name>.pid; `status`
+# and `down` act on those groups (never by name), so a server whose parent died is still
+# found and stopped, and `up` refuses a port that something it did not start is serving. `up` writes .stack/env: `source` it to point
 # flows, workers and DVC at the stack (it holds the S3 identity; .stack/ is not in git).
 #
 #   bash infra/stack.sh up        # S3 (:8333), Prefect server (:4200), MLflow server (:5000)
@@ -27,14 +28,55 @@ export PREFECT_HOME=${PREFECT_HOME:-$STACK/prefect-home}
 export ICE_PROJECT_DIR=$ROOT DO_NOT_TRACK=true PREFECT_SERVER_ANALYTICS_ENABLED=false
 mkdir -p "$STACK"
 
-start() {  # name, command...
-  local name=$1; shift
-  if [[ -f $STACK/$name.pid ]] && kill -0 "$(cat "$STACK/$name.pid")" 2>/dev/null; then
-    echo "$name already running (pid $(cat "$STACK/$name.pid"))"; return
+# Every server runs in a process group of its own (setsid: its PID is the group's id), and
+# everything here acts on the group, not on the leader alone: a server whose parent was killed
+# still has its workers serving the port, and they belong to the same group.
+state_of() {  # pid: its state letter (R, S, Z, ...), empty once it is gone
+  local stat; stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 0
+  stat=${stat##*) }; echo "${stat%% *}"
+}
+
+live_members() {  # pgid: the processes of the group that still run (a killed leader may linger as a zombie)
+  local p s
+  for p in $(pgrep -g "$1" 2>/dev/null); do
+    s=$(state_of "$p"); [[ -n $s && $s != Z ]] && echo "$p"
+  done
+  return 0
+}
+
+group_alive() {  # name: true while any process of the group recorded in .stack/<name>.pid runs
+  [[ -f $STACK/$1.pid ]] && [[ -n $(live_members "$(cat "$STACK/$1.pid")") ]]
+}
+
+port_busy() {  # port: true when something listens on 127.0.0.1:port
+  "$PY" - "$1" <<'PY'
+import socket, sys
+s = socket.socket()
+try:
+    s.connect(("127.0.0.1", int(sys.argv[1])))
+except OSError:
+    sys.exit(1)
+PY
+}
+
+start() {  # name, port, command...
+  local name=$1 port=$2; shift 2
+  if group_alive "$name"; then
+    echo "$name already running (process group $(cat "$STACK/$name.pid"))"; return
+  fi
+  if port_busy "$port"; then
+    echo "error: port $port ($name) is taken by a process this stack did not start; stop it, or set ${name^^}_PORT" >&2
+    exit 1
   fi
   setsid "$@" >"$STACK/$name.log" 2>&1 < /dev/null &
   echo $! >"$STACK/$name.pid"
-  echo "$name started (pid $!, log $STACK/$name.log)"
+  echo "$name started (process group $!, log $STACK/$name.log)"
+}
+
+check_started() {  # name: the server we started must be the one answering (it may have died at once)
+  group_alive "$1" && return 0
+  echo "error: $1 exited at start: $(tail -n 1 "$STACK/$1.log" 2>/dev/null)" >&2
+  exit 1
 }
 
 wait_http() {  # url, seconds
@@ -51,22 +93,27 @@ PY
   echo "no answer from $1 after $2 s" >&2; return 1
 }
 
-stop() {  # name
+stop() {  # name: the whole process group, even once its leader is gone
   local f=$STACK/$1.pid
   [[ -f $f ]] || return 0
-  local pid; pid=$(cat "$f")
-  if kill -0 "$pid" 2>/dev/null; then
-    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid"
-    for _ in $(seq 1 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
-    kill -0 "$pid" 2>/dev/null && { kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid"; }
-    echo "$1 stopped (pid $pid)"
+  local pgid; pgid=$(cat "$f")
+  if group_alive "$1"; then
+    kill -TERM -- "-$pgid" 2>/dev/null || true
+    for _ in $(seq 1 20); do group_alive "$1" || break; sleep 0.5; done
+    group_alive "$1" && kill -KILL -- "-$pgid" 2>/dev/null
+    for _ in $(seq 1 10); do group_alive "$1" || break; sleep 0.2; done
+    echo "$1 stopped (process group $pgid)"
   fi
   rm -f "$f"
 }
 
 s3_up() {
-  if [[ -f $STACK/s3.pid ]] && kill -0 "$(cat "$STACK/s3.pid")" 2>/dev/null; then
-    echo "s3 already running (pid $(cat "$STACK/s3.pid"))"; return
+  if group_alive s3; then
+    echo "s3 already running (process group $(cat "$STACK/s3.pid"))"; return
+  fi
+  if port_busy "$S3_PORT"; then
+    echo "error: port $S3_PORT (s3) is taken by a process this stack did not start; stop it, or set S3_PORT" >&2
+    exit 1
   fi
   "$PY" infra/s3.py up --dir "$STACK/s3" --port "$S3_PORT" --bucket "$BUCKET" --env "$STACK/s3.env"
   cp "$STACK/s3/weed.pid" "$STACK/s3.pid"
@@ -94,12 +141,13 @@ case ${1:-help} in
     export MLFLOW_DISABLE_TELEMETRY=true PREFECT_SERVER_UI_STATIC_DIRECTORY=$STACK/prefect-ui
     export PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT=false
     "$PY" infra/prefect_ui.py "$PREFECT_SERVER_UI_STATIC_DIRECTORY"
-    start prefect "$BIN/prefect" server start --host 127.0.0.1 --port "$PREFECT_PORT"
+    start prefect "$PREFECT_PORT" "$BIN/prefect" server start --host 127.0.0.1 --port "$PREFECT_PORT"
     # artifacts (registered models included) go to the bucket; clients reach them through the server
-    start mlflow "$BIN/mlflow" server --host 127.0.0.1 --port "$MLFLOW_PORT" \
+    start mlflow "$MLFLOW_PORT" "$BIN/mlflow" server --host 127.0.0.1 --port "$MLFLOW_PORT" \
       --backend-store-uri "sqlite:///${ICE_MLFLOW_DB:-$ROOT/mlflow.db}" --artifacts-destination "s3://$BUCKET/mlartifacts"
     wait_http "$PREFECT_API_URL/health" 120
     wait_http "http://127.0.0.1:$MLFLOW_PORT/health" 120
+    check_started prefect; check_started mlflow
     echo "S3: http://127.0.0.1:$S3_PORT (bucket $BUCKET)   Prefect UI: http://127.0.0.1:$PREFECT_PORT   MLflow UI: http://127.0.0.1:$MLFLOW_PORT"
     echo "to use the stack from a shell: source $STACK/env" ;;
   remote)
@@ -121,12 +169,23 @@ case ${1:-help} in
   worker)
     # shellcheck disable=SC1091
     [[ -f $STACK/env ]] && source "$STACK/env"
-    start worker env -C "${WORKER_DIR:-/tmp}" "$BIN/prefect" worker start --pool ice-pool --type process ;;
+    start worker 0 env -C "${WORKER_DIR:-/tmp}" "$BIN/prefect" worker start --pool ice-pool --type process ;;
   trigger)
     shift; "$BIN/prefect" deployment run "${1:-pipeline/pipeline}" "${@:2}" ;;
   status)
-    for n in s3 prefect mlflow worker; do
-      if [[ -f $STACK/$n.pid ]] && kill -0 "$(cat "$STACK/$n.pid")" 2>/dev/null; then echo "$n: running (pid $(cat "$STACK/$n.pid"))"; else echo "$n: stopped"; fi
+    for n in s3:$S3_PORT prefect:$PREFECT_PORT mlflow:$MLFLOW_PORT worker:0; do
+      name=${n%%:*} port=${n##*:}
+      if group_alive "$name"; then
+        pgid=$(cat "$STACK/$name.pid")
+        alive=$(live_members "$pgid" | wc -l)
+        state=$(state_of "$pgid")
+        leader=$([[ -n $state && $state != Z ]] && echo "" || echo ", its leader gone")
+        echo "$name: running (process group $(cat "$STACK/$name.pid"), $alive processes$leader)"
+      elif [[ $port != 0 ]] && port_busy "$port"; then
+        echo "$name: stopped, but port $port is served by a process this stack did not start"
+      else
+        echo "$name: stopped"
+      fi
     done ;;
   down)
     stop worker; stop mlflow; stop prefect; stop s3 ;;
