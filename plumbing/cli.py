@@ -28,7 +28,7 @@ from plumbing.runtime import (
 )
 from plumbing.s3 import StoreError, check_url
 from plumbing.stages import verified_upstream
-from plumbing.tracking import TrackingUnavailable, check_reachable, tracking_uri
+from plumbing.tracking import TrackingUnavailable, check_reachable, outage_line, tracking_uri
 from plumbing.weights import WeightsError
 
 __all__ = ["one_line", "cli"]
@@ -84,6 +84,8 @@ def one_line(err: BaseException, stage: str | None = None) -> str:
         CheckpointError,
         StoreError,
     )
+    if type(err).__name__ == "MlflowException" and (outage := outage_line(err)) is not None:
+        return outage
     text = str(err).strip().splitlines()[0] if str(err).strip() else ""
     if isinstance(err, known):
         return text or type(err).__name__

@@ -28,7 +28,16 @@ from typing import Any
 from plumbing.metric_names import flatten, metric_name, readable
 from plumbing.registry import ModelRegistry
 
-__all__ = ["Tracker", "TrackingUnavailable", "tracking_uri", "check_reachable", "git_commit", "project_links"]
+__all__ = [
+    "Tracker",
+    "TrackingUnavailable",
+    "outage_line",
+    "OUTAGE_SECONDS",
+    "tracking_uri",
+    "check_reachable",
+    "git_commit",
+    "project_links",
+]
 
 EXPERIMENT_KIND, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
 PIPELINE_TAG = "ice.pipeline"  # the key every run of one pipeline run carries (see Tracker.pipeline_run)
@@ -38,6 +47,52 @@ COMPARISON_VIEW = "ice.comparison_view"  # the key of the newest comparison view
 
 class TrackingUnavailable(RuntimeError):
     """The MLflow tracking server cannot be reached."""
+
+
+_RETRIES = 6
+OUTAGE_SECONDS = sum(2 ** (k - 1) for k in range(2, _RETRIES + 1))  # 62: the wait a call rides through
+
+
+class _RetryLine:
+    """urllib3's retry warnings, one per outage, as one line naming the server and the bound."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri, self.last = uri, 0.0
+
+    def filter(self, record: Any) -> bool:
+        if "Retrying (" not in str(record.msg):
+            return True
+        now = time.monotonic()
+        if now - self.last > OUTAGE_SECONDS + 30:
+            from plumbing.log import progress
+
+            progress(f"MLflow server at {self.uri} is not answering; retrying for up to {OUTAGE_SECONDS} s")
+        self.last = now
+        return False
+
+
+def _announce_retries(uri: str) -> None:
+    import logging
+
+    log = logging.getLogger("urllib3.connectionpool")
+    if not any(isinstance(f, _RetryLine) for f in log.filters):
+        log.addFilter(_RetryLine(uri))
+
+
+def outage_line(err: BaseException) -> str | None:
+    """MLflow's "API request to <url> failed ... Max retries exceeded" as the project's one line:
+    the server, how long it was waited for, and what to do; None for any other error."""
+    import re
+
+    text = str(err)
+    if "Max retries exceeded" not in text and "failed with exception" not in text:
+        return None
+    m = re.search(r"(https?://[^/\s]+)", text)
+    where = m.group(1) if m else "the tracking URI"
+    return (
+        f"MLflow server at {where} did not answer for {OUTAGE_SECONDS} s; restart it (ice up, or make up) "
+        "and rerun: every finished task is reused"
+    )
 
 
 def tracking_uri(root: Path, configured: str | None = None) -> str:
@@ -92,9 +147,12 @@ class Tracker(ModelRegistry):
         # "View experiment at" line opens the GenAI overview, which is empty for this project
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         if self.uri.startswith("http"):
-            # a server that goes away mid-run should fail a call in seconds, not minutes
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+            # an outage of up to OUTAGE_SECONDS (a server restarted) costs a wait, not the run:
+            # urllib3 sleeps 0, 2, 4, 8, 16, 32 s between the retries; longer fails in one line
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(_RETRIES))
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+            _announce_retries(self.uri)
         mlflow.set_tracking_uri(self.uri)
         self.client = MlflowClient(self.uri)
         exp = self.client.get_experiment_by_name(experiment)

@@ -148,10 +148,16 @@ class MlflowServer:
     """A real `mlflow server` on loopback, as `make up` starts it, stopped by its own PID."""
 
     def __init__(self, home: Path, artifacts: str | None = None, env: dict[str, str] | None = None) -> None:
-        self.home = home
+        self.home, self.artifacts, self.env = home, artifacts, env
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(home / "mlflow.log", "w")  # noqa: SIM115
+        self.start()
+
+    def start(self) -> None:
+        """Start the server (again, after :meth:`stop`: same port, same store) and wait for /health."""
+        if self.log.closed:
+            self.log = open(self.home / "mlflow.log", "a")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -163,13 +169,13 @@ class MlflowServer:
                 "--port",
                 str(self.port),
                 "--backend-store-uri",
-                f"sqlite:///{home / 'mlflow.db'}",
+                f"sqlite:///{self.home / 'mlflow.db'}",
                 "--artifacts-destination",
-                artifacts or str(home / "mlartifacts"),
+                self.artifacts or str(self.home / "mlartifacts"),
                 "--workers",
                 "1",
             ],
-            env=sub_env(**(env or {})),
+            env=sub_env(**(self.env or {})),
             stdout=self.log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -177,7 +183,7 @@ class MlflowServer:
         deadline = time.time() + 120
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited; see {home / 'mlflow.log'}")
+                raise RuntimeError(f"mlflow server exited; see {self.home / 'mlflow.log'}")
             try:
                 with urllib.request.urlopen(self.url + "/health", timeout=2) as r:
                     if r.status == 200:
