@@ -349,6 +349,13 @@ def plot_map(rows: list[dict[str, Any]], path: Path) -> None:
     ax.set_title("Where each recipe wins: cost to within 1 point (lower is better; band: noise range)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+def _save(fig: Any, path: Path) -> None:
+    """Write the figure atomically (temporary file, then rename), with no timestamped metadata."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp, metadata={"Software": None})
@@ -400,11 +407,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     b.set_title("Accuracy against cost (steps, then recovery)")
     b.legend(fontsize=7)
     b.grid(alpha=0.3)
-    fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, metadata={"Software": None})
-    plt.close(fig)
-    tmp.replace(path)
+    _save(fig, path)
 
 
 def main() -> None:
