@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +24,7 @@ __all__ = [
     "tag_flow_run",
     "prefect_run_url",
     "prune_target_tag",
+    "crash_dead_runs",
 ]
 
 PROJECT_TAG = "project:ice-pipeline"
@@ -75,6 +77,7 @@ def tag_flow_run(flow_run_id: str, name: str, method: str | None, params: Params
     if not flow_run_id:
         return
     tags = [PROJECT_TAG, f"stage:{name}", f"data:{params.data.source}", f"arch:{params.model.arch}"]
+    tags += [f"host:{socket.gethostname()}", f"pid:{os.getpid()}"]  # what crash_dead_runs reads
     if method:
         tags += [f"method:{method}", prune_target_tag(method, params)]
     with contextlib.suppress(Exception):
@@ -98,3 +101,71 @@ def prune_target_tag(method: str, params: Params) -> str:
     if sp.stepwise or sp.filters or params.schedule.granularity == "filter":
         return f"ratio:{params.prune.ratio:g}"
     return f"sparsity:{params.schedule.target:g}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def crash_dead_runs() -> list[str]:
+    """Mark as Crashed the flow runs of this project left Running by a process on this host
+    that is gone (a pipeline killed with SIGKILL cannot report its end), with their Running
+    and Pending task runs; one progress line says how many. Returns the flow-run names.
+
+    Each run carries ``host:`` and ``pid:`` tags (:func:`tag_flow_run`); a run whose process
+    still lives, this one included, is left alone. A view only: an API that does not answer
+    changes nothing and fails nothing."""
+    if not os.environ.get("PREFECT_API_URL"):
+        return []  # an ephemeral server of our own: no other process's runs live in it
+    host = socket.gethostname()
+    done: list[str] = []
+    with contextlib.suppress(Exception):
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import (
+            FlowRunFilter,
+            FlowRunFilterState,
+            FlowRunFilterStateType,
+            FlowRunFilterTags,
+            TaskRunFilter,
+            TaskRunFilterFlowRunId,
+            TaskRunFilterState,
+            TaskRunFilterStateType,
+        )
+        from prefect.client.schemas.objects import StateType
+        from prefect.states import Crashed
+
+        live = [StateType.RUNNING, StateType.PENDING]
+        with get_client(sync_client=True) as client:
+            runs = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING])),
+                    tags=FlowRunFilterTags(all_=[PROJECT_TAG, f"host:{host}"]),
+                ),
+                limit=200,
+            )
+            for run in runs:
+                pids = [int(t[4:]) for t in run.tags if t.startswith("pid:") and t[4:].isdigit()]
+                if not pids or any(_alive(p) for p in pids):
+                    continue
+                msg = f"its process (pid {pids[0]} on {host}) is gone; marked by the next run"
+                client.set_flow_run_state(run.id, Crashed(message=msg), force=True)
+                tasks = client.read_task_runs(
+                    task_run_filter=TaskRunFilter(
+                        flow_run_id=TaskRunFilterFlowRunId(any_=[run.id]),
+                        state=TaskRunFilterState(type=TaskRunFilterStateType(any_=live)),
+                    )
+                )
+                for t in tasks:
+                    client.set_task_run_state(t.id, Crashed(message=msg), force=True)
+                done.append(run.name)
+    if done:
+        from plumbing.log import progress
+
+        progress(f"Prefect: {len(done)} flow run(s) left Running by a killed process marked Crashed: {', '.join(done)}")
+    return done

@@ -23,7 +23,7 @@ from ice.files import sha256_file
 from ice.methods.registry import DEVICE_KEYS
 from plumbing.paths import Paths, make_ref, project_root
 from plumbing.pipeline_run import parent_tags, pipeline_key, pipeline_name, source_tags
-from plumbing.prefect_views import flow_run_id, prefect_run_url, tag_flow_run
+from plumbing.prefect_views import crash_dead_runs, flow_run_id, prefect_run_url, tag_flow_run
 from plumbing.records import publish, verify_input
 from plumbing.shard_store import share_prepared
 from plumbing.store import resolve, store_for
@@ -214,6 +214,7 @@ def open_stage(
         stage.info["pipeline_run_id"] = parent
         logged |= {"method": method} if method else {}
         stage.run_id = stage.tracker.start_run(run_name, tags, logged, parent=parent)
+    crash_dead_runs()  # what a killed run left Running (MLflow's side: end_stale_runs above)
     tag_flow_run(flow_run_id(), name, method, params)
     status = "FAILED"
     try:

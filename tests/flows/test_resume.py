@@ -36,6 +36,16 @@ def _cmd(root: Path) -> list[str]:
     return [sys.executable, "-m", "flows.prune", "--method", "iterative", "--root", str(root)]
 
 
+def _flow_runs(api: str, tag: str) -> list[dict]:
+    """The Prefect server's flow runs carrying ``tag`` (its REST API, as the UI reads it)."""
+    import urllib.request
+
+    body = json.dumps({"flow_runs": {"tags": {"all_": [tag]}}}).encode()
+    req = urllib.request.Request(f"{api}/flow_runs/filter", body, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
+
+
 def _states(log: str, task: str) -> list[str]:
     return re.findall(rf"Task run '{task}-[^']*' - Finished in state (\w+)", log)
 
@@ -88,6 +98,9 @@ def test_killed_prune_resumes_from_cache_with_identical_checkpoint(prefect_serve
     assert finetuned.count("Cached") >= 2
     assert _states(again.stderr, "start-pruning") == ["Cached"]
     assert sha256_file(killed / "models" / "pruned" / "iterative.pt") == reference
+    # the killed run does not stay Running in Prefect: the rerun marked it Crashed
+    assert "left Running by a killed process marked Crashed: prune-iterative" in again.stderr, again.stderr[-2000:]
+    assert [r["state_type"] for r in _flow_runs(prefect_server.url, f"pid:{proc.pid}")] == ["CRASHED"]
 
 
 def test_sigterm_stops_a_running_trial_after_its_step_and_the_rerun_resumes_it(prefect_server, tmp_path):
