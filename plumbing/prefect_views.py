@@ -103,16 +103,6 @@ def prune_target_tag(method: str, params: Params) -> str:
     return f"sparsity:{params.schedule.target:g}"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def crash_dead_runs() -> list[str]:
     """Mark as Crashed the flow runs of this project left Running by a process on this host
     that is gone (a pipeline killed with SIGKILL cannot report its end), with their Running
@@ -139,6 +129,8 @@ def crash_dead_runs() -> list[str]:
         )
         from prefect.client.schemas.objects import StateType
         from prefect.states import Crashed
+
+        from plumbing.tracking import _alive  # the one liveness check (MLflow's stale runs use it too)
 
         live = [StateType.RUNNING, StateType.PENDING]
         with get_client(sync_client=True) as client:
