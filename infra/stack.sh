@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# The local stack: an S3 server (SeaweedFS), a Prefect server, an MLflow server whose
-# artifacts live in S3, a process work pool and a worker, all on 127.0.0.1. Every server
-# is started in a process group of its own, its id written to .stack/<name>.pid; `status`
-# and `down` act on those groups (never by name), so a server whose parent died is still
-# found and stopped, and `up` refuses a port that something it did not start is serving. `up` writes .stack/env: `source` it to point
-# flows, workers and DVC at the stack (it holds the S3 identity; .stack/ is not in git).
+# The local stack: an S3 server (SeaweedFS), PostgreSQL, a Prefect server and an MLflow server
+# that both keep their data in PostgreSQL (ICE_STACK_DB=sqlite: in SQLite files instead), MLflow's
+# artifacts in S3, a process work pool and a worker, all on 127.0.0.1. Every server is started
+# in a process group of its own, its id written to .stack/<name>.pid; `status` and `down` act
+# on those groups (never by name), so a server whose parent died is still found and stopped,
+# and `up` refuses a port that something it did not start is serving. `up` writes .stack/env:
+# `source` it to point flows, workers and DVC at the stack (it holds the S3 identity; .stack/
+# is not in git). PostgreSQL's password and URLs stay in .stack/pg.env, read by the servers only.
 #
-#   bash infra/stack.sh up        # S3 (:8333), Prefect server (:4200), MLflow server (:5000)
+#   bash infra/stack.sh up        # S3 (:8333), PostgreSQL (:5433), Prefect (:4200), MLflow (:5000)
 #   bash infra/stack.sh remote    # the DVC remote s3://ice/dvc, in .dvc/config.local
 #   bash infra/stack.sh pool      # create the process work pool `ice-pool`
 #   bash infra/stack.sh deploy    # deploy `pipeline` and `prune` from infra/prefect.yaml
@@ -22,6 +24,8 @@ STACK=${ICE_STACK_DIR:-$ROOT/.stack}
 PREFECT_PORT=${PREFECT_PORT:-4200}
 MLFLOW_PORT=${MLFLOW_PORT:-5000}
 S3_PORT=${S3_PORT:-8333}
+PG_PORT=${PG_PORT:-5433}
+DB=${ICE_STACK_DB:-postgres}  # postgres (the team stack) or sqlite (one machine, one writer at a time)
 BUCKET=${ICE_BUCKET:-ice}
 export PREFECT_API_URL=${PREFECT_API_URL:-http://127.0.0.1:$PREFECT_PORT/api}
 export PREFECT_HOME=${PREFECT_HOME:-$STACK/prefect-home}
@@ -36,9 +40,10 @@ state_of() {  # pid: its state letter (R, S, Z, ...), empty once it is gone
   stat=${stat##*) }; echo "${stat%% *}"
 }
 
-live_members() {  # pgid: the processes of the group that still run (a killed leader may linger as a zombie)
+live_members() {  # pgid: the processes of the group that still run (a killed leader may linger as a zombie),
+  # and the leader's direct children: PostgreSQL puts each of its processes in a session of its own
   local p s
-  for p in $(pgrep -g "$1" 2>/dev/null); do
+  for p in $( (pgrep -g "$1"; pgrep -P "$1") 2>/dev/null | sort -un); do
     s=$(state_of "$p"); [[ -n $s && $s != Z ]] && echo "$p"
   done
   return 0
@@ -98,13 +103,33 @@ stop() {  # name: the whole process group, even once its leader is gone
   [[ -f $f ]] || return 0
   local pgid; pgid=$(cat "$f")
   if group_alive "$1"; then
-    kill -TERM -- "-$pgid" 2>/dev/null || true
+    if [[ $1 == postgres ]]; then  # SIGINT to the postmaster: a fast shutdown, which stops its children itself
+      kill -INT "$pgid" 2>/dev/null || kill -TERM -- "-$pgid" 2>/dev/null || true
+    else
+      kill -TERM -- "-$pgid" 2>/dev/null || true
+    fi
     for _ in $(seq 1 20); do group_alive "$1" || break; sleep 0.5; done
     group_alive "$1" && kill -KILL -- "-$pgid" 2>/dev/null
     for _ in $(seq 1 10); do group_alive "$1" || break; sleep 0.2; done
     echo "$1 stopped (process group $pgid)"
   fi
   rm -f "$f"
+}
+
+pg_up() {  # PostgreSQL, its data under $STACK/pg; pg.env (mode 600) holds the password and both servers' URLs
+  if group_alive postgres; then
+    echo "postgres already running (process group $(cat "$STACK/postgres.pid"))"; return
+  fi
+  if port_busy "$PG_PORT"; then
+    echo "error: port $PG_PORT (postgres) is taken by a process this stack did not start; stop it, or set PG_PORT" >&2
+    exit 1
+  fi
+  if ! "$PY" infra/pg.py check 2>"$STACK/pg.check"; then
+    echo "$(sed 's/^error: //' "$STACK/pg.check"); or ICE_STACK_DB=sqlite for a stack on SQLite files" | sed 's/^/error: /' >&2
+    exit 1
+  fi
+  "$PY" infra/pg.py up --dir "$STACK/pg" --port "$PG_PORT" --env "$STACK/pg.env"
+  cp "$STACK/pg/postgres.pid" "$STACK/postgres.pid"
 }
 
 s3_up() {
@@ -131,6 +156,11 @@ write_env() {  # everything a flow, a worker or dvc on this machine needs to use
 
 case ${1:-help} in
   up)
+    case $DB in
+      postgres) pg_up ;;
+      sqlite) ;;
+      *) echo "error: ICE_STACK_DB=$DB: allowed values are postgres, sqlite" >&2; exit 1 ;;
+    esac
     s3_up
     write_env
     # shellcheck disable=SC1091
@@ -141,13 +171,22 @@ case ${1:-help} in
     export MLFLOW_DISABLE_TELEMETRY=true PREFECT_SERVER_UI_STATIC_DIRECTORY=$STACK/prefect-ui
     export PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT=false
     "$PY" infra/prefect_ui.py "$PREFECT_SERVER_UI_STATIC_DIRECTORY"
+    if [[ $DB == postgres ]]; then
+      # the URLs (with the password) reach the servers through their environment, never a command line
+      # shellcheck disable=SC1091
+      source "$STACK/pg.env"
+      export MLFLOW_BACKEND_STORE_URI PREFECT_API_DATABASE_CONNECTION_URL
+    else
+      export MLFLOW_BACKEND_STORE_URI=sqlite:///${ICE_MLFLOW_DB:-$ROOT/mlflow.db}
+    fi
     start prefect "$PREFECT_PORT" "$BIN/prefect" server start --host 127.0.0.1 --port "$PREFECT_PORT"
     # artifacts (registered models included) go to the bucket; clients reach them through the server
     start mlflow "$MLFLOW_PORT" "$BIN/mlflow" server --host 127.0.0.1 --port "$MLFLOW_PORT" \
-      --backend-store-uri "sqlite:///${ICE_MLFLOW_DB:-$ROOT/mlflow.db}" --artifacts-destination "s3://$BUCKET/mlartifacts"
+      --artifacts-destination "s3://$BUCKET/mlartifacts"
     wait_http "$PREFECT_API_URL/health" 120
     wait_http "http://127.0.0.1:$MLFLOW_PORT/health" 120
     check_started prefect; check_started mlflow
+    echo "database: $DB$([[ $DB == postgres ]] && echo " on 127.0.0.1:$PG_PORT (data $STACK/pg/data)")"
     echo "S3: http://127.0.0.1:$S3_PORT (bucket $BUCKET)   Prefect UI: http://127.0.0.1:$PREFECT_PORT   MLflow UI: http://127.0.0.1:$MLFLOW_PORT"
     echo "to use the stack from a shell: source $STACK/env" ;;
   remote)
@@ -173,7 +212,7 @@ case ${1:-help} in
   trigger)
     shift; "$BIN/prefect" deployment run "${1:-pipeline/pipeline}" "${@:2}" ;;
   status)
-    for n in s3:$S3_PORT prefect:$PREFECT_PORT mlflow:$MLFLOW_PORT worker:0; do
+    for n in postgres:$PG_PORT s3:$S3_PORT prefect:$PREFECT_PORT mlflow:$MLFLOW_PORT worker:0; do
       name=${n%%:*} port=${n##*:}
       if group_alive "$name"; then
         pgid=$(cat "$STACK/$name.pid")
@@ -188,7 +227,7 @@ case ${1:-help} in
       fi
     done ;;
   down)
-    stop worker; stop mlflow; stop prefect; stop s3 ;;
+    stop worker; stop mlflow; stop prefect; stop s3; stop postgres ;;
   *)
     sed -n '2,17p' "$0" ;;
 esac

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +77,33 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def postgres_or_skip() -> None:
+    """Skip, saying why, where PostgreSQL cannot run (`infra/pg.py check`: not installed, or root
+    without the package's `postgres` user)."""
+    import pytest
+
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "infra" / "pg.py"), "check"], capture_output=True, text=True, timeout=60
+    )
+    if r.returncode != 0:
+        pytest.skip(f"the team stack needs PostgreSQL, which cannot run here: {r.stderr.strip()}")
+
+
+@contextlib.contextmanager
+def reachable_dir(prefix: str) -> Iterator[Path]:
+    """A fresh directory under the system temp dir that every user can search (mode 755), removed
+    after: pytest's own temporary directories are private to their owner, and PostgreSQL, run as
+    root, runs as `postgres`."""
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix=f"ice-{prefix}-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def start_group(

@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from helpers import ROOT, free_port, sub_env, write_params
+from helpers import ROOT, free_port, postgres_or_skip, reachable_dir, sub_env, write_params
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -40,13 +40,18 @@ def stack(tmp_path_factory):
     """`make up` (infra/stack.sh up) on free ports, its state in a temporary directory."""
     _chromium()
     pytest.importorskip("playwright.sync_api", reason="playwright is a dev dependency (make setup)")
-    home = tmp_path_factory.mktemp("stack")
+    postgres_or_skip()  # what `make up` gives users: the team stack, on PostgreSQL
+    with reachable_dir("ui-stack") as where:
+        yield from _stack_in(where / "stack")
+
+
+def _stack_in(home):
     env = sub_env(
         ICE_STACK_DIR=str(home),
-        ICE_MLFLOW_DB=str(home / "mlflow.db"),
         PREFECT_PORT=str(free_port()),
         MLFLOW_PORT=str(free_port()),
         S3_PORT=str(free_port()),
+        PG_PORT=str(free_port()),
         PYTHON=sys.executable,
     )
     up = subprocess.run(
