@@ -138,7 +138,7 @@ def test_team_stack_on_postgres_and_down_stops_a_group_whose_parent_was_killed(t
             pg["PREFECT_API_DATABASE_CONNECTION_URL"],
             "SELECT flow.name, flow_run.state_type FROM flow_run JOIN flow ON flow.id = flow_run.flow_id",
         )
-        assert not list(home.glob("*.db")), "the team stack writes no SQLite database"
+        assert not list(home.rglob("*.db")), "the team stack writes no SQLite database"
         secret = pg["ICE_PG_PASSWORD"]
         assert secret not in _command_lines(), "the database password is on a command line"
         for f in home.rglob("*"):
