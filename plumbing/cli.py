@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -34,14 +35,77 @@ from plumbing.weights import WeightsError
 __all__ = ["one_line", "cli"]
 
 
+class _PrefectOutage:
+    """Prefect's own records of an unreachable server (the events client's "Unable to connect"
+    warning, the events worker's "failed to process item Event(...)" error: 2,000-2,700 characters
+    each) become one line when the outage starts and one line, with its length, at the end; and a
+    task result that Prefect rolled back because the store did not take it is said in one line,
+    naming the task (Prefect itself logs that at ERROR, or not at all on the console)."""
+
+    UNREACHABLE = ("Unable to connect to", "failed to process item")
+    ROLLED_BACK = ("An error was encountered while committing transaction", "while serializing result for transaction")
+
+    def __init__(self) -> None:
+        self.first: float | None = None
+        self.last = 0.0
+        self.busy = False  # progress() also logs to the run: never re-enter from inside it
+
+    def catch(self, record: logging.LogRecord) -> bool:
+        """True when the record is one of these (it is then dropped, after its line)."""
+        if not record.name.startswith("prefect") or self.busy:
+            return False
+        msg = str(record.msg)
+        if any(k in msg for k in self.UNREACHABLE):
+            now = time.monotonic()
+            if self.first is None:
+                self.first = now
+                self._say(
+                    f"Prefect server at {os.environ.get('PREFECT_API_URL', '(ephemeral)')} is not answering; the run "
+                    "goes on, and what it reports until the server is back may be missing from the Prefect UI"
+                )
+            self.last = now
+            return True
+        if any(k in msg for k in self.ROLLED_BACK):
+            task = getattr(record, "task_run_name", None) or "a task"
+            exc = record.exc_info[1] if record.exc_info else None
+            why = f" ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})" if exc else ""
+            self._say(
+                f"{task}: its result could not be written to the task store "
+                f"({os.environ.get('ICE_STORE_URL') or 'store.url'}){why} and was rolled back; the run goes on, "
+                "and the next run recomputes that task"
+            )
+            return True
+        return False
+
+    def ended(self) -> None:
+        """The outage's one closing line, where there was one."""
+        if self.first is not None:
+            span = max(self.last - self.first, 0.0)
+            self._say(f"Prefect server was unreachable for about {span:.0f} s (from its first failed call to its last)")
+            self.first = None
+
+    def _say(self, line: str) -> None:
+        self.busy = True
+        try:
+            progress(line)
+        finally:
+            self.busy = False
+
+
+PREFECT_OUTAGE = _PrefectOutage()
+
+
 class _OneLineFailures(logging.Filter):
     """Without ``--debug``, a failure is reported once, by the CLI's ``error:`` line.
 
     Prefect's (and MLflow's) own ERROR records, their tracebacks, the "Finished in state
-    Failed" lines and urllib3's retry warnings are dropped from the console.
+    Failed" lines and urllib3's retry warnings are dropped from the console; Prefect's outage
+    records become :class:`_PrefectOutage`'s lines.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if PREFECT_OUTAGE.catch(record):
+            return False
         if record.name.startswith(("prefect", "mlflow", "urllib3")):
             if record.levelno >= logging.ERROR or record.name.startswith("urllib3"):
                 return False
@@ -54,7 +118,8 @@ class _OneLineFailures(logging.Filter):
 
 def _quiet_failures() -> None:
     for handler in logging.getLogger().handlers:
-        handler.addFilter(_OneLineFailures())
+        if not any(isinstance(f, _OneLineFailures) for f in handler.filters):
+            handler.addFilter(_OneLineFailures())
 
 
 def _quiet_prefect() -> None:
@@ -267,7 +332,10 @@ def cli(
             _quiet_failures()
         _bind_ephemeral_server()
         with temporary_settings(updates={PREFECT_TASKS_REFRESH_CACHE: True} if args.refresh_cache else None):
-            run(args, overrides)
+            try:
+                run(args, overrides)
+            finally:
+                PREFECT_OUTAGE.ended()
     except KeyboardInterrupt:
         print(f"error: {name} interrupted", file=sys.stderr)
         sys.exit(130)

@@ -6,7 +6,8 @@
     ice compare                  every method in one process, no orchestration
     ice export --method ice      ONNX, TorchScript or safetensors, checked against PyTorch
     ice links | gc               where to look; shrink the cache
-    ice up | down | status       the local stack (S3, Prefect, MLflow) on 127.0.0.1
+    ice up | down | status       the local stack (PostgreSQL, S3, Prefect, MLflow) on 127.0.0.1;
+                                 status also marks the flow runs of killed pipelines Crashed
 
 Each subcommand runs the module it names in this process, with its own ``--help``, its own
 ``--set KEY=VALUE`` and its own one-line errors: ``ice prune ...`` is ``python -m flows.prune
@@ -34,9 +35,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("module:scripts.export", "export a model as ONNX, TorchScript or safetensors, checked"),
     "links": ("module:scripts.links", "the MLflow runs table and the Prefect UI of this project"),
     "gc": ("module:scripts.gc", "shrink .ice-cache/ to what outputs and the registry reference"),
-    "up": ("stack:up", "start S3, Prefect and MLflow servers on 127.0.0.1 (infra/stack.sh up)"),
+    "up": ("stack:up", "start PostgreSQL, S3, Prefect and MLflow servers on 127.0.0.1 (infra/stack.sh up)"),
     "down": ("stack:down", "stop what `ice up` started, by its process groups"),
-    "status": ("stack:status", "which stack processes are running"),
+    "status": ("stack:status", "which stack processes run; flow runs of killed pipelines marked Crashed"),
 }
 
 
@@ -76,6 +77,41 @@ def _run(argv: list[str]) -> int:
     return rc
 
 
+def _prefect_api() -> str | None:
+    """The Prefect API this project reports to: $PREFECT_API_URL, else the stack's (.stack/env)."""
+    if os.environ.get("PREFECT_API_URL"):
+        return os.environ["PREFECT_API_URL"]
+    env = Path(os.environ.get("ICE_STACK_DIR", ".stack")) / "env"
+    if env.is_file():
+        for line in env.read_text().splitlines():
+            for pair in line.removeprefix("export ").split():
+                key, _, value = pair.partition("=")
+                if key == "PREFECT_API_URL":
+                    return value
+    return None
+
+
+def _crash_dead_runs() -> None:
+    """After the stack's status: the flow runs that a killed pipeline on this host left Running are
+    marked Crashed, as the next run would (plumbing.prefect_views.crash_dead_runs), or a line says
+    there were none. Silent where no Prefect server answers."""
+    import urllib.request
+
+    url = _prefect_api()
+    if not url:
+        return
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/health", timeout=3):
+            pass
+    except OSError:
+        return
+    os.environ["PREFECT_API_URL"] = url
+    from plumbing.prefect_views import crash_dead_runs
+
+    if not crash_dead_runs():  # it says what it marked
+        print("Prefect: no flow run of this project is left Running by a killed process")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -97,7 +133,10 @@ def main(argv: list[str] | None = None) -> int:
         if not stack.is_file():
             print(f"error: {stack} not found: run ice {name} from the project root", file=sys.stderr)
             return 2
-        return subprocess.run(["bash", str(stack), target, *rest]).returncode
+        rc = subprocess.run(["bash", str(stack), target, *rest]).returncode
+        if target == "status":
+            _crash_dead_runs()
+        return rc
     sys.argv = [f"ice {name}", *rest]  # the module's parser names itself after this
     try:
         if kind == "path":

@@ -1,0 +1,82 @@
+"""Prefect's own records of an outage reach the console as the project's lines: an unreachable
+server is one line when it starts and one with its length at the end (not Prefect's 2,000-2,700
+character warnings and errors), and a task result that Prefect rolled back because the store did
+not take it is one line naming the task. The records come from Prefect's real code paths."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import pytest
+
+from plumbing import cli
+
+
+@pytest.fixture
+def console(monkeypatch):
+    """The root console handler as a flow's CLI has it: with the one-line filter."""
+    from prefect.logging.configuration import setup_logging
+
+    setup_logging()
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
+    monkeypatch.delenv("ICE_QUIET", raising=False)
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(cli._OneLineFailures())
+    root = logging.getLogger()
+    root.addHandler(handler)
+    cli.PREFECT_OUTAGE.first = None
+    try:
+        yield stream
+    finally:
+        root.removeHandler(handler)
+        cli.PREFECT_OUTAGE.first = None
+
+
+def test_an_unreachable_prefect_server_is_two_lines(console, capsys):
+    from prefect.events.clients import PrefectEventsClient
+
+    events = PrefectEventsClient(api_url="http://127.0.0.1:9/api")
+    for _ in range(3):  # Prefect warns once per failed connection
+        events._log_connection_error(ConnectionRefusedError("[Errno 111] Connect call failed"))
+    logging.getLogger("prefect._internal.concurrency").error(
+        "Service %r failed to process item %r", "EventsWorker", "Event(" + "x" * 2500 + ")"
+    )
+    cli.PREFECT_OUTAGE.ended()
+    assert console.getvalue() == "", "Prefect's own outage records reached the console"
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("Prefect server at http://127.0.0.1:9/api is not answering; the run goes on")
+    assert lines[1].startswith("Prefect server was unreachable for about ")
+    assert all(len(line) < 200 for line in lines)
+
+
+def test_a_result_rolled_back_by_a_failed_store_is_one_line(console, capsys, tmp_path):
+    from prefect.filesystems import LocalFileSystem
+    from prefect.results import ResultStore
+    from prefect.transactions import transaction
+
+    class Unreachable(LocalFileSystem):
+        _block_type_slug = "ice-test-unreachable"  # its own key: LocalFileSystem stays registered as it is
+
+        def write_path(self, path, content, **_):  # an S3 store whose server is down
+            raise ConnectionError("Could not connect to the endpoint URL: http://127.0.0.1:9/ice")
+
+    store = ResultStore(result_storage=Unreachable(basepath=str(tmp_path)))
+    with transaction(key="step-3", store=store, write_on_commit=True) as txn:
+        txn.stage(store.create_result_record(42, key="step-3"))
+    assert txn.state.name == "ROLLED_BACK"
+    assert console.getvalue() == ""
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [
+        "a task: its result could not be written to the task store (store.url) (ConnectionError: Could not "
+        "connect to the endpoint URL: http://127.0.0.1:9/ice) and was rolled back; the run goes on, and the "
+        "next run recomputes that task"
+    ], lines
+
+
+def test_other_warnings_pass_untouched(console, capsys):
+    logging.getLogger("prefect.flow_engine").warning("something a user should see")
+    assert "something a user should see" in console.getvalue()
+    assert capsys.readouterr().err == ""
