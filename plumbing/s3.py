@@ -8,18 +8,23 @@ import hashlib
 import os
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 from ice.files import sha256_file, temp_beside
+from plumbing.outage import ServerOutage, ride_through
 from plumbing.paths import Paths
+
+T = TypeVar("T")
 
 __all__ = ["StoreError", "StoreUrl", "parse_store_url", "is_s3", "s3_client", "S3Store", "s3_store", "check_url"]
 
-# one connection attempt fails fast; botocore's own retries stay bounded, so an endpoint
-# that does not answer gives its one-line error within 10 s
+# one connection attempt fails fast and botocore's own retries stay bounded: the pre-flight
+# check of an endpoint that does not answer gives its one-line error within 10 s; a store call
+# during a run rides an outage through for up to OUTAGE_SECONDS (plumbing/outage.py)
 CONNECT_TIMEOUT_S = 2
 READ_TIMEOUT_S = 60
 MAX_ATTEMPTS = 2
@@ -27,6 +32,44 @@ MAX_ATTEMPTS = 2
 
 class StoreError(RuntimeError):
     """A store operation failed; the message is one line naming the URI."""
+
+
+class _Unreachable(Exception):
+    """A call failed because the server is not answering or not yet serving (s3transfer's own
+    wrapping of a connection error, a 5xx from a server that is starting)."""
+
+
+def _transient() -> tuple[type[BaseException], ...]:
+    """What a call raises while the S3 server is not answering (down, restarting, dropping connections)."""
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+    from botocore.exceptions import HTTPClientError
+
+    return (BotoConnectionError, HTTPClientError, _Unreachable)
+
+
+def _ride(uri: str, call: Callable[[], T]) -> T:
+    """``call()`` through an outage of up to OUTAGE_SECONDS (plumbing/outage.py), then one line naming
+    the object and the server."""
+    from boto3.exceptions import S3UploadFailedError
+    from botocore.exceptions import ClientError
+
+    def attempt() -> T:
+        try:
+            return call()
+        except S3UploadFailedError as err:  # s3transfer wraps the connection error in its own text
+            text = str(err)
+            if "Could not connect" in text or "Connection was closed" in text or "InternalError" in text:
+                raise _Unreachable(text) from err
+            raise
+        except ClientError as err:  # a server still starting answers 500 InternalError / 503 for a while
+            if int(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)) >= 500:
+                raise _Unreachable(_why(err)) from err
+            raise
+
+    try:
+        return ride_through(f"S3 at {_endpoint() or 'the default AWS endpoint'}", attempt, _transient())
+    except ServerOutage as err:
+        raise StoreError(f"{uri}: {err}") from None
 
 
 @dataclass(frozen=True)
@@ -142,12 +185,17 @@ class S3Store:
             return {"uri": uri, "sha256": sha256}
         try:
             # upload_file switches to multipart above 8 MB; either way the key appears only whole
-            client.upload_file(
-                str(src),
-                self.loc.bucket,
-                key,
-                ExtraArgs={"Metadata": {"sha256": sha256, "name": name or src.name}},
+            _ride(
+                uri,
+                lambda: client.upload_file(
+                    str(src),
+                    self.loc.bucket,
+                    key,
+                    ExtraArgs={"Metadata": {"sha256": sha256, "name": name or src.name}},
+                ),
             )
+        except StoreError:
+            raise
         except Exception as err:
             raise _fail(uri, "upload", err) from None
         return {"uri": uri, "sha256": sha256}
@@ -180,7 +228,9 @@ class S3Store:
 
         bucket, key = _split(uri)
         try:
-            head = s3_client().head_object(Bucket=bucket, Key=key)
+            head = _ride(uri, lambda: s3_client().head_object(Bucket=bucket, Key=key))
+        except StoreError:
+            raise
         except ClientError as err:
             if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return None
@@ -208,8 +258,16 @@ class S3Store:
         fd, tmp = temp_beside(dst, ".download")
         try:
             with os.fdopen(fd, "wb") as out:
-                try:
+
+                def download() -> None:
+                    out.seek(0)
+                    out.truncate()  # a retry after a dropped connection starts the file again
                     s3_client().download_fileobj(bucket, key, out)
+
+                try:
+                    _ride(uri, download)
+                except StoreError:
+                    raise
                 except Exception as err:
                     raise _fail(uri, "download", err) from None
             got = sha256_file(tmp)

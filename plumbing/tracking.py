@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from plumbing.metric_names import flatten, metric_name, readable
+from plumbing.outage import OUTAGE_SECONDS, restart_hint
 from plumbing.registry import ModelRegistry
 
 __all__ = [
@@ -50,7 +51,9 @@ class TrackingUnavailable(RuntimeError):
 
 
 _RETRIES = 6
-OUTAGE_SECONDS = sum(2 ** (k - 1) for k in range(2, _RETRIES + 1))  # 62: the wait a call rides through
+# 62: the wait a call rides through, urllib3's backoff (factor 1) over the retries after the first;
+# the same bound as every server client's (plumbing/outage.py)
+assert sum(2 ** (k - 1) for k in range(2, _RETRIES + 1)) == OUTAGE_SECONDS
 
 
 class _RetryLine:
@@ -89,10 +92,7 @@ def outage_line(err: BaseException) -> str | None:
         return None
     m = re.search(r"(https?://[^/\s]+)", text)
     where = m.group(1) if m else "the tracking URI"
-    return (
-        f"MLflow server at {where} did not answer for {OUTAGE_SECONDS} s; restart it (ice up, or make up) "
-        "and rerun: every finished task is reused"
-    )
+    return f"MLflow server at {where} did not answer for {OUTAGE_SECONDS} s; {restart_hint()}"
 
 
 def tracking_uri(root: Path, configured: str | None = None) -> str:

@@ -237,7 +237,7 @@ class S3Server:
 
         self.home, self.bucket = home, bucket
         self.port = s3.free_base()
-        self.proc = s3.start(home / "data", self.port, bucket, env_file=home / "s3.env")
+        self.start()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         creds = s3.identity(home / "s3.env")
         self.env = {
@@ -246,6 +246,12 @@ class S3Server:
             "AWS_DEFAULT_REGION": "us-east-1",
             "MLFLOW_S3_ENDPOINT_URL": self.endpoint,
         }
+
+    def start(self) -> None:
+        """Start the server (again, after :meth:`stop`: same ports, data and identity) and wait for its bucket."""
+        import s3  # infra/s3.py
+
+        self.proc = s3.start(self.home / "data", self.port, self.bucket, env_file=self.home / "s3.env")
 
     def keys(self, prefix: str = "") -> list[str]:
         import boto3
