@@ -22,6 +22,7 @@ from typing import Any
 from ice.checkpoint import CheckpointError
 from ice.config import Params, ParamsError, load_params, parse_yaml
 from plumbing.log import prog, progress
+from plumbing.outage import OUTAGE_SECONDS, restart_hint
 from plumbing.paths import Paths, project_root
 from plumbing.records import IntegrityError, verify_input
 from plumbing.runtime import (
@@ -151,10 +152,29 @@ def one_line(err: BaseException, stage: str | None = None) -> str:
     )
     if type(err).__name__ == "MlflowException" and (outage := outage_line(err)) is not None:
         return outage
+    if (outage := _prefect_outage_line(err)) is not None:
+        return outage
     text = str(err).strip().splitlines()[0] if str(err).strip() else ""
     if isinstance(err, known):
         return text or type(err).__name__
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def _prefect_outage_line(err: BaseException) -> str | None:
+    """A Prefect API call that failed on a connection after Prefect's own retries (5, backoff 2..32 s:
+    the same 62 s bound as the other servers) as the project's one line; None for anything else."""
+    import httpx
+
+    url = os.environ.get("PREFECT_API_URL")
+    chain: BaseException | None = err
+    while chain is not None and not isinstance(chain, httpx.TransportError):
+        chain = chain.__cause__ or chain.__context__
+    if chain is None or not url:
+        return None
+    request = getattr(chain, "_request", None)
+    if request is not None and not str(request.url).startswith(url.rstrip("/")):
+        return None  # another server's connection (MLflow and S3 say their own)
+    return f"Prefect server at {url} did not answer for {OUTAGE_SECONDS} s; {restart_hint()}"
 
 
 def _check_prefect_api(timeout: float = 5.0) -> None:

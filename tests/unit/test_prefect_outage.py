@@ -80,3 +80,28 @@ def test_other_warnings_pass_untouched(console, capsys):
     logging.getLogger("prefect.flow_engine").warning("something a user should see")
     assert "something a user should see" in console.getvalue()
     assert capsys.readouterr().err == ""
+
+
+def test_a_prefect_call_that_outlived_the_retries_is_the_projects_line(monkeypatch):
+    """What the Prefect client raises once its retries are spent (a real httpx call to a port where
+    nothing listens), however deep in the chain, is one line naming the server and what to do."""
+    import httpx
+
+    from helpers import free_port
+
+    url = f"http://127.0.0.1:{free_port()}/api"
+    try:
+        with httpx.Client() as client:
+            client.post(url + "/task_runs/", json={})
+    except httpx.ConnectError as err:
+        try:
+            raise RuntimeError("Crashed: the task run's state could not be set") from err
+        except RuntimeError as wrapped:
+            outer = wrapped
+    monkeypatch.setenv("PREFECT_API_URL", url)
+    assert cli.one_line(outer) == (
+        f"Prefect server at {url} did not answer for 62 s; restart it (ice up, or make up) and rerun: "
+        "every finished task is reused"
+    )
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # another server's connection
+    assert cli.one_line(outer) == "RuntimeError: Crashed: the task run's state could not be set"
