@@ -233,10 +233,22 @@ class Tracker(ModelRegistry):
             if found[0].info.status != "RUNNING":
                 self.client.update_run(rid, status="RUNNING")
         else:
-            rid = self.start_run(name, {**tags, "ice.stage": "pipeline", PIPELINE_TAG: key}, params)
+            rid = self._oldest(flt, self.start_run(name, {**tags, "ice.stage": "pipeline", PIPELINE_TAG: key}, params))
         if own:
             self.set_tags(rid, {"ice.owner_pid": str(os.getpid()), "ice.host": socket.gethostname()})
         return rid
+
+    def _oldest(self, flt: str, mine: str) -> str:
+        """Stages that start at once (flows on the workers of one pool) may each have found no parent
+        and made one: every one of them keeps the oldest (by start time, then id) and deletes its
+        own if it is not that one, so one pipeline run stays one parent run."""
+        runs = self.client.search_runs([self.experiment_id], flt, max_results=50)
+        if len(runs) <= 1:
+            return mine
+        oldest = min(runs, key=lambda r: (r.info.start_time, r.info.run_id)).info.run_id
+        if oldest != mine:
+            self.client.delete_run(mine)
+        return oldest
 
     def owned_elsewhere(self, run_id: str) -> bool:
         """Whether a live pipeline flow (another process on this host, or this one) holds ``run_id``."""
