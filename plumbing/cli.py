@@ -22,7 +22,7 @@ from typing import Any
 from ice.checkpoint import CheckpointError
 from ice.config import Params, ParamsError, load_params, parse_yaml
 from plumbing.log import prog, progress
-from plumbing.outage import OUTAGE_SECONDS, restart_hint
+from plumbing.outage import restart_hint
 from plumbing.paths import Paths, project_root
 from plumbing.records import IntegrityError, verify_input
 from plumbing.runtime import (
@@ -55,7 +55,11 @@ class _PrefectOutage:
         """True when the record is one of these (it is then dropped, after its line)."""
         if not record.name.startswith("prefect") or self.busy:
             return False
+        if getattr(record, "_ice_outage", False):
+            return True  # said already, by the filter of another handler this record went through
         msg = str(record.msg)
+        if any(k in msg for k in self.UNREACHABLE + self.ROLLED_BACK):
+            record._ice_outage = True
         if any(k in msg for k in self.UNREACHABLE):
             now = time.monotonic()
             if self.first is None:
@@ -118,9 +122,16 @@ class _OneLineFailures(logging.Filter):
 
 
 def _quiet_failures() -> None:
-    for handler in logging.getLogger().handlers:
-        if not any(isinstance(f, _OneLineFailures) for f in handler.filters):
-            handler.addFilter(_OneLineFailures())
+    """The one-line filter on every console handler: the root's, and Prefect's internal one (its
+    `prefect._internal` records, the services' "failed to process item" among them, do not reach
+    the root). Prefect's log shipper prints "--- Error logging to API ---" and the exception
+    straight to stderr when the server is down, unless ``logging.raiseExceptions`` is off, as the
+    standard library advises for production: the outage line says it instead."""
+    logging.raiseExceptions = False
+    for name in ("", "prefect._internal"):
+        for handler in logging.getLogger(name).handlers:
+            if not any(isinstance(f, _OneLineFailures) for f in handler.filters):
+                handler.addFilter(_OneLineFailures())
 
 
 def _quiet_prefect() -> None:
@@ -161,8 +172,9 @@ def one_line(err: BaseException, stage: str | None = None) -> str:
 
 
 def _prefect_outage_line(err: BaseException) -> str | None:
-    """A Prefect API call that failed on a connection after Prefect's own retries (5, backoff 2..32 s:
-    the same 62 s bound as the other servers) as the project's one line; None for anything else."""
+    """A Prefect API call that failed on a connection after Prefect's own retries (5 by default,
+    backoff 2..32 s: the same 62 s bound as the other servers) as the project's one line; None
+    for anything else."""
     import httpx
 
     url = os.environ.get("PREFECT_API_URL")
@@ -174,7 +186,10 @@ def _prefect_outage_line(err: BaseException) -> str | None:
     request = getattr(chain, "_request", None)
     if request is not None and not str(request.url).startswith(url.rstrip("/")):
         return None  # another server's connection (MLflow and S3 say their own)
-    return f"Prefect server at {url} did not answer for {OUTAGE_SECONDS} s; {restart_hint()}"
+    from prefect.settings import PREFECT_CLIENT_MAX_RETRIES
+
+    waited = sum(2**k for k in range(1, int(PREFECT_CLIENT_MAX_RETRIES.value()) + 1))  # Prefect's backoff
+    return f"Prefect server at {url} did not answer for {waited} s; {restart_hint()}"
 
 
 def _check_prefect_api(timeout: float = 5.0) -> None:

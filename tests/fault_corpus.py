@@ -24,8 +24,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from helpers import MlflowServer, sub_env, write_params
+from helpers import MlflowServer, PrefectServer, sub_env, write_params
 
 BASE = {
     "prune": {"methods": ["iterative"], "max_units": 3},
@@ -55,7 +56,8 @@ class Case:
     expect_code: int = 1
     expect: str = ""  # a regex the error line must match
     check: Callable[[Outcome], None] | None = None  # further checks on the project afterwards
-    during: Callable[[subprocess.Popen, Path, MlflowServer], None] | None = None  # acts while the flow runs
+    during: Callable[[subprocess.Popen, Path, Any], None] | None = None  # acts while the flow runs, on `server`
+    server: str = "mlflow"  # the server a `during` case gets of its own: mlflow or prefect
 
 
 def flow(stage: str, root: Path, args: list[str], env: dict[str, str]) -> Outcome:
@@ -173,7 +175,7 @@ def _mtime(p: Path) -> float:
         return 0.0
 
 
-def kill_server_after_first_step(proc: subprocess.Popen, root: Path, server: MlflowServer) -> None:
+def kill_server_after_first_step(proc: subprocess.Popen, root: Path, server: Any) -> None:
     store = root / ".ice-cache" / "store"
     start = time.time()
     deadline = start + 300
@@ -185,9 +187,9 @@ def kill_server_after_first_step(proc: subprocess.Popen, root: Path, server: Mlf
         time.sleep(0.2)
 
 
-def restart_server_after_first_step(proc: subprocess.Popen, root: Path, server: MlflowServer) -> None:
-    """Kill the MLflow server mid-flow and bring it back 10 s later, well within the bound
-    (plumbing.tracking.OUTAGE_SECONDS) that a run rides through."""
+def restart_server_after_first_step(proc: subprocess.Popen, root: Path, server: Any) -> None:
+    """Kill the server (MLflow or Prefect) mid-flow and bring it back 10 s later, well within the
+    bound (plumbing.outage.OUTAGE_SECONDS) that a run rides through."""
     kill_server_after_first_step(proc, root, server)
     if proc.poll() is None:
         time.sleep(10)
@@ -420,6 +422,25 @@ CASES: list[Case] = [
         during=restart_server_after_first_step,
     ),
     Case(
+        "Prefect server dies mid-flow for good",
+        "prune",
+        ["--method", "iterative", "--refresh-cache"],
+        lambda r: {"PREFECT_CLIENT_MAX_RETRIES": "2"},  # the bound is 62 s with Prefect's 5; 6 s with 2
+        expect=r"Prefect server at http://127\.0\.0\.1:\d+/api did not answer for 6 s; restart it \(ice up, or make up\)",
+        during=kill_server_after_first_step,
+        server="prefect",
+    ),
+    Case(
+        "Prefect server restarted mid-flow within 10 s",
+        "prune",
+        ["--method", "iterative", "--refresh-cache"],
+        None,
+        expect_code=0,
+        check=rode_through,
+        during=restart_server_after_first_step,
+        server="prefect",
+    ),
+    Case(
         "root does not exist",
         "prune",
         ["--method", "iterative", "--root", "/nonexistent/ice-root", "--params", "PARAMS_ABS"],
@@ -494,8 +515,14 @@ def run_case(case: Case, base: Path, where: Path, env: dict[str, str]) -> Outcom
     if case.name.startswith("stale RUNNING"):
         _leave_a_running_run(root, env)
     if case.during is not None:
-        server = MlflowServer(where)
-        env["MLFLOW_TRACKING_URI"] = server.url
+        server: MlflowServer | PrefectServer
+        if case.server == "prefect":
+            (where / "prefect-home").mkdir(exist_ok=True)
+            server = PrefectServer(where / "prefect-home")
+            env.update(PREFECT_API_URL=server.url, PREFECT_HOME=str(server.home))
+        else:
+            server = MlflowServer(where)
+            env["MLFLOW_TRACKING_URI"] = server.url
         t = time.perf_counter()
         proc = subprocess.Popen(
             [sys.executable, "-m", f"flows.{case.stage}", "--root", str(root), "--quiet", *args],

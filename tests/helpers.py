@@ -133,11 +133,17 @@ class PrefectServer:
     def __init__(self, home: Path, services: bool = False) -> None:
         """``services``: run the server's services too (the task-run recorder among them:
         without it the API shows no task runs, only flow runs)."""
-        self.home = home
+        self.home, self.services = home, services
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/api"
         self.log = open(home / "server.log", "w")  # noqa: SIM115
         self.env = sub_env(PREFECT_HOME=str(home), PREFECT_API_URL=self.url, PREFECT_SERVER_API_HOST="127.0.0.1")
+        self.start()
+
+    def start(self) -> None:
+        """Start the server (again, after :meth:`stop`: same port, same database) and wait for /health."""
+        if self.log.closed:
+            self.log = open(self.home / "server.log", "a")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -149,7 +155,7 @@ class PrefectServer:
                 "127.0.0.1",
                 "--port",
                 str(self.port),
-                *([] if services else ["--no-services"]),
+                *([] if self.services else ["--no-services"]),
             ],
             env=self.env,
             stdout=self.log,
@@ -159,7 +165,7 @@ class PrefectServer:
         deadline = time.time() + 120
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"prefect server exited; see {home / 'server.log'}")
+                raise RuntimeError(f"prefect server exited; see {self.home / 'server.log'}")
             try:
                 with urllib.request.urlopen(self.url + "/health", timeout=2) as r:
                     if r.status == 200:
