@@ -15,6 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ice.names import DEFAULT_CRITERION, Criterion, Method, WhileTrainingCriterion
+
 __all__ = [
     "ParamsError",
     "Params",
@@ -158,28 +160,14 @@ class TargetConfig(_Section):
 class PruneConfig(_Section):
     """What is pruned and how a fine-tune looks; shared by ICE and the iterative baseline."""
 
-    methods: list[
-        Literal[
-            "ice",
-            "iterative",
-            "prune_once",
-            "one_shot",
-            "iterative_schedule",
-            "agp",
-            "one_cycle",
-            "prune_while_training",
-        ]
-    ] = [
-        "ice",
-        "iterative",
-    ]
+    methods: list[Method] = ["ice", "iterative"]
     ratio: float = Field(0.6, gt=0.0, lt=1.0)
     # channels removed per step: ceil(ratio * width), as the reference code, or round()
     rounding: Literal["ceil", "round"] = "ceil"
     # keep each unit's width a multiple of this (8 lets CPU and GPU conv kernels run at full
     # speed: see benchmarks/latency.py); 1 keeps the exact ratio
     round_to: int = Field(1, ge=1)
-    criterion: Literal["l1", "l2", "random", "mean_activation", "entropy", "taylor"] = "l1"
+    criterion: Criterion = DEFAULT_CRITERION
     max_units: int | None = Field(None, ge=1)  # prune only the first N units (quick runs)
     finetune_epochs: float = Field(1.0, gt=0)
     finetune_lr: float = Field(0.001, gt=0)  # the baseline's fixed lr
@@ -316,7 +304,7 @@ class ScheduleConfig(_Section):
     beta: float = 6.0
     interval: int = Field(10, ge=1)  # prune_while_training: optimizer steps between removals
     pwt_until: float = Field(0.5, gt=0, le=1)  # prune_while_training: progress by which the target is reached
-    pwt_criterion: Literal["l1", "mean_activation", "random"] = "l1"  # L1: the best in Roy et al.
+    pwt_criterion: WhileTrainingCriterion = DEFAULT_CRITERION  # L1: the best in Roy et al.
     update_every: int = Field(1, ge=1)  # optimizer steps between sparsity updates
 
 

@@ -53,7 +53,7 @@ from ice.methods.registry import spec
 from ice.metrics import G, count_macs, count_params, prunable_conv_params
 from ice.pruning import prunable_units, prune_unit
 from ice.pruning.graph import GraphError
-from ice.pruning.importance import DATA_CRITERIA
+from ice.pruning.importance import criterion_spec
 from ice.recalibrate import recalibrate_bn
 from ice.train import accuracy, freeze, frozen_convs, unfreeze
 
@@ -249,10 +249,10 @@ def prune_only(model: nn.Module, data: Dataset, plan: RunPlan, k: int, params: P
     # prune_once's one step walks every unit; the seed of unit j is the one the j-th step would use
     for j, name in ((k + j, n) for j, n in enumerate(step.unit_names())):
         batch = None
-        if params.prune.criterion in DATA_CRITERIA:
+        crit = criterion_spec(params.prune.criterion)
+        if crit.needs_data:
             batch = probe_batch(data, device=next(model.parameters()).device)
-            passes = 3 if params.prune.criterion == "taylor" else 1
-            work += len(batch[1]) * count_macs(model, data.input_shape()) * passes / G
+            work += len(batch[1]) * count_macs(model, data.input_shape()) * crit.passes / G
         try:
             info = prune_unit(
                 model,

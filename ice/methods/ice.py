@@ -19,7 +19,9 @@ from torch import nn
 from ice.config import Params
 from ice.data import Dataset
 from ice.methods.finetune import finetune
+from ice.names import DEFAULT_CRITERION
 from ice.pruning import prune_unit
+from ice.pruning.importance import criterion_spec
 
 __all__ = [
     "should_finetune",
@@ -105,7 +107,7 @@ def freeze_trial(model: nn.Module, data: Dataset, params: Params, unit: Any) -> 
     trial = copy.deepcopy(model)
     names = freeze_candidates(trial, params.ice.freeze_candidates)
     orig = _conv_weights(trial, names)
-    crit = params.prune.criterion if params.prune.criterion in ("l1", "l2", "random") else "l1"
+    crit = params.prune.criterion if criterion_spec(params.prune.criterion).freeze_trial else DEFAULT_CRITERION
     prune_unit(
         trial,
         unit,

@@ -10,9 +10,10 @@ the cache keys follow.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 from ice.config import Params
+from ice.names import METHODS, Method
 
 __all__ = [
     "Method",
@@ -27,11 +28,7 @@ __all__ = [
     "DEVICE_KEYS",
 ]
 
-# a method's name, as a type (the Prefect run form shows it as a drop-down)
-Method = Literal[
-    "ice", "iterative", "prune_once", "one_shot", "iterative_schedule", "agp", "one_cycle", "prune_while_training"
-]
-METHODS: tuple[str, ...] = get_args(Method)
+# a method's name (ice.names: written once, shared with the params)
 
 
 @dataclass(frozen=True)

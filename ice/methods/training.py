@@ -39,8 +39,9 @@ from ice.data import Dataset, n_steps, probe_batch
 from ice.methods.core import Callbacks, PruningResult
 from ice.methods.registry import TRAINING_METHODS, spec
 from ice.metrics import G, count_macs, count_params, sparsity, train_macs
+from ice.names import DEFAULT_CRITERION
 from ice.pruning import Masks, channel_importance, magnitude_masks, prunable_units, prune_channels
-from ice.pruning.importance import DATA_CRITERIA
+from ice.pruning.importance import criterion_spec
 from ice.pruning.structured import n_to_remove, split_lowest
 from ice.schedules import agp, iterative_schedule, one_cycle, one_shot
 from ice.train import (
@@ -112,7 +113,7 @@ class FilterPruner:
     def __init__(
         self,
         model: nn.Module,
-        criterion: str = "l1",
+        criterion: str = DEFAULT_CRITERION,
         seed: int = 0,
         max_units: int | None = None,
         rounding: str = "round",
@@ -220,8 +221,8 @@ def train_with_pruning(
             level = target_at(t)
             if level > state["level"] + 1e-12:
                 if filters is not None:
-                    if criterion in DATA_CRITERIA:
-                        state["work"] += len(probe[0]) * count_macs(model, shape) / G
+                    if (crit := criterion_spec(criterion)).needs_data:
+                        state["work"] += len(probe[0]) * count_macs(model, shape) * crit.passes / G
                     filters.prune_to(level, opt, probe)
                     state["per_image"] = train_macs(model, shape) / G
                 else:

@@ -1,18 +1,26 @@
-"""Channel importance criteria. Each maps a unit to one score per channel (low = remove)."""
+"""Channel importance criteria. Each maps a unit to one score per channel (low = remove).
+
+:data:`CRITERIA` is the one registry: a criterion is its name in :data:`ice.names.Criterion`
+and one :class:`CriterionSpec` here, which says everything the rest of the code asks of it
+(whether it reads data, how many passes per probe image it costs, what scores a
+Torch-Pruning group, whether the freeze trial may use it). Nothing else names a criterion;
+``tests/unit/test_registry.py`` fails on a criterion's name used outside this module and
+``ice/names.py``.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from ice.names import CRITERION_NAMES, DEFAULT_CRITERION
 from ice.pruning.units import Unit
 
-__all__ = ["CRITERIA", "channel_importance"]
-
-DATA_CRITERIA = ("mean_activation", "entropy", "taylor")
+__all__ = ["CRITERIA", "CriterionSpec", "criterion_spec", "channel_importance"]
 
 
 def _weight(model: nn.Module, unit: Unit) -> torch.Tensor:
@@ -121,27 +129,16 @@ def _taylor(model: nn.Module, unit: Unit, data: Any = None, **_: Any) -> torch.T
     return total
 
 
-CRITERIA: dict[str, Callable[..., torch.Tensor]] = {
-    "l1": _l1,
-    "l2": _l2,
-    "random": _random,
-    "mean_activation": _mean_activation,
-    "entropy": _entropy,
-    "taylor": _taylor,
-}
-
-
 def channel_importance(
-    model: nn.Module, unit: Unit, criterion: str = "l1", data: Any = None, seed: int = 0
+    model: nn.Module, unit: Unit, criterion: str = DEFAULT_CRITERION, data: Any = None, seed: int = 0
 ) -> torch.Tensor:
     """One score per output channel of ``unit``; the lowest are removed first."""
-    if criterion not in CRITERIA:
-        raise ValueError(f"unknown criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
-    if criterion in DATA_CRITERIA and data is None:
+    spec = criterion_spec(criterion)
+    if spec.needs_data and data is None:
         raise ValueError(f"criterion {criterion!r} needs data (an (x, y) batch or an iterable of batches)")
-    if unit.engine == "graph" and criterion in _GROUP_CRITERIA:
-        return _GROUP_CRITERIA[criterion](model, unit, data=data).detach().cpu().float()
-    return CRITERIA[criterion](model, unit, data=data, seed=seed).detach().cpu()
+    if unit.engine == "graph" and spec.group is not None:
+        return spec.group(model, unit, data=data).detach().cpu().float()
+    return spec.score(model, unit, data=data, seed=seed).detach().cpu()
 
 
 def _group_magnitude(p: int) -> Callable[..., torch.Tensor]:
@@ -175,10 +172,40 @@ def _group_taylor(model: nn.Module, unit: Unit, data: Any = None, **_: Any) -> t
         model.train(was_training)
 
 
-# On Torch-Pruning groups the magnitude and Taylor criteria are Torch-Pruning's group
-# importances (mean over every layer of the group); the others score the root's output.
-_GROUP_CRITERIA: dict[str, Callable[..., torch.Tensor]] = {
-    "l1": _group_magnitude(1),
-    "l2": _group_magnitude(2),
-    "taylor": _group_taylor,
+@dataclass(frozen=True)
+class CriterionSpec:
+    """What one criterion is to the rest of the code."""
+
+    score: Callable[..., torch.Tensor]  # (model, unit, data=, seed=) -> one score per channel
+    # forward passes per probe image it costs (0: weights only; a backward counts as two more)
+    passes: int = 0
+    # on Torch-Pruning groups (graph-engine units): the group importance (mean over every layer
+    # of the group); None scores the root layer's output as on any unit
+    group: Callable[..., torch.Tensor] | None = None
+
+    @property
+    def needs_data(self) -> bool:
+        return self.passes > 0
+
+    @property
+    def freeze_trial(self) -> bool:
+        """Whether ICE's freeze trial may score with it (the trial reads no data: a data criterion
+        falls back to the default criterion there)."""
+        return not self.needs_data
+
+
+CRITERIA: dict[str, CriterionSpec] = {
+    "l1": CriterionSpec(_l1, group=_group_magnitude(1)),
+    "l2": CriterionSpec(_l2, group=_group_magnitude(2)),
+    "random": CriterionSpec(_random),
+    "mean_activation": CriterionSpec(_mean_activation, passes=1),
+    "entropy": CriterionSpec(_entropy, passes=1),
+    "taylor": CriterionSpec(_taylor, passes=3, group=_group_taylor),
 }
+assert tuple(CRITERIA) == CRITERION_NAMES, "ice.names.Criterion and CRITERIA must list the same criteria"
+
+
+def criterion_spec(name: str) -> CriterionSpec:
+    if name not in CRITERIA:
+        raise ValueError(f"unknown criterion {name!r}; choose one of {', '.join(CRITERIA)}")
+    return CRITERIA[name]

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ice.names import DEFAULT_CRITERION
 from ice.pruning.importance import channel_importance
 from ice.pruning.units import Unit
 
@@ -121,7 +122,7 @@ def prune_unit(
     model: nn.Module,
     unit: Unit,
     ratio: float,
-    criterion: str = "l1",
+    criterion: str = DEFAULT_CRITERION,
     data: Any = None,
     *,
     seed: int = 0,

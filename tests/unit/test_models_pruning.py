@@ -6,6 +6,7 @@ from torch import nn
 
 from ice.metrics import count_macs, count_params
 from ice.models import build_model
+from ice.names import CRITERION_NAMES
 from ice.pruning import Masks, channel_importance, magnitude_masks, prunable_units, prune_unit
 
 SHAPE = (1, 3, 32, 32)
@@ -107,7 +108,7 @@ def test_l1_removes_the_smallest_filters():
     assert torch.allclose(kept, torch.tensor([0.01 * (i + 1) for i in range(4, 16)]))
 
 
-@pytest.mark.parametrize("criterion", ["l1", "l2", "random", "mean_activation", "entropy", "taylor"])
+@pytest.mark.parametrize("criterion", CRITERION_NAMES)
 def test_every_criterion_scores_each_channel(criterion):
     m = build_model("cifar_resnet20", 10)
     u = prunable_units(m)[1]

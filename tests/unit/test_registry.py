@@ -1,5 +1,7 @@
 """The method registry is the one list of methods, and method_inputs the one answer to
-"what does this method read" for DVC and the task cache keys alike."""
+"what does this method read" for DVC and the task cache keys alike; the criterion registry
+(ice.pruning.importance.CRITERIA) is the one place a criterion is described, and no other
+module names one."""
 
 import ast
 import re
@@ -61,3 +63,54 @@ def test_the_dispatch_check_can_fail(tmp_path):
     )
     hits = [h.split(": ", 1)[1] for h in _string_dispatch(planted, tmp_path)]
     assert hits == ["method == 'ice'", "state['method'] in ('iterative', 'prune_once')", "args.method != 'agp'"]
+
+
+# ----------------------------------------------------------------------------- criteria
+CRITERION_HOMES = {"ice/names.py", "ice/pruning/importance.py"}
+
+
+def _criterion_names_used(path: Path, root: Path = ROOT) -> list[str]:
+    """String constants equal to a criterion's name (a dispatch, a default, a list of them)."""
+    from ice.names import CRITERION_NAMES
+
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Constant) and node.value in CRITERION_NAMES:
+            found.append(f"{path.relative_to(root)}:{node.lineno}: {node.value!r}")
+    return found
+
+
+def test_every_criterion_has_one_spec_and_the_params_take_exactly_those():
+    from ice.names import CRITERION_NAMES
+    from ice.pruning.importance import CRITERIA, criterion_spec
+
+    assert tuple(CRITERIA) == CRITERION_NAMES
+    for name in CRITERION_NAMES:
+        assert parse_params({"prune": {"criterion": name}}).prune.criterion == name
+        spec_ = criterion_spec(name)
+        assert spec_.freeze_trial == (not spec_.needs_data)
+    with pytest.raises(ValueError, match="prune.criterion = 'nope' is not allowed; allowed: 'l1'"):
+        parse_params({"prune": {"criterion": "nope"}})
+    with pytest.raises(ValueError, match="unknown criterion 'nope'; choose one of l1, l2"):
+        criterion_spec("nope")
+
+
+def test_no_criterion_is_named_outside_its_registry():
+    """A new criterion is its name in ice/names.py and its CriterionSpec in importance.py; code
+    elsewhere asks the spec (needs_data, passes, group, freeze_trial), never compares names."""
+    files = [p for pkg in ("ice", "plumbing", "tasks", "flows", "scripts") for p in (ROOT / pkg).rglob("*.py")]
+    found = [
+        hit for p in files if p.relative_to(ROOT).as_posix() not in CRITERION_HOMES for hit in _criterion_names_used(p)
+    ]
+    assert not found, "ask ice.pruning.importance.criterion_spec instead:\n" + "\n".join(found)
+
+
+def test_the_criterion_check_can_fail(tmp_path):
+    planted = tmp_path / "planted.py"
+    planted.write_text(
+        "def f(params):\n"
+        "    crit = params.criterion if params.criterion in ('l1', 'l2') else 'l1'\n"
+        "    return crit == 'taylor'\n"
+    )
+    hits = sorted(h.split(": ", 1)[1] for h in _criterion_names_used(planted, tmp_path))
+    assert hits == ["'l1'", "'l1'", "'l2'", "'taylor'"]
