@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from helpers import MlflowServer, PrefectServer, sub_env, write_params
+from helpers import MlflowServer, PostgresServer, PrefectServer, S3Server, sub_env, write_params
 
 BASE = {
     "prune": {"methods": ["iterative"], "max_units": 3},
@@ -57,7 +57,7 @@ class Case:
     expect: str = ""  # a regex the error line must match
     check: Callable[[Outcome], None] | None = None  # further checks on the project afterwards
     during: Callable[[subprocess.Popen, Path, Any], None] | None = None  # acts while the flow runs, on `server`
-    server: str = "mlflow"  # the server a `during` case gets of its own: mlflow or prefect
+    server: str = "mlflow"  # the server a `during` case gets of its own: mlflow, prefect or s3 (the task store)
 
 
 def flow(stage: str, root: Path, args: list[str], env: dict[str, str]) -> Outcome:
@@ -194,6 +194,22 @@ def restart_server_after_first_step(proc: subprocess.Popen, root: Path, server: 
     if proc.poll() is None:
         time.sleep(10)
         server.start()
+
+
+def restart_s3_mid_flow(proc: subprocess.Popen, root: Path, server: Any) -> None:
+    """Kill the S3 server as soon as the run has stored its first step's checkpoint (digits steps
+    are short: a later trigger finds the run already done), and bring it back 10 s later; the run
+    must still have been running at the kill, so its next store calls met the outage."""
+    store = root / ".ice-cache" / "store"
+    start = time.time()
+    while time.time() < start + 300 and proc.poll() is None:
+        if store.is_dir() and any(not p.name.startswith(".") and _mtime(p) > start for p in store.iterdir()):
+            server.stop()
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before S3 went away: the case tested nothing"
+    time.sleep(10)
+    server.start()
 
 
 def rode_through(o: Outcome) -> None:
@@ -441,6 +457,16 @@ CASES: list[Case] = [
         server="prefect",
     ),
     Case(
+        "S3 restarted mid-flow within 10 s",
+        "prune",
+        ["--method", "iterative", "--refresh-cache"],
+        None,
+        expect_code=0,
+        check=rode_through,
+        during=restart_s3_mid_flow,
+        server="s3",
+    ),
+    Case(
         "root does not exist",
         "prune",
         ["--method", "iterative", "--root", "/nonexistent/ice-root", "--params", "PARAMS_ABS"],
@@ -504,8 +530,10 @@ CASES: list[Case] = [
 ]
 
 
-def run_case(case: Case, base: Path, where: Path, env: dict[str, str]) -> Outcome:
-    """Run ``case`` in a copy of ``base``; ``env`` is the subprocesses' environment (e.g. a Prefect server's URL)."""
+def run_case(case: Case, base: Path, where: Path, env: dict[str, str], pg: PostgresServer | None = None) -> Outcome:
+    """Run ``case`` in a copy of ``base``; ``env`` is the subprocesses' environment (e.g. a Prefect server's URL).
+    A case that kills a server gets one of its own, on a fresh database of ``pg`` where given (the team
+    stack's PostgreSQL), else on SQLite."""
     root = where / case.name.replace(" ", "-").replace(":", "").replace(",", "").replace("(", "").replace(")", "")
     shutil.copytree(base, root, symlinks=True)
     env = dict(env)
@@ -515,13 +543,16 @@ def run_case(case: Case, base: Path, where: Path, env: dict[str, str]) -> Outcom
     if case.name.startswith("stale RUNNING"):
         _leave_a_running_run(root, env)
     if case.during is not None:
-        server: MlflowServer | PrefectServer
+        server: MlflowServer | PrefectServer | S3Server
         if case.server == "prefect":
             (where / "prefect-home").mkdir(exist_ok=True)
-            server = PrefectServer(where / "prefect-home")
+            server = PrefectServer(where / "prefect-home", database=pg.database("prefect") if pg else None)
             env.update(PREFECT_API_URL=server.url, PREFECT_HOME=str(server.home))
+        elif case.server == "s3":
+            server = S3Server(where / "s3")
+            env.update(server.env, ICE_STORE_URL="s3://ice/faults")
         else:
-            server = MlflowServer(where)
+            server = MlflowServer(where, backend=pg.database("mlflow") if pg else None)
             env["MLFLOW_TRACKING_URI"] = server.url
         t = time.perf_counter()
         proc = subprocess.Popen(

@@ -79,16 +79,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def postgres_or_skip() -> None:
-    """Skip, saying why, where PostgreSQL cannot run (`infra/pg.py check`: not installed, or root
-    without the package's `postgres` user)."""
-    import pytest
-
+def postgres_missing() -> str | None:
+    """Why PostgreSQL cannot run here (`infra/pg.py check`: not installed, or root without the
+    package's `postgres` user), or None when it can."""
     r = subprocess.run(
         [sys.executable, str(ROOT / "infra" / "pg.py"), "check"], capture_output=True, text=True, timeout=60
     )
-    if r.returncode != 0:
-        pytest.skip(f"the team stack needs PostgreSQL, which cannot run here: {r.stderr.strip()}")
+    return r.stderr.strip().removeprefix("error: ") if r.returncode != 0 else None
+
+
+def postgres_or_skip() -> None:
+    """Skip, saying why, where PostgreSQL cannot run."""
+    import pytest
+
+    why = postgres_missing()
+    if why:
+        pytest.skip(f"the team stack needs PostgreSQL, which cannot run here: {why}")
 
 
 @contextlib.contextmanager
@@ -130,14 +136,17 @@ def stop_group(proc: subprocess.Popen) -> None:
 class PrefectServer:
     """A real Prefect server on loopback, stopped by its own PID."""
 
-    def __init__(self, home: Path, services: bool = False) -> None:
+    def __init__(self, home: Path, services: bool = False, database: str | None = None) -> None:
         """``services``: run the server's services too (the task-run recorder among them:
-        without it the API shows no task runs, only flow runs)."""
+        without it the API shows no task runs, only flow runs). ``database``: its database URL
+        (PostgreSQL, from :meth:`PostgresServer.database`); default SQLite in ``home``."""
         self.home, self.services = home, services
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/api"
         self.log = open(home / "server.log", "w")  # noqa: SIM115
         self.env = sub_env(PREFECT_HOME=str(home), PREFECT_API_URL=self.url, PREFECT_SERVER_API_HOST="127.0.0.1")
+        if database:
+            self.env["PREFECT_API_DATABASE_CONNECTION_URL"] = database.replace("postgresql://", "postgresql+asyncpg://")
         self.start()
 
     def start(self) -> None:
@@ -183,8 +192,12 @@ class PrefectServer:
 class MlflowServer:
     """A real `mlflow server` on loopback, as `make up` starts it, stopped by its own PID."""
 
-    def __init__(self, home: Path, artifacts: str | None = None, env: dict[str, str] | None = None) -> None:
-        self.home, self.artifacts, self.env = home, artifacts, env
+    def __init__(
+        self, home: Path, artifacts: str | None = None, env: dict[str, str] | None = None, backend: str | None = None
+    ) -> None:
+        """``backend``: its backend store URI (PostgreSQL, from :meth:`PostgresServer.database`);
+        default SQLite in ``home``."""
+        self.home, self.artifacts, self.env, self.backend = home, artifacts, env, backend
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(home / "mlflow.log", "w")  # noqa: SIM115
@@ -204,14 +217,15 @@ class MlflowServer:
                 "127.0.0.1",
                 "--port",
                 str(self.port),
-                "--backend-store-uri",
-                f"sqlite:///{self.home / 'mlflow.db'}",
                 "--artifacts-destination",
                 self.artifacts or str(self.home / "mlartifacts"),
                 "--workers",
                 "1",
             ],
-            env=sub_env(**(self.env or {})),
+            # the backend URI through the environment, as infra/stack.sh does: it holds a password
+            env=sub_env(
+                **(self.env or {}), MLFLOW_BACKEND_STORE_URI=self.backend or f"sqlite:///{self.home / 'mlflow.db'}"
+            ),
             stdout=self.log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -232,6 +246,41 @@ class MlflowServer:
     def stop(self) -> None:
         stop_group(self.proc)
         self.log.close()
+
+
+class PostgresServer:
+    """A real PostgreSQL on loopback (infra/pg.py, as `make up` starts it), in a directory its
+    own user can reach; :meth:`database` makes a fresh database for one server."""
+
+    def __init__(self, home: Path) -> None:
+        sys.path.insert(0, str(ROOT / "infra"))
+        import pg  # infra/pg.py
+
+        self.home = home
+        self.port = free_port()
+        self.proc = pg.start(home, self.port, home / "pg.env")
+        self.password = pg.identity(home / "pg.env", self.port)["ICE_PG_PASSWORD"]
+        self.count = 0
+
+    def database(self, prefix: str = "db") -> str:
+        """A new, empty database: its URL (``postgresql://``; Prefect's driver is asyncpg)."""
+        import psycopg
+
+        self.count += 1
+        name = f"{prefix}_{self.count}"
+        base = f"postgresql://ice:{self.password}@127.0.0.1:{self.port}"
+        with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return f"{base}/{name}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(2)  # PostgreSQL's fast shutdown
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
 
 class S3Server:

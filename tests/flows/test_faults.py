@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from fault_corpus import CASES, build_base, flow, run_case, verdict
 
-from helpers import sub_env
+from helpers import PostgresServer, postgres_missing, reachable_dir, sub_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -32,9 +32,22 @@ def base(tmp_path_factory, env):
     return build_base(tmp_path_factory.mktemp("faults"), env)
 
 
+@pytest.fixture(scope="module")
+def pg():
+    """One PostgreSQL for the module: the servers that the cases kill keep their data there, as the
+    team stack's do (a fresh database each). Where it cannot run, those cases use SQLite."""
+    if postgres_missing():
+        yield None
+        return
+    with reachable_dir("faults-pg") as where:
+        server = PostgresServer(where)
+        yield server
+        server.stop()
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_fault(case, base, env, tmp_path):
-    outcome = run_case(case, base, tmp_path, env)
+def test_fault(case, base, env, tmp_path, pg):
+    outcome = run_case(case, base, tmp_path, env, pg if case.during is not None else None)
     problem = verdict(case, outcome)
     assert problem is None, problem
 
