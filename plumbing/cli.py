@@ -12,7 +12,6 @@ import logging
 import os
 import signal
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -22,7 +21,7 @@ from typing import Any
 from ice.checkpoint import CheckpointError
 from ice.config import Params, ParamsError, load_params, parse_yaml
 from plumbing.log import prog, progress
-from plumbing.outage import restart_hint
+from plumbing.outage import PREFECT_OUTAGE, prefect_outage_line
 from plumbing.paths import Paths, project_root
 from plumbing.records import IntegrityError, verify_input
 from plumbing.runtime import (
@@ -36,76 +35,12 @@ from plumbing.weights import WeightsError
 __all__ = ["one_line", "cli"]
 
 
-class _PrefectOutage:
-    """Prefect's own records of an unreachable server (the events client's "Unable to connect"
-    warning, the events worker's "failed to process item Event(...)" error: 2,000-2,700 characters
-    each) become one line when the outage starts and one line, with its length, at the end; and a
-    task result that Prefect rolled back because the store did not take it is said in one line,
-    naming the task (Prefect itself logs that at ERROR, or not at all on the console)."""
-
-    UNREACHABLE = ("Unable to connect to", "failed to process item")
-    ROLLED_BACK = ("An error was encountered while committing transaction", "while serializing result for transaction")
-
-    def __init__(self) -> None:
-        self.first: float | None = None
-        self.last = 0.0
-        self.busy = False  # progress() also logs to the run: never re-enter from inside it
-
-    def catch(self, record: logging.LogRecord) -> bool:
-        """True when the record is one of these (it is then dropped, after its line)."""
-        if not record.name.startswith("prefect") or self.busy:
-            return False
-        if getattr(record, "_ice_outage", False):
-            return True  # said already, by the filter of another handler this record went through
-        msg = str(record.msg)
-        if any(k in msg for k in self.UNREACHABLE + self.ROLLED_BACK):
-            record._ice_outage = True
-        if any(k in msg for k in self.UNREACHABLE):
-            now = time.monotonic()
-            if self.first is None:
-                self.first = now
-                self._say(
-                    f"Prefect server at {os.environ.get('PREFECT_API_URL', '(ephemeral)')} is not answering; the run "
-                    "goes on, and what it reports until the server is back may be missing from the Prefect UI"
-                )
-            self.last = now
-            return True
-        if any(k in msg for k in self.ROLLED_BACK):
-            task = getattr(record, "task_run_name", None) or "a task"
-            exc = record.exc_info[1] if record.exc_info else None
-            why = f" ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})" if exc else ""
-            self._say(
-                f"{task}: its result could not be written to the task store "
-                f"({os.environ.get('ICE_STORE_URL') or 'store.url'}){why} and was rolled back; the run goes on, "
-                "and the next run recomputes that task"
-            )
-            return True
-        return False
-
-    def ended(self) -> None:
-        """The outage's one closing line, where there was one."""
-        if self.first is not None:
-            span = max(self.last - self.first, 0.0)
-            self._say(f"Prefect server was unreachable for about {span:.0f} s (from its first failed call to its last)")
-            self.first = None
-
-    def _say(self, line: str) -> None:
-        self.busy = True
-        try:
-            progress(line)
-        finally:
-            self.busy = False
-
-
-PREFECT_OUTAGE = _PrefectOutage()
-
-
 class _OneLineFailures(logging.Filter):
     """Without ``--debug``, a failure is reported once, by the CLI's ``error:`` line.
 
     Prefect's (and MLflow's) own ERROR records, their tracebacks, the "Finished in state
     Failed" lines and urllib3's retry warnings are dropped from the console; Prefect's outage
-    records become :class:`_PrefectOutage`'s lines.
+    records become :class:`plumbing.outage.PrefectOutage`'s lines.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -163,33 +98,12 @@ def one_line(err: BaseException, stage: str | None = None) -> str:
     )
     if type(err).__name__ == "MlflowException" and (outage := outage_line(err)) is not None:
         return outage
-    if (outage := _prefect_outage_line(err)) is not None:
+    if (outage := prefect_outage_line(err)) is not None:
         return outage
     text = str(err).strip().splitlines()[0] if str(err).strip() else ""
     if isinstance(err, known):
         return text or type(err).__name__
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
-
-
-def _prefect_outage_line(err: BaseException) -> str | None:
-    """A Prefect API call that failed on a connection after Prefect's own retries (5 by default,
-    backoff 2..32 s: the same 62 s bound as the other servers) as the project's one line; None
-    for anything else."""
-    import httpx
-
-    url = os.environ.get("PREFECT_API_URL")
-    chain: BaseException | None = err
-    while chain is not None and not isinstance(chain, httpx.TransportError):
-        chain = chain.__cause__ or chain.__context__
-    if chain is None or not url:
-        return None
-    request = getattr(chain, "_request", None)
-    if request is not None and not str(request.url).startswith(url.rstrip("/")):
-        return None  # another server's connection (MLflow and S3 say their own)
-    from prefect.settings import PREFECT_CLIENT_MAX_RETRIES
-
-    waited = sum(2**k for k in range(1, int(PREFECT_CLIENT_MAX_RETRIES.value()) + 1))  # Prefect's backoff
-    return f"Prefect server at {url} did not answer for {waited} s; {restart_hint()}"
 
 
 def _check_prefect_api(timeout: float = 5.0) -> None:

@@ -9,7 +9,7 @@ import logging
 
 import pytest
 
-from plumbing import cli
+from plumbing import cli, outage
 
 
 @pytest.fixture
@@ -28,9 +28,9 @@ def console(monkeypatch, capfd):  # capfd first: Prefect's handlers bind to the 
                 logging.getLogger(name).removeHandler(h)
     setup_logging(incremental=False)
     cli._quiet_failures()
-    cli.PREFECT_OUTAGE.first = None
+    outage.PREFECT_OUTAGE.first = None
     yield
-    cli.PREFECT_OUTAGE.first = None
+    outage.PREFECT_OUTAGE.first = None
 
 
 def test_an_unreachable_prefect_server_is_two_lines(console, capfd):
@@ -42,7 +42,7 @@ def test_an_unreachable_prefect_server_is_two_lines(console, capfd):
     logging.getLogger("prefect._internal.concurrency").error(
         "Service %r failed to process item %r", "EventsWorker", "Event(" + "x" * 2500 + ")"
     )
-    cli.PREFECT_OUTAGE.ended()
+    outage.PREFECT_OUTAGE.ended()
     lines = capfd.readouterr().err.strip().splitlines()  # whatever reached stderr, by any handler
     assert len(lines) == 2, lines
     assert lines[0].startswith("Prefect server at http://127.0.0.1:9/api is not answering; the run goes on")
