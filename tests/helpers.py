@@ -73,6 +73,20 @@ def sub_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def api(url: str, path: str, body: dict | None = None) -> Any:
+    """A JSON call to a server's REST API (Prefect's, in the tests): GET, or POST with ``body``."""
+    import json
+
+    req = urllib.request.Request(
+        url + path,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="GET" if body is None else "POST",
+    )
+    with urllib.request.urlopen(req, timeout=20) as r:
+        return json.load(r)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

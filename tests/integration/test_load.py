@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from helpers import ROOT, free_port, postgres_or_skip, reachable_dir, run_stages, start_group, stop_group, sub_env
+from helpers import api as _api
 from helpers import write_params as write_tiny
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -47,19 +48,6 @@ def _clone(dst: Path) -> None:
     r = subprocess.run(["git", "clone", "-q", str(ROOT), str(dst)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     write_tiny(dst, **SETTINGS)
-
-
-def _api(url: str, path: str, body: dict | None = None) -> object:
-    import urllib.request
-
-    req = urllib.request.Request(
-        url + path,
-        data=None if body is None else json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-        method="GET" if body is None else "POST",
-    )
-    with urllib.request.urlopen(req, timeout=20) as r:
-        return json.load(r)
 
 
 def _pruned_sha(project: Path, method: str) -> str:

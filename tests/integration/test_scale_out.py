@@ -21,12 +21,12 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from helpers import ROOT, MlflowServer, PrefectServer, start_group, stop_group, sub_env, write_params
+from helpers import api as _api
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -39,17 +39,6 @@ SETTINGS = {
     "ice": {"thre": 0.5, "autotune": {"n_trials": 2, "subset": 0.2, "workers": 2}},
     "train": {"epochs": 1},
 }
-
-
-def _api(url: str, path: str, body: dict | None = None) -> object:
-    req = urllib.request.Request(
-        url + path,
-        data=None if body is None else json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-        method="GET" if body is None else "POST",
-    )
-    with urllib.request.urlopen(req, timeout=20) as r:
-        return json.load(r)
 
 
 def _prefect(args: list[str], cwd: Path, env: dict[str, str], check: bool = True) -> str:
