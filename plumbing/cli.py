@@ -46,6 +46,8 @@ class _OneLineFailures(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if PREFECT_OUTAGE.catch(record):
             return False
+        if str(record.msg).startswith("Still processing items:"):
+            return False  # Prefect's services draining at exit (its events for a server that is gone)
         if record.name.startswith(("prefect", "mlflow", "urllib3")):
             if record.levelno >= logging.ERROR or record.name.startswith("urllib3"):
                 return False
