@@ -44,7 +44,7 @@ def test_a_bad_command_or_value_is_one_line():
     assert r.stderr.strip().splitlines()[-1].startswith("error: ") and "prune.ratio = 1.5 is not allowed" in r.stderr
 
 
-def test_status_marks_the_runs_of_a_killed_pipeline_crashed(prefect_server, tmp_path, monkeypatch):
+def test_status_marks_the_runs_of_a_killed_pipeline_crashed(prefect_server, tmp_path):
     """A pipeline killed with SIGKILL leaves its flow run Running; `ice status` (like the next run)
     marks it Crashed once its process, named by its host: and pid: tags, is gone, and leaves a run
     whose process lives alone."""
@@ -52,19 +52,23 @@ def test_status_marks_the_runs_of_a_killed_pipeline_crashed(prefect_server, tmp_
 
     from prefect import flow
     from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
     from prefect.states import Running
 
     from plumbing.prefect_views import PROJECT_TAG
 
     gone = subprocess.Popen(["true"])
     gone.wait()  # its pid names a process that no longer exists
-    monkeypatch.setenv("PREFECT_API_URL", prefect_server.url)
+    # The settings, not the environment: the session's Prefect test harness (tests/flows/conftest.py),
+    # once an earlier test started it, overrides $PREFECT_API_URL in this process.
+    def here():
+        return temporary_settings(updates={PREFECT_API_URL: prefect_server.url})
 
     @flow(name="killed-pipeline")
     def killed() -> None: ...
 
     host = socket.gethostname()
-    with get_client(sync_client=True) as client:
+    with here(), get_client(sync_client=True) as client:
         dead = client.create_flow_run(
             killed, name="killed-run", tags=[PROJECT_TAG, f"host:{host}", f"pid:{gone.pid}"], state=Running()
         )
@@ -74,7 +78,7 @@ def test_status_marks_the_runs_of_a_killed_pipeline_crashed(prefect_server, tmp_
     r = _ice("status", PREFECT_API_URL=prefect_server.url, ICE_STACK_DIR=str(tmp_path / "stack"))
     assert r.returncode == 0, r.stderr[-2000:]
     assert "left Running by a killed process marked Crashed: killed-run" in r.stdout + r.stderr, r.stderr[-2000:]
-    with get_client(sync_client=True) as client:
+    with here(), get_client(sync_client=True) as client:
         assert client.read_flow_run(dead.id).state.type.value == "CRASHED"
         assert client.read_flow_run(alive.id).state.type.value == "RUNNING"
     again = _ice("status", PREFECT_API_URL=prefect_server.url, ICE_STACK_DIR=str(tmp_path / "stack"))
