@@ -436,11 +436,9 @@ def parse_params(raw: Any, source: str = "params") -> Params:
         params = Params.model_validate(raw)
     except ValidationError as err:
         raise ParamsError(_one_line(err, source)) from None
-    from ice.models import available_archs, is_known_arch, trust_arch
+    from ice.models import available_archs, is_known_arch
 
-    if is_known_arch(params.model.arch):
-        trust_arch(params.model.arch)  # params are trusted configuration: checkpoints of this arch may load
-    else:
+    if not is_known_arch(params.model.arch):
         why = ""
         if ":" in params.model.arch and not params.model.arch.startswith("tv:"):
             from ice.models import import_arch
@@ -494,4 +492,8 @@ def load_params(path: str | Path, overrides: dict[str, Any] | None = None) -> Pa
         if not isinstance(raw, dict):
             raise ParamsError(f"{p}: the top level must be a mapping of sections, got {type(raw).__name__}")
         apply_overrides(raw, overrides)
-    return parse_params(raw, source=str(p))
+    params = parse_params(raw, source=str(p))
+    from ice.models import trust_arch
+
+    trust_arch(params.model.arch)  # a params file is trusted configuration: checkpoints of its arch may load
+    return params

@@ -43,8 +43,10 @@ def params_of(cfg: dict[str, Any]) -> Any:
     out (a method's config holds only what it reads, :func:`ice.methods.registry.method_inputs`)
     is :class:`Unread` instead of a default."""
     from ice.config import Params, parse_params
+    from ice.models import trust_arch
 
     params = parse_params(cfg, source="task config")
+    trust_arch(params.model.arch)  # a task's config comes from the run's params: trusted configuration
     absent: dict[str, Any] = {}
     for name in Params.model_fields:
         if name not in cfg:

@@ -59,6 +59,7 @@ def test_status_marks_the_runs_of_a_killed_pipeline_crashed(prefect_server, tmp_
 
     gone = subprocess.Popen(["true"])
     gone.wait()  # its pid names a process that no longer exists
+
     # The settings, not the environment: the session's Prefect test harness (tests/flows/conftest.py),
     # once an earlier test started it, overrides $PREFECT_API_URL in this process.
     def here():

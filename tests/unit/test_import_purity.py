@@ -46,12 +46,12 @@ def test_architecture_contracts_hold():
 
 
 def test_a_planted_cycle_breaks_the_contracts(tmp_path):
-    """The contracts can fail: in a copy of the project, ice.data importing back from ice.models'
-    user (ice.checkpoint, which imports ice.models) and ice reaching for tasks are both caught."""
+    """The contracts can fail: in a copy of the project, ice.models.archs importing ice.checkpoint
+    (which imports ice.models) and ice reaching for tasks are both caught."""
     for pkg in ("ice", "plumbing", "tasks", "flows", "scripts"):
         shutil.copytree(ROOT / pkg, tmp_path / pkg, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
-    with open(tmp_path / "ice" / "models.py", "a") as f:
+    with open(tmp_path / "ice" / "models" / "archs.py", "a") as f:
         f.write("\nfrom ice.checkpoint import load_checkpoint  # noqa: E402\nimport plumbing.store  # noqa: E402\n")
     out = _lint_imports(tmp_path)
     assert out.returncode != 0
