@@ -138,7 +138,7 @@ def epoch(fmt: str, src: Path, seed: int, limit: int | None = None):  # type: ig
             yield torch.from_numpy(np.stack(xs)), torch.tensor(ys)
 
     if fmt.startswith("ice"):
-        from ice.data import ShardedSplit, _reads
+        from ice.data import ShardedSplit, read_ahead
         from ice.shards import ShardReader, shard_name
 
         shards = json.loads((src / "shards.json").read_text())
@@ -158,7 +158,7 @@ def epoch(fmt: str, src: Path, seed: int, limit: int | None = None):  # type: ig
         # raw uint8 batches: the same work as the other readers (no normalisation)
         order = torch.randperm(len(split), generator=g)
         todo = [order[i : i + BATCH] for i in range(0, len(order), BATCH)]
-        for idx, xb in zip(todo, _reads(split, todo), strict=True):
+        for idx, xb in zip(todo, read_ahead(split, todo), strict=True):
             yield xb, split.y[idx]
     elif fmt == "memmap":
         offsets = np.load(src / "offsets.npy")
@@ -254,13 +254,14 @@ def child(args: argparse.Namespace) -> None:
 
 def prepare_records(work: Path, n: int, image_size: int, classes: int) -> None:
     from benchmarks.data_scale import generate
-    from ice.data import ImageDecoder, _dir_members
+    from ice.config import DataConfig
+    from ice.data import ImageDecoder, list_members
     from ice.shards import encode_image
 
     folder = work / "folder"
     if not folder.exists():
         generate(folder, n, classes)
-    files = _dir_members(folder)["train"]
+    files = list_members(DataConfig(source="folder", root=str(folder)))["train"]
     decode = ImageDecoder(str(folder), image_size)
     names = sorted({k.split("/", 1)[0] for k, _ in files})
     records = [(encode_image(decode("train", k, p), "jpeg"), names.index(k.split("/", 1)[0])) for k, p in sorted(files)]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,20 +23,7 @@ import numpy as np
 import torch
 
 from ice.config import DataConfig
-from ice.data import (
-    SHARDED_FORMAT,
-    Dataset,
-    ImageDecoder,
-    ShardedSplit,
-    _cached,
-    _dir_members,
-    _load_cifar,
-    _load_digits,
-    _tar_members,
-    augment_kind,
-    class_lookup,
-    holdout,
-)
+from ice.data import SHARDED_FORMAT, Dataset, ShardedSplit, augment_kind, holdout, list_members, stream_images
 from ice.shards import ShardWriter, encode_image, record_kind
 
 __all__ = ["storage", "write_sharded", "MEMORY_LIMIT"]
@@ -51,7 +38,7 @@ def storage(spec: DataConfig) -> str:
         return spec.format
     if spec.source != "folder" or spec.root is None or not Path(spec.root).is_dir():
         return "memory"
-    files = _dir_members(Path(spec.root))
+    files = list_members(spec)
     n = len(files["train"]) + len(files["test"])
     if n == 0:
         return "memory"
@@ -67,7 +54,7 @@ def storage(spec: DataConfig) -> str:
 
 class _Stats:
     """Per-channel mean and std of the training images from exact integer sums, one image at a
-    time (memory: nothing kept). Rounded to 6 places, as ``ice.data._channel_stats`` rounds."""
+    time (memory: nothing kept). Rounded to 6 places, as ``ice.data.cache.channel_stats`` rounds."""
 
     def __init__(self) -> None:
         self.s: np.ndarray | None = None
@@ -91,37 +78,6 @@ class _Stats:
         return [round(float(v), 6) for v in mean], [round(float(v), 6) for v in std]
 
 
-def _source(spec: DataConfig) -> tuple[list[str], dict[str, Iterator[tuple[np.ndarray, int]]], dict[str, int]]:
-    """Classes, and per split an iterator of ``(HWC uint8 image, label)`` and its length."""
-    if spec.source == "folder":
-        assert spec.root is not None
-        root = Path(spec.root)
-        if not root.exists():
-            raise FileNotFoundError(f"data.root {str(root)!r} does not exist")
-        files = _tar_members(root) if root.is_file() else _dir_members(root)
-        classes = class_lookup(files, str(root))
-        lookup = {c: i for i, c in enumerate(classes)}
-        decode = ImageDecoder(str(root), spec.image_size)
-
-        def images(split: str) -> Iterator[tuple[np.ndarray, int]]:
-            for key, src in sorted(files[split], key=lambda kv: kv[0]):
-                yield decode(split, key, src), lookup[key.split("/", 1)[0]]
-
-        return classes, {s: images(s) for s in ("train", "test")}, {s: len(files[s]) for s in ("train", "test")}
-    raw = _load_digits(spec) if spec.source == "digits" else _cached(spec, lambda: _load_cifar(spec))
-
-    def rows(split: str) -> Iterator[tuple[np.ndarray, int]]:
-        x, y = raw[f"{split}_x"], raw[f"{split}_y"]
-        for i in range(len(y)):
-            yield x[i].permute(1, 2, 0).numpy(), int(y[i])
-
-    return (
-        list(raw["classes"]),
-        {s: rows(s) for s in ("train", "test")},
-        {s: len(raw[f"{s}_y"]) for s in ("train", "test")},
-    )
-
-
 def write_sharded(
     spec: DataConfig,
     manifest: str | Path,
@@ -138,7 +94,7 @@ def write_sharded(
     from ice.files import atomic_write_bytes
 
     shard_bytes = shard_bytes or shard_files.SHARD_BYTES
-    classes, sources, sizes = _source(spec)
+    classes, sources, sizes = stream_images(spec)
     total = sum(sizes.values())
     done = 0
     kind = ""
@@ -188,7 +144,7 @@ def write_sharded(
     }
     for name, source in (("train", "train"), ("val", "train"), ("test", "test")):
         s = getattr(ds, name)
-        payload[name] = {"source": source, "rows": s.rows.contiguous(), "y": s.y.contiguous(), "index": s._base()}
+        payload[name] = {"source": source, "rows": s.rows.contiguous(), "y": s.y.contiguous(), "index": s.positions()}
     buf = io.BytesIO()
     torch.save(payload, buf)
     data = buf.getvalue()

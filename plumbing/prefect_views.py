@@ -130,7 +130,7 @@ def crash_dead_runs() -> list[str]:
         from prefect.client.schemas.objects import StateType
         from prefect.states import Crashed
 
-        from plumbing.tracking import _alive  # the one liveness check (MLflow's stale runs use it too)
+        from plumbing.tracking import pid_alive  # the one liveness check (MLflow's stale runs use it too)
 
         live = [StateType.RUNNING, StateType.PENDING]
         with get_client(sync_client=True) as client:
@@ -143,7 +143,7 @@ def crash_dead_runs() -> list[str]:
             )
             for run in runs:
                 pids = [int(t[4:]) for t in run.tags if t.startswith("pid:") and t[4:].isdigit()]
-                if not pids or any(_alive(p) for p in pids):
+                if not pids or any(pid_alive(p) for p in pids):
                     continue
                 msg = f"its process (pid {pids[0]} on {host}) is gone; marked by the next run"
                 client.set_flow_run_state(run.id, Crashed(message=msg), force=True)

@@ -123,7 +123,8 @@ def git_commit(root: Path) -> str:
         return "unknown"
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid lives on this host (one owned by another user counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -254,7 +255,7 @@ class Tracker(ModelRegistry):
         """Whether a live pipeline flow (another process on this host, or this one) holds ``run_id``."""
         tags = self.client.get_run(run_id).data.tags
         pid = int(tags.get("ice.owner_pid", "0") or 0)
-        return bool(pid) and tags.get("ice.host") == socket.gethostname() and _alive(pid)
+        return bool(pid) and tags.get("ice.host") == socket.gethostname() and pid_alive(pid)
 
     def release(self, run_id: str, status: str) -> None:
         """End a pipeline run the caller owned."""
@@ -293,7 +294,7 @@ class Tracker(ModelRegistry):
         stale = []
         for run in self.client.search_runs([self.experiment_id], flt, max_results=200):
             pid = int(run.data.tags.get("ice.pid", "0") or 0)
-            if pid and not _alive(pid):
+            if pid and not pid_alive(pid):
                 self.client.set_terminated(run.info.run_id, "KILLED")
                 stale.append(run.info.run_id)
         if stale:

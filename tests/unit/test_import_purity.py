@@ -56,3 +56,40 @@ def test_a_planted_cycle_breaks_the_contracts(tmp_path):
     out = _lint_imports(tmp_path)
     assert out.returncode != 0
     assert "0 kept, 3 broken" in out.stdout, out.stdout[-3000:]
+
+
+PACKAGES = ("ice", "plumbing", "tasks", "flows", "scripts", "benchmarks")
+
+
+def _private_imports(root: Path) -> list[str]:
+    """Every ``from <project module> import _name`` under ``root``'s packages: a module's
+    ``_private`` names are its own, so another module using one is a missing public name."""
+    import ast
+
+    found = []
+    for pkg in PACKAGES:
+        for f in sorted((root / pkg).rglob("*.py")):
+            for node in ast.walk(ast.parse(f.read_text(), str(f))):
+                if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in PACKAGES:
+                    found += [
+                        f"{f.relative_to(root)}:{node.lineno} imports {node.module}.{a.name}"
+                        for a in node.names
+                        if a.name.startswith("_") and not a.name.startswith("__")
+                    ]
+    return found
+
+
+def test_no_module_imports_another_modules_private_names(tmp_path):
+    assert _private_imports(ROOT) == []
+    # and the check can fail: a planted import of a private name is found
+    for pkg in PACKAGES:
+        shutil.copytree(ROOT / pkg, tmp_path / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    with open(tmp_path / "ice" / "sharded.py", "a") as f:
+        f.write("\nfrom ice.data.sources import _load_digits  # noqa: E402\n")
+    assert _private_imports(tmp_path) == [
+        f"ice/sharded.py:{_lines(tmp_path / 'ice' / 'sharded.py')} imports ice.data.sources._load_digits"
+    ]
+
+
+def _lines(f: Path) -> int:
+    return len(f.read_text().splitlines())
