@@ -22,7 +22,7 @@ from typing import Any
 from prefect import flow
 
 from ice.config import SEARCHED_ICE_KEYS
-from ice.methods.registry import method_inputs
+from ice.methods.registry import method_inputs, without
 from plumbing.caching import bind
 from plumbing.cli import cli
 from plumbing.log import progress
@@ -76,9 +76,7 @@ def autotune(
                 "are used only with ice.autotune.enabled: false"
             )
         points = sample_trials(st.params)
-        task_cfg = method_inputs(st.params, "ice")
-        for key in SEARCHED_ICE_KEYS:  # each trial gets its own from the grid
-            task_cfg["ice"].pop(key)
+        task_cfg = without(method_inputs(st.params, "ice"), "ice", *SEARCHED_ICE_KEYS)  # each trial has its own
         setup = bind(autotune_setup, st.root, st.store_url)(str(st.root), data_ref, model_ref, task_cfg)
         progress(f"[autotune] shared freeze trial: {setup['seconds']:.1f}s, {setup['work']:.0f} GMACs")
         assert st.tracker is not None and st.run_id is not None

@@ -19,7 +19,6 @@ fine-tune time, ICE's freeze trial and, for ICE, the auto-tuner's search.
 
 from __future__ import annotations
 
-import copy
 import time
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from prefect import flow
 from ice.config import SEARCHED_ICE_KEYS
 from ice.methods import STEPWISE, Method, spec
 from ice.methods.plan import RunPlan, RunStart
-from ice.methods.registry import method_inputs
+from ice.methods.registry import method_inputs, without
 from plumbing.caching import bind
 from plumbing.cli import cli
 from plumbing.log import STEP_SINK, progress
@@ -125,8 +124,7 @@ def _stepwise(st: Stage, method: str, data_ref: dict[str, str], pre_ref: dict[st
     # ICE's settings change); likewise only the recovery reads prune.target
     how = spec(method)
     recovery_cfg = method_inputs(st.params, method)
-    cfg = copy.deepcopy(recovery_cfg)
-    cfg["prune"].pop("target")
+    cfg = without(recovery_cfg, "prune", "target")
     hp = None
     search = {"seconds": 0.0, "work": 0.0}
     if how.searches:
@@ -136,10 +134,9 @@ def _stepwise(st: Stage, method: str, data_ref: dict[str, str], pre_ref: dict[st
             tuned["hp"],
             {"seconds": float(tuned["search_seconds"]), "work": float(tuned.get("search_work", 0.0))},
         )
-        cfg["ice"].pop("autotune")  # its result comes in as hp
-        if tuned.get("enabled"):  # the search chose these; params' own values would only spoil the cache keys
-            for key in SEARCHED_ICE_KEYS:
-                cfg["ice"].pop(key, None)
+        # its result comes in as hp; where the search ran, it chose these, and params' own values
+        # would only spoil the cache keys
+        cfg = without(cfg, "ice", "autotune", *(SEARCHED_ICE_KEYS if tuned.get("enabled") else ()))
     start = RunStart.from_dict(
         bind(start_pruning, st.root, st.store_url)(str(st.root), data_ref, pre_ref, method, hp, cfg)
     )

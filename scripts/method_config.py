@@ -21,7 +21,7 @@ from typing import Any
 
 from ice.config import SEARCHED_ICE_KEYS, Params, ParamsError, load_params
 from ice.files import atomic_write_bytes
-from ice.methods.registry import method_inputs, spec
+from ice.methods.registry import method_inputs, spec, without
 from plumbing.paths import Paths
 
 
@@ -29,9 +29,9 @@ def method_config(params: Params, method: str, autotune: dict[str, Any] | None) 
     """The settings ``method`` reads, and nothing else."""
     out: dict[str, Any] = {"method": method} | method_inputs(params, method)
     if spec(method).searches:  # the search's outcome stands in for the keys it chooses
-        ice = {k: v for k, v in out["ice"].items() if k not in ("autotune", *SEARCHED_ICE_KEYS)}
+        out = without(out, "ice", "autotune", *SEARCHED_ICE_KEYS)
         tuned = autotune or {}
-        out["ice"] = ice | {
+        out["ice"] |= {
             "hp": tuned.get("hp"),
             "search": {k: tuned.get(k) for k in ("enabled", "search_seconds", "search_work")},
         }

@@ -25,6 +25,7 @@ __all__ = [
     "SPECS",
     "spec",
     "method_inputs",
+    "without",
     "DEVICE_KEYS",
 ]
 
@@ -121,3 +122,10 @@ def method_inputs(params: Params, method: str) -> dict[str, Any]:
     if not how.stepwise and params.schedule.init == "scratch":  # a whole training run
         out["model"], out["train"] = dump["model"], dump["train"]
     return out
+
+
+def without(inputs: dict[str, Any], section: str, *keys: str) -> dict[str, Any]:
+    """A copy of ``inputs`` (a :func:`method_inputs` dict) whose ``section`` lacks ``keys``: how a
+    task's cache key, or DVC's change detector, leaves out what the task does not read, or what
+    another input stands for (the search's choice comes in as ``hp``). ``inputs`` is unchanged."""
+    return {**inputs, section: {k: v for k, v in inputs[section].items() if k not in keys}}

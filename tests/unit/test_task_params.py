@@ -7,7 +7,7 @@ import copy
 import pytest
 
 from ice.config import parse_params
-from ice.methods.registry import method_inputs
+from ice.methods.registry import method_inputs, without
 from plumbing.artifacts import params_of
 
 
@@ -26,6 +26,15 @@ def test_a_narrowed_config_reads_back_without_defaults_for_what_it_left_out():
     with pytest.raises(AttributeError):
         _ = again.ice.fr
     assert again.prune.ratio == 0.4
+
+
+def test_without_leaves_out_only_the_named_keys_and_never_changes_its_input():
+    inputs = method_inputs(parse_params({}), "ice")
+    before = copy.deepcopy(inputs)
+    out = without(inputs, "ice", "autotune", "thre", "not-a-key")
+    assert inputs == before
+    assert set(out["ice"]) == set(inputs["ice"]) - {"autotune", "thre"}
+    assert {k: v for k, v in out.items() if k != "ice"} == {k: v for k, v in inputs.items() if k != "ice"}
 
 
 def test_ice_reads_its_section():
