@@ -12,8 +12,7 @@ import logging
 import os
 import signal
 import sys
-import urllib.error
-import urllib.request
+import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,8 +27,8 @@ from plumbing.runtime import (
     store_url,
 )
 from plumbing.s3 import StoreError, check_url
-from plumbing.stages import verified_upstream
-from plumbing.tracking import TrackingUnavailable, check_reachable, outage_line, tracking_uri
+from plumbing.stages import recorded_inputs, verified_upstream
+from plumbing.tracking import TrackingUnavailable, check_prefect_api, check_reachable, outage_line, tracking_uri
 from plumbing.weights import WeightsError
 
 __all__ = ["one_line", "cli"]
@@ -108,22 +107,6 @@ def one_line(err: BaseException, stage: str | None = None) -> str:
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
-def _check_prefect_api(timeout: float = 5.0) -> None:
-    url = os.environ.get("PREFECT_API_URL")
-    if not url:
-        return
-    try:
-        with urllib.request.urlopen(url.rstrip("/") + "/health", timeout=timeout) as r:
-            if r.status == 200:
-                return
-    except (urllib.error.URLError, OSError) as err:
-        reason = getattr(err, "reason", err)
-        raise TrackingUnavailable(
-            f"Prefect API at {url} cannot be reached ({reason}); start it (make up) or unset "
-            "PREFECT_API_URL to run without a server"
-        ) from None
-
-
 def _die_with(parent: int) -> Callable[[], None]:
     """A ``preexec_fn``: the child gets SIGKILL when ``parent`` dies, even by SIGKILL (Linux)."""
 
@@ -155,12 +138,16 @@ def _bind_ephemeral_server() -> None:
     instance = srv.SubprocessASGIServer()
     if instance.running:
         return
-    real = subprocess.Popen
-    subprocess.Popen = functools.partial(real, preexec_fn=_die_with(os.getpid()))  # type: ignore[misc, assignment]
+    # Prefect's server module alone sees a subprocess whose Popen arms the death signal; every
+    # other caller of subprocess (another thread's included) keeps the real one
+    scoped = types.ModuleType("subprocess")
+    scoped.__dict__.update(vars(subprocess))
+    scoped.Popen = functools.partial(subprocess.Popen, preexec_fn=_die_with(os.getpid()))  # type: ignore[attr-defined]
+    srv.subprocess = scoped  # type: ignore[attr-defined]
     try:
         instance.start()
     finally:
-        subprocess.Popen = real  # type: ignore[misc]
+        srv.subprocess = subprocess  # type: ignore[attr-defined]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -179,7 +166,6 @@ def _on_stop_signal(signum: int, frame: Any) -> None:
 
 def _preflight_inputs(name: str, paths: Paths, params: Params) -> None:
     """Verify the stage's inputs against their producers' records before Prefect starts."""
-    where = {"prepare": paths.prepared, "pretrain": paths.pretrained}
     if "prepare" in verified_upstream(name) and paths.prepared_record.exists():
         sizes = json.loads(paths.prepared_record.read_text())
         for key, value in (
@@ -203,13 +189,9 @@ def _preflight_inputs(name: str, paths: Paths, params: Params) -> None:
                 check_checkpoint(local, params.model.arch)
             except CheckpointError as err:
                 raise WeightsError(f"model.weights: {err}") from None
-    for stage in verified_upstream(name):
-        if where[stage].exists():
-            verify_input(paths, where[stage], stage)
-    if name == "evaluate":
-        for method in params.prune.methods:
-            if paths.pruned(method).exists():
-                verify_input(paths, paths.pruned(method), f"prune --method {method}")
+    for path, producer in recorded_inputs(name, paths, params.prune.methods):
+        if path.exists():  # a missing input is the flow's own one-line error, naming its producer
+            verify_input(paths, path, producer)
 
 
 def cli(
@@ -263,7 +245,7 @@ def cli(
     try:
         params = load_params(pfile, overrides)  # fail before Prefect, torch or MLflow spend a second
         check_reachable(tracking_uri(r, params.tracking.tracking_uri))
-        _check_prefect_api()
+        check_prefect_api()
         check_url(store_url(params))
         _preflight_inputs(name, Paths(r), params)
     except (ParamsError, TrackingUnavailable, IntegrityError, StoreError, WeightsError) as err:

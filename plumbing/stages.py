@@ -9,13 +9,13 @@ hands back) and the method-config stage all derive from :data:`STAGES`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from plumbing.paths import Paths
 
-__all__ = ["StageSpec", "STAGES", "stage", "outputs", "record_of", "verified_upstream"]
+__all__ = ["StageSpec", "STAGES", "stage", "outputs", "record_of", "verified_upstream", "recorded_inputs"]
 
 
 @dataclass(frozen=True)
@@ -90,3 +90,19 @@ def verified_upstream(name: str) -> list[str]:
     if name not in _BY_NAME:
         return []
     return [u for u in stage(name).upstream if stage(u).record is not None and not stage(u).per_method]
+
+
+def recorded_inputs(name: str, paths: Paths, methods: Sequence[str]) -> list[tuple[Path, str]]:
+    """What a stage verifies before it starts: each recorded output of its upstream stages, with
+    the command that makes it (``pretrain``, ``prune --method ice``). A per-method upstream gives
+    one output per method in ``methods``; a stage outside the graph (``pipeline``) verifies none."""
+    if name not in _BY_NAME:
+        return []
+    out: list[tuple[Path, str]] = []
+    for up in stage(name).upstream:
+        s = stage(up)
+        if s.record is None:
+            continue
+        for m in methods if s.per_method else ("",):
+            out.append((s.record(paths, m)[0], f"{up} --method {m}" if s.per_method else up))
+    return out

@@ -35,7 +35,9 @@ __all__ = [
     "outage_line",
     "OUTAGE_SECONDS",
     "tracking_uri",
+    "check_health",
     "check_reachable",
+    "check_prefect_api",
     "git_commit",
     "project_links",
 ]
@@ -99,20 +101,31 @@ def tracking_uri(root: Path, configured: str | None = None) -> str:
     return configured or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
 
 
-def check_reachable(uri: str, timeout: float = 5.0) -> None:
-    """Fail fast, with one line, when an http(s) tracking server does not answer."""
-    if not uri.startswith(("http://", "https://")):
-        return
+def check_health(base: str, server: str, unset_hint: str, timeout: float = 5.0) -> None:
+    """Fail fast, with one line, when a server does not answer ``<base>/health`` with 200:
+    ``server`` names it, ``unset_hint`` says how to run without it."""
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
+        with urllib.request.urlopen(base.rstrip("/") + "/health", timeout=timeout) as r:
             if r.status != 200:
-                raise TrackingUnavailable(f"MLflow server at {uri} answered {r.status} to /health")
+                raise TrackingUnavailable(f"{server} at {base} answered {r.status} to /health")
     except (urllib.error.URLError, OSError) as err:
         reason = getattr(err, "reason", err)
         raise TrackingUnavailable(
-            f"MLflow server at {uri} cannot be reached ({reason}); start it (make up) or unset "
-            "MLFLOW_TRACKING_URI to use the local sqlite store"
+            f"{server} at {base} cannot be reached ({reason}); start it (make up) or {unset_hint}"
         ) from None
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """An http(s) tracking server that does not answer fails in one line (a local store passes)."""
+    if uri.startswith(("http://", "https://")):
+        check_health(uri, "MLflow server", "unset MLFLOW_TRACKING_URI to use the local sqlite store", timeout)
+
+
+def check_prefect_api(timeout: float = 5.0) -> None:
+    """A Prefect API at ``$PREFECT_API_URL`` that does not answer fails in one line (without one,
+    the flow starts its own temporary server)."""
+    if url := os.environ.get("PREFECT_API_URL"):
+        check_health(url, "Prefect API", "unset PREFECT_API_URL to run without a server", timeout)
 
 
 def git_commit(root: Path) -> str:

@@ -7,7 +7,7 @@ import yaml
 
 from plumbing.paths import Paths
 from plumbing.records import recorded_sha
-from plumbing.stages import STAGES, outputs, record_of, verified_upstream
+from plumbing.stages import STAGES, outputs, record_of, recorded_inputs, verified_upstream
 
 ROOT = Path(__file__).resolve().parents[2]
 M = "somemethod"
@@ -64,3 +64,15 @@ def test_the_checks_derive_from_the_table(tmp_path):
     paths.prune_report("ice").parent.mkdir(parents=True)
     paths.prune_report("ice").write_text('{"sha256": "abc"}')
     assert recorded_sha(paths, paths.pruned("ice")) == ("abc", paths.prune_report("ice"))
+
+
+def test_recorded_inputs_are_each_upstream_record_with_the_command_that_makes_it(tmp_path):
+    p = Paths(tmp_path)
+    assert recorded_inputs("prune", p, ["ice"]) == [(p.prepared, "prepare"), (p.pretrained, "pretrain")]
+    assert recorded_inputs("evaluate", p, ["ice", "agp"]) == [
+        (p.prepared, "prepare"),
+        (p.pretrained, "pretrain"),
+        (p.pruned("ice"), "prune --method ice"),
+        (p.pruned("agp"), "prune --method agp"),
+    ]
+    assert recorded_inputs("prepare", p, ["ice"]) == [] and recorded_inputs("pipeline", p, ["ice"]) == []
