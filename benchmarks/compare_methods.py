@@ -22,12 +22,13 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
+from benchmarks.common import parse_sets
 from ice.checkpoint import load_checkpoint, save_checkpoint
 from ice.config import load_params
 from ice.data import load_dataset
-from ice.methods import METHODS, Callbacks, run_pruning
+from ice.methods import METHODS, Callbacks, run_pruning, spec
+from ice.methods.registry import BASELINE
 from ice.metrics import count_macs, count_params
 from ice.models import build_model
 from ice.train import accuracy, fit, pick_device
@@ -73,11 +74,7 @@ def main() -> None:
         over["prune.batch_size"] = over["train.batch_size"] = args.batch_size
     if args.augment is not None:
         over["prune.augment"] = over["train.augment"] = args.augment
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            ap.error(f"--set {item!r}: expected KEY=VALUE")
-        over[key] = yaml.safe_load(value)
+    over |= parse_sets(args.set)
     params = load_params(args.params, over)
     methods = args.methods or list(params.prune.methods)
     log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
@@ -146,14 +143,17 @@ def main() -> None:
     for method in methods:
         log(f"--- {method}")
         res = run_pruning(model, data, method, params, Callbacks(on_log=log))
-        if method == "ice":
+        how = spec(method)
+        if how.stepwise:  # where a step-wise method's seconds went
             fine = sum(r["t_finetune"] for r in res.steps)
-            notes.append(
-                f"ice: {res.seconds:.1f}s = search {res.info.get('search_seconds', 0.0):.1f}s + freeze trial and steps "
-                f"(fine-tunes {fine:.1f}s); hyperparameters {res.info['hp']}; {len(res.info['frozen'])} convs frozen"
-            )
-        elif method == "iterative":
-            notes.append(f"iterative: {res.seconds:.1f}s, fine-tunes {sum(r['t_finetune'] for r in res.steps):.1f}s")
+            if how.searches:
+                notes.append(
+                    f"{method}: {res.seconds:.1f}s = search {res.info.get('search_seconds', 0.0):.1f}s + freeze trial "
+                    f"and steps (fine-tunes {fine:.1f}s); hyperparameters {res.info['hp']}; "
+                    f"{len(res.info['frozen'])} convs frozen"
+                )
+            else:
+                notes.append(f"{method}: {res.seconds:.1f}s, fine-tunes {fine:.1f}s")
         rows.append(
             {
                 "method": method,
@@ -165,7 +165,7 @@ def main() -> None:
                 "macs": count_macs(res.model, shape),
             }
         )
-    base = next((r["seconds"] for r in rows if r["method"] == "iterative"), None)
+    base = next((r["seconds"] for r in rows if r["method"] == BASELINE), None)
     header = "| method | seconds | fine-tunes | val acc | test acc | params (non-zero) | MACs | speedup vs iterative |"
     lines = [header, "|" + "---|" * 8]
     for r in rows:

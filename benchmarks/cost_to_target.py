@@ -24,16 +24,15 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import yaml
+from benchmarks.common import REPO as ROOT
+from benchmarks.common import bench_env, scratch_params
 
-ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "cost_to_target.json"
 PRESET = "params/cifar10-resnet56-cpu.yaml"
 
@@ -93,21 +92,6 @@ FIT: list[tuple[str, float, str, float | None]] = _grid("prune_once", 0.7)
 CELLS = {cell_name(*c): c for c in PLAN + FIT}
 
 
-def _set(raw: dict[str, Any], dotted: str, value: Any) -> None:
-    node = raw
-    *parents, last = dotted.split(".")
-    for part in parents:
-        node = node.setdefault(part, {})
-    node[last] = value
-
-
-def _absolute(raw: dict[str, Any], dotted: str) -> None:
-    section, key = dotted.split(".")
-    value = raw.get(section, {}).get(key)
-    if value and "://" not in str(value) and not Path(value).is_absolute():
-        raw[section][key] = str((ROOT / value).resolve())
-
-
 def load(path: Path) -> list[dict[str, Any]]:
     """The results; the first map's cells, written before these dimensions, read as sgdr at 0.6."""
     rows = json.loads(path.read_text()) if path.exists() else []
@@ -142,21 +126,15 @@ def save(path: Path, rows: list[dict[str, Any]], commit: bool, msg: str) -> None
 def run_cell(name: str, preset: str) -> dict[str, Any]:
     recipe, ratio, policy, budget = CELLS[name]
     method, eps, extra = RECIPES[recipe]
-    raw = yaml.safe_load((ROOT / preset).read_text())
     overrides = {**COMMON, "prune.ratio": ratio, "prune.methods": [method], **extra}
     if policy == "budget":  # a fixed decay over B epochs, and no more
         overrides.update({"prune.target.budget_epochs": budget, "prune.target.max_epochs": budget})
     if eps is not None:
         overrides["prune.finetune_epochs"] = eps
-    for k, v in overrides.items():
-        _set(raw, k, v)
-    for dotted in ("data.root", "data.cache_dir", "model.weights"):
-        _absolute(raw, dotted)
     # one project per recipe and ratio: its budget cells reuse the online cell's cached steps
     out = ROOT / "bench" / f"ctt-{recipe}-r{ratio:g}"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    env = {**os.environ, "DO_NOT_TRACK": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    scratch_params(preset, overrides, out)
+    env = bench_env()
     t0 = time.perf_counter()
     print(f"[ctt] {name}: {method} with {overrides} in {out}", flush=True)
     r = subprocess.run(

@@ -217,8 +217,9 @@ def main() -> None:
     base = Path(args.work or tempfile.mkdtemp(prefix="ice-data-scale-"))
     server = None
     if args.s3:
-        sys.path.insert(0, str(ROOT / "infra"))
-        import s3  # infra/s3.py: SeaweedFS, as `make up` starts it
+        from benchmarks.common import infra
+
+        s3 = infra("s3")  # SeaweedFS, as `make up` starts it
 
         port = s3.free_base()
         server = s3.start(base / "s3" / "data", port, "ice", env_file=base / "s3" / "s3.env")

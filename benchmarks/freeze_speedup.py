@@ -14,8 +14,8 @@ import copy
 import time
 
 import torch
-from throughput import synthetic_cifar  # noqa: E402  (same folder)
 
+from benchmarks.throughput import synthetic_cifar
 from ice.config import parse_params
 from ice.methods.core import apply_frozen, finetune, start_run
 from ice.models import build_model

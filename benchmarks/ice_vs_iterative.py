@@ -15,22 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import yaml
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _absolute(raw: dict, dotted: str) -> None:
-    section, key = dotted.split(".")
-    value = raw.get(section, {}).get(key)
-    if value and "://" not in str(value) and not Path(value).is_absolute():
-        raw[section][key] = str((ROOT / value).resolve())
+from benchmarks.common import REPO as ROOT
+from benchmarks.common import bench_env, parse_sets, scratch_params
+from ice.config import load_params
 
 
 def main() -> None:
@@ -41,23 +33,12 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="the scratch project (default bench/<preset>-r<ratio>)")
     args = ap.parse_args()
 
-    raw = yaml.safe_load((ROOT / args.params).read_text())
-    if args.ratio is not None:
-        raw["prune"]["ratio"] = args.ratio
-    for item in args.set:
-        key, _, value = item.partition("=")
-        node = raw
-        *parents, last = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = yaml.safe_load(value)
-    for dotted in ("data.root", "data.cache_dir", "model.weights"):
-        _absolute(raw, dotted)
-    out = Path(args.out or ROOT / "bench" / f"{Path(args.params).stem}-r{raw['prune']['ratio']}")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    overrides = parse_sets(args.set) | ({"prune.ratio": args.ratio} if args.ratio is not None else {})
+    ratio = args.ratio if args.ratio is not None else load_params(ROOT / args.params, overrides).prune.ratio
+    out = Path(args.out or ROOT / "bench" / f"{Path(args.params).stem}-r{ratio}")
+    scratch_params(args.params, overrides, out)
 
-    env = {**os.environ, "DO_NOT_TRACK": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env = bench_env()
     t0 = time.perf_counter()
     run = subprocess.run(
         [sys.executable, "-m", "flows.pipeline", "--params", "params.yaml", "--root", str(out)], cwd=ROOT, env=env

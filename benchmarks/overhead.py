@@ -18,17 +18,19 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
-import yaml
+from benchmarks.common import REPO, bench_env, parse_sets, prefect_server, scratch_params, timed
+from ice.names import METHODS
 
-REPO = Path(__file__).resolve().parents[1]
+
+def _env(**extra: str) -> dict[str, str]:
+    return bench_env(quiet=True, drop=("MLFLOW_TRACKING_URI",), **extra)
+
 
 DIRECT = """
 import sys, time
@@ -48,63 +50,13 @@ print(f"compute {res.seconds:.1f}s finetunes {res.finetunes}")
 """
 
 
-def _env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(PYTHONPATH=str(REPO), ICE_QUIET="1", DO_NOT_TRACK="true", PREFECT_SERVER_ANALYTICS_ENABLED="false")
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.update(extra)
-    return env
-
-
-def _timed(cmd: list[str], env: dict[str, str], cwd: Path) -> tuple[float, str]:
-    t = time.perf_counter()
-    r = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True)
-    wall = time.perf_counter() - t
-    if r.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed:\n{r.stderr[-3000:]}")
-    return wall, r.stdout + r.stderr
-
-
-def _server(home: Path) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}/api"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "prefect",
-            "server",
-            "start",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--no-services",
-        ],
-        env=_env(PREFECT_HOME=str(home)),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    for _ in range(240):
-        try:
-            urllib.request.urlopen(url + "/health", timeout=2)
-            return proc, url
-        except OSError:
-            time.sleep(0.5)
-    proc.kill()
-    sys.exit("prefect server did not start")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--params", default=str(REPO / "params.yaml"))
     ap.add_argument(
         "--method",
         default="iterative",
-        choices=["ice", "iterative", "one_shot", "agp", "one_cycle", "prune_while_training"],
+        choices=METHODS,
     )
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--server", action="store_true", help="also run the flow against a Prefect server on loopback")
@@ -112,21 +64,11 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the temporary project")
     args = ap.parse_args()
 
-    from ice.config import apply_overrides, parse_params
-
-    raw = yaml.safe_load(Path(args.params).read_text())
-    apply_overrides(raw, {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)})
-    raw.setdefault("prune", {})["methods"] = [args.method]
-    raw.setdefault("tracking", {})["experiment"] = "overhead"
-    params = parse_params(raw)
-    if params.data.root and not Path(params.data.root).is_absolute():
-        raw["data"]["root"] = str((REPO / params.data.root).resolve())
-    raw["data"]["cache_dir"] = str((REPO / params.data.cache_dir).resolve())  # decode CIFAR once, across runs
-
+    overrides = parse_sets(args.set) | {"prune.methods": [args.method], "tracking.experiment": "overhead"}
     root = Path(tempfile.mkdtemp(prefix="ice-overhead-"))
     home = root / ".prefect-home"
     home.mkdir()
-    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    params = scratch_params(args.params, overrides, root, shared_cache=True)  # CIFAR decoded once, across runs
     env = _env(PREFECT_HOME=str(home))
     py = sys.executable
     print(
@@ -135,35 +77,35 @@ def main() -> None:
         flush=True,
     )
     for stage in ("prepare", "pretrain"):
-        wall, _ = _timed([py, "-m", f"flows.{stage}", "--root", str(root)], env, root)
+        wall, _ = timed([py, "-m", f"flows.{stage}", "--root", str(root)], env, root)
         print(f"setup: {stage} {wall:.1f}s (not compared)", flush=True)
 
-    direct, out = _timed([py, "-c", DIRECT, str(root), args.method], env, root)
+    direct, out = timed([py, "-c", DIRECT, str(root), args.method], env, root)
     print(f"direct (ice only):          {direct:7.1f}s  [{out.strip().splitlines()[-1]}]", flush=True)
     flow_cmd = [py, "-m", "flows.prune", "--method", args.method, "--root", str(root)]
     shutil.rmtree(root / ".ice-cache", ignore_errors=True)
-    flows, _ = _timed(flow_cmd, env, root)
+    flows, _ = timed(flow_cmd, env, root)
     print(
         f"flow + tracking (ephemeral): {flows:7.1f}s  ratio {flows / direct:.3f} ({(flows / direct - 1) * 100:+.1f}%)",
         flush=True,
     )
-    cached, _ = _timed(flow_cmd, env, root)
-    imp, _ = _timed([py, "-c", "import flows.prune"], env, root)
+    cached, _ = timed(flow_cmd, env, root)
+    imp, _ = timed([py, "-c", "import flows.prune"], env, root)
     print(
         f"fixed cost, ephemeral API:  {cached:7.1f}s for a rerun with every task cached (imports alone {imp:.1f}s)",
         flush=True,
     )
     if args.server:
-        proc, url = _server(home)
+        proc, url = prefect_server(home)
         try:
             senv = _env(PREFECT_HOME=str(home), PREFECT_API_URL=url)
             shutil.rmtree(root / ".ice-cache", ignore_errors=True)
-            flows_s, _ = _timed(flow_cmd, senv, root)
+            flows_s, _ = timed(flow_cmd, senv, root)
             print(
                 f"flow + tracking (server):   {flows_s:7.1f}s  ratio {flows_s / direct:.3f} ({(flows_s / direct - 1) * 100:+.1f}%)",
                 flush=True,
             )
-            cached_s, _ = _timed(flow_cmd, senv, root)
+            cached_s, _ = timed(flow_cmd, senv, root)
             print(f"fixed cost, running server: {cached_s:7.1f}s for a rerun with every task cached", flush=True)
         finally:
             os.killpg(proc.pid, 15)

@@ -29,20 +29,12 @@ import tempfile
 import uuid
 from pathlib import Path
 
-import yaml
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "infra"))
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-from overhead import _server, _timed  # noqa: E402  (benchmarks/overhead.py: a Prefect server; a timed run)
+from benchmarks.common import REPO, bench_env, infra, parse_sets, prefect_server, scratch_params, timed
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "AWS_", "ICE_"))}
-    env.update(PYTHONPATH=str(REPO), ICE_QUIET="1", DO_NOT_TRACK="true", PREFECT_SERVER_ANALYTICS_ENABLED="false")
-    env.update(extra)
-    return env
+    """Nothing of this shell's servers, stores or project: each run names its own."""
+    return bench_env(quiet=True, drop=("PREFECT_", "MLFLOW_", "AWS_", "ICE_"), **extra)
 
 
 def _fresh_cache(root: Path) -> None:
@@ -50,19 +42,10 @@ def _fresh_cache(root: Path) -> None:
 
 
 def _project(params: str, sets: list[str], **sections: dict) -> Path:
-    from ice.config import apply_overrides, parse_params
-
-    raw = yaml.safe_load(Path(params).read_text())
-    apply_overrides(raw, {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in sets)})
-    for k, v in sections.items():
-        raw.setdefault(k, {}).update(v)
-    raw.setdefault("tracking", {})["experiment"] = "scale-out-bench"
-    p = parse_params(raw)
-    if p.data.root and not Path(p.data.root).is_absolute():
-        raw["data"]["root"] = str((REPO / p.data.root).resolve())
-    raw["data"]["cache_dir"] = str((REPO / p.data.cache_dir).resolve())  # decode CIFAR once, across runs
+    overrides = parse_sets(sets) | {"tracking.experiment": "scale-out-bench"}
+    overrides |= {f"{k}.{key}": v for k, sec in sections.items() for key, v in sec.items()}
     root = Path(tempfile.mkdtemp(prefix="ice-scale-"))
-    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    scratch_params(params, overrides, root, shared_cache=True)  # CIFAR decoded once, across runs
     return root
 
 
@@ -76,14 +59,14 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=4, help="dask: auto-tune trials")
     args = ap.parse_args()
 
-    import s3  # infra/s3.py
+    s3 = infra("s3")
 
     home = Path(tempfile.mkdtemp(prefix="ice-scale-servers-"))
     port = s3.free_base()
     weed = s3.start(home / "s3", port, "bench", env_file=home / "s3.env")
     creds = s3.identity(home / "s3.env")
     (home / "prefect").mkdir()
-    server, url = _server(home / "prefect")
+    server, url = prefect_server(home / "prefect")
     s3env = {**creds, "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}", "AWS_DEFAULT_REGION": "us-east-1"}
     py = sys.executable
     try:
@@ -92,17 +75,17 @@ def main() -> None:
             root = _project(args.params, args.set, **extra)
             env = _env(PREFECT_API_URL=url, PREFECT_HOME=str(home / "prefect"), **s3env)
             for stage in ("prepare", "pretrain"):
-                wall, _ = _timed([py, "-m", f"flows.{stage}", "--root", str(root)], env, root)
+                wall, _ = timed([py, "-m", f"flows.{stage}", "--root", str(root)], env, root)
                 print(f"setup: {stage} {wall:.1f}s (not timed)", flush=True)
             cmd = [py, "-m", f"flows.{args.flow}", "--root", str(root)]
             if args.flow == "prune":
                 cmd += ["--method", args.method]
             _fresh_cache(root)
-            local, _ = _timed(cmd, env, root)
+            local, _ = timed(cmd, env, root)
             print(f"{args.flow}, local store:  {local:7.1f}s", flush=True)
             _fresh_cache(root)
             s3url = f"s3://bench/{uuid.uuid4().hex[:8]}"
-            remote, _ = _timed(cmd, {**env, "ICE_STORE_URL": s3url}, root)
+            remote, _ = timed(cmd, {**env, "ICE_STORE_URL": s3url}, root)
             print(
                 f"{args.flow}, S3 store:     {remote:7.1f}s  added {remote - local:+.1f}s ({(remote / local - 1) * 100:+.1f}%)",
                 flush=True,
@@ -121,9 +104,9 @@ def main() -> None:
                 env = _env(PREFECT_API_URL=url, PREFECT_HOME=str(home / "prefect"), **s3env)
                 env["ICE_STORE_URL"] = f"s3://bench/{uuid.uuid4().hex[:8]}"
                 for stage in ("prepare", "pretrain"):
-                    _timed([py, "-m", f"flows.{stage}", "--root", str(root)], env, root)
+                    timed([py, "-m", f"flows.{stage}", "--root", str(root)], env, root)
                 _fresh_cache(root)
-                wall, _ = _timed([py, "-m", "flows.autotune", "--root", str(root)], env, root)
+                wall, _ = timed([py, "-m", "flows.autotune", "--root", str(root)], env, root)
                 out = json.loads((root / "models" / "autotune.json").read_text())
                 compute = sum(r["seconds"] for r in out["trials"])
                 rows.append((n, wall, compute, out["best_trial"]))

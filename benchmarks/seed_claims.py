@@ -32,15 +32,13 @@ from typing import Any
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from ice.config import parse_params  # noqa: E402
-from ice.data import load_dataset  # noqa: E402
-from ice.methods import run_pruning  # noqa: E402
-from ice.metrics import count_params  # noqa: E402
-from ice.models import build_model, seeded_model  # noqa: E402
-from ice.train import accuracy, fit  # noqa: E402
+from benchmarks.common import REPO as ROOT
+from ice.config import parse_params
+from ice.data import load_dataset
+from ice.methods import run_pruning
+from ice.metrics import count_params
+from ice.models import build_model, seeded_model
+from ice.train import accuracy, fit
 
 SPARSITIES = (0.8, 0.9, 0.95)
 SCHEDULES = ("one_shot", "iterative_schedule", "agp", "one_cycle")

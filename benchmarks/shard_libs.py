@@ -36,8 +36,8 @@ import time
 import types
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks.common import REPO as ROOT
+
 FORMATS = ("ice", "ice-1thread", "memmap", "webdataset", "mosaic", "litdata")
 SHARD = 64 << 20
 BATCH = 128

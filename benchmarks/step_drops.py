@@ -13,20 +13,17 @@ from __future__ import annotations
 
 import argparse
 import copy
-import sys
 from pathlib import Path
 
 import torch
-import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from ice.checkpoint import load_checkpoint  # noqa: E402
-from ice.config import load_params  # noqa: E402
-from ice.data import load_dataset  # noqa: E402
-from ice.methods.core import val_accuracy  # noqa: E402
-from ice.pruning import prunable_units, prune_unit  # noqa: E402
+from benchmarks.common import REPO as ROOT
+from benchmarks.common import parse_sets
+from ice.checkpoint import load_checkpoint
+from ice.config import load_params
+from ice.data import load_dataset
+from ice.methods.core import val_accuracy
+from ice.pruning import prunable_units, prune_unit
 
 
 def main() -> None:
@@ -36,7 +33,7 @@ def main() -> None:
     ap.add_argument("--checkpoint", help="default: model.weights of the params file")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args()
-    over = {k: yaml.safe_load(v) for k, _, v in (s.partition("=") for s in args.set)}
+    over = parse_sets(args.set)
     if args.ratio is not None:
         over["prune.ratio"] = args.ratio
     params = load_params(ROOT / args.params, over)
