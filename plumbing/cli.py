@@ -206,6 +206,20 @@ def cli(
     arguments, 1 otherwise), and nothing is created before params, the project root and
     the servers have been checked. ``--debug`` (or ``ICE_DEBUG=1``) shows full tracebacks.
     """
+    ap = _parser(name, description, extra)
+    args = ap.parse_args()
+    overrides = _overrides(ap, args.set)
+    if args.quiet:
+        os.environ["ICE_QUIET"] = "1"
+    r, pfile = _checked(name, args.root, args.params, overrides)
+    _run(name, args, overrides, run)
+    _done(name, pfile, r)
+
+
+def _parser(
+    name: str, description: str, extra: Callable[[argparse.ArgumentParser], None] | None
+) -> argparse.ArgumentParser:
+    """The options every flow takes, and the flow's own (``extra``)."""
     ap = _Parser(prog=prog(f"python -m flows.{name}"), description=description)
     ap.add_argument("--params", default="params.yaml", help="params file, relative to the project root")
     ap.add_argument("--root", default=None, help="project root (default: $ICE_PROJECT_DIR or the working directory)")
@@ -224,9 +238,13 @@ def cli(
     )
     if extra is not None:
         extra(ap)
-    args = ap.parse_args()
+    return ap
+
+
+def _overrides(ap: argparse.ArgumentParser, items: list[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` items as dotted overrides, each value parsed as YAML; exit 2 on a bad one."""
     overrides: dict[str, Any] = {}
-    for item in args.set:
+    for item in items:
         key, sep, value = item.partition("=")
         if not sep:
             ap.error(f"--set {item!r}: expected KEY=VALUE")
@@ -235,15 +253,20 @@ def cli(
         except ParamsError as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
-    if args.quiet:
-        os.environ["ICE_QUIET"] = "1"
-    r = project_root(args.root)
+    return overrides
+
+
+def _checked(name: str, root: str | None, params_file: str, overrides: dict[str, Any]) -> tuple[Path, Path]:
+    """The project root and params file, once the root, the params, the servers and the stage's
+    inputs have passed: before Prefect, torch or MLflow spend a second. Exit 2 (bad params or
+    root) or 1 (a server or an input) with one line otherwise."""
+    r = project_root(root)
     if not r.is_dir():
         print(f"error: project root {r} is not a directory (--root or $ICE_PROJECT_DIR)", file=sys.stderr)
         sys.exit(2)
-    pfile = Path(args.params) if Path(args.params).is_absolute() else r / args.params
+    pfile = Path(params_file) if Path(params_file).is_absolute() else r / params_file
     try:
-        params = load_params(pfile, overrides)  # fail before Prefect, torch or MLflow spend a second
+        params = load_params(pfile, overrides)
         check_reachable(tracking_uri(r, params.tracking.tracking_uri))
         check_prefect_api()
         check_url(store_url(params))
@@ -251,6 +274,17 @@ def cli(
     except (ParamsError, TrackingUnavailable, IntegrityError, StoreError, WeightsError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2 if isinstance(err, ParamsError) else 1)
+    return r, pfile
+
+
+def _run(
+    name: str,
+    args: argparse.Namespace,
+    overrides: dict[str, Any],
+    run: Callable[[argparse.Namespace, dict[str, Any]], Any],
+) -> None:
+    """The flow itself, with Prefect quieted and its temporary server bound to this process;
+    any failure becomes one ``error:`` line (exit 1; 130 when interrupted)."""
     # SIGTERM (a worker stopping, `kill`) unwinds like Ctrl-C, so the MLflow run ends as KILLED;
     # both also tell worker threads to stop after their current step
     signal.signal(signal.SIGTERM, _on_stop_signal)
@@ -277,6 +311,10 @@ def cli(
             raise
         print(f"error: {one_line(err, name)}", file=sys.stderr)
         sys.exit(1)
+
+
+def _done(name: str, pfile: Path, r: Path) -> None:
+    """The last line: where the results are, in files, MLflow and Prefect."""
     from plumbing.tracking import project_links
 
     found = project_links(str(pfile), str(r))
