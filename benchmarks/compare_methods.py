@@ -19,22 +19,27 @@ import hashlib
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import nn
 
 from benchmarks.common import parse_sets
 from ice.checkpoint import load_checkpoint, save_checkpoint
-from ice.config import load_params
-from ice.data import load_dataset
-from ice.methods import METHODS, Callbacks, run_pruning, spec
+from ice.config import Params, load_params
+from ice.data import Dataset, load_dataset
+from ice.methods import METHODS, Callbacks, PruningResult, run_pruning, spec
 from ice.methods.registry import BASELINE
 from ice.metrics import count_macs, count_params
 from ice.models import build_model
 from ice.train import accuracy, fit, pick_device
 
+Log = Callable[[str], None]
 
-def main() -> None:
+
+def _args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description="Compare pruning methods from one pretrained checkpoint.")
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--source", help="override data.source")
@@ -58,8 +63,11 @@ def main() -> None:
     ap.add_argument("--workdir", default="data/bench")
     ap.add_argument("--out", help="write the table as Markdown here")
     ap.add_argument("--quiet", action="store_true")
-    args = ap.parse_args()
+    return ap.parse_args()
 
+
+def _overrides(args: argparse.Namespace) -> dict[str, object]:
+    """The flags as dotted params overrides, then ``--set``."""
     over: dict[str, object] = {}
     for flag, key in (
         ("source", "data.source"),
@@ -74,23 +82,24 @@ def main() -> None:
         over["prune.batch_size"] = over["train.batch_size"] = args.batch_size
     if args.augment is not None:
         over["prune.augment"] = over["train.augment"] = args.augment
-    over |= parse_sets(args.set)
-    params = load_params(args.params, over)
-    methods = args.methods or list(params.prune.methods)
-    log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    return over | parse_sets(args.set)
 
-    data = load_dataset(params.data)
-    g = torch.Generator().manual_seed(params.seed)
+
+def _subsets(data: Dataset, args: argparse.Namespace, seed: int) -> None:
+    """Seeded draws of each split, where a subset is asked for (the test split is stored class
+    by class, so a prefix would hold few classes)."""
+    g = torch.Generator().manual_seed(seed)
     if args.train_subset and args.train_subset < len(data.train):
         data.train = data.train.sample(args.train_subset, g)
     if args.val_subset and args.val_subset < len(data.val):
         data.val = data.val.sample(args.val_subset, g)
     if args.test_subset and args.test_subset < len(data.test):
-        # a seeded draw: the test split is stored class by class, so a prefix would hold few classes
         data.test = data.test.sample(args.test_subset, g)
-    device = pick_device(params.train.device)
-    shape = data.input_shape()
 
+
+def _pretrained(params: Params, data: Dataset, args: argparse.Namespace, device: Any, log: Log) -> nn.Module:
+    """The pretrained model: reused from ``--workdir`` when one was trained with the same data,
+    model, training settings, subsets and seed; trained and saved there otherwise."""
     key = hashlib.sha256(
         json.dumps(
             [
@@ -107,72 +116,87 @@ def main() -> None:
     if ckpt.exists():
         model, meta = load_checkpoint(ckpt, map_location=device)
         log(f"pretrained checkpoint reused: {ckpt} (val {meta['val_acc']:.2f}%)")
-    else:
-        torch.manual_seed(params.seed)
-        model = build_model(params.model.arch, data.num_classes, data.in_channels).to(device)
-        t = time.perf_counter()
-        fit(
-            model,
-            data,
-            epochs=params.train.epochs,
-            lr=params.train.lr,
-            momentum=params.train.momentum,
-            weight_decay=params.train.weight_decay,
-            batch_size=params.train.batch_size,
-            augment=params.train.augment,
-            seed=params.seed,
-            device=device,
-            on_epoch=lambda e, r: log(f"pretrain epoch {e}: val {r['val_acc']:.2f}%"),
-        )
-        val = accuracy(model, data, "val")["acc"]
-        save_checkpoint(ckpt, model, {"val_acc": val, "seconds": time.perf_counter() - t})
-        log(f"pretrained in {time.perf_counter() - t:.0f}s: val {val:.2f}%")
+        return model
+    torch.manual_seed(params.seed)
+    model = build_model(params.model.arch, data.num_classes, data.in_channels).to(device)
+    t = time.perf_counter()
+    fit(
+        model,
+        data,
+        epochs=params.train.epochs,
+        lr=params.train.lr,
+        momentum=params.train.momentum,
+        weight_decay=params.train.weight_decay,
+        batch_size=params.train.batch_size,
+        augment=params.train.augment,
+        seed=params.seed,
+        device=device,
+        on_epoch=lambda e, r: log(f"pretrain epoch {e}: val {r['val_acc']:.2f}%"),
+    )
+    val = accuracy(model, data, "val")["acc"]
+    save_checkpoint(ckpt, model, {"val_acc": val, "seconds": time.perf_counter() - t})
+    log(f"pretrained in {time.perf_counter() - t:.0f}s: val {val:.2f}%")
+    return model
 
-    rows = [
-        {
-            "method": "pretrained",
-            "seconds": 0.0,
-            "finetunes": 0,
-            "val": accuracy(model, data, "val")["acc"],
-            "test": accuracy(model, data, "test")["acc"],
-            "params": count_params(model),
-            "macs": count_macs(model, shape),
-        }
-    ]
-    notes = []
-    for method in methods:
-        log(f"--- {method}")
-        res = run_pruning(model, data, method, params, Callbacks(on_log=log))
-        how = spec(method)
-        if how.stepwise:  # where a step-wise method's seconds went
-            fine = sum(r["t_finetune"] for r in res.steps)
-            if how.searches:
-                notes.append(
-                    f"{method}: {res.seconds:.1f}s = search {res.info.get('search_seconds', 0.0):.1f}s + freeze trial "
-                    f"and steps (fine-tunes {fine:.1f}s); hyperparameters {res.info['hp']}; "
-                    f"{len(res.info['frozen'])} convs frozen"
-                )
-            else:
-                notes.append(f"{method}: {res.seconds:.1f}s, fine-tunes {fine:.1f}s")
-        rows.append(
-            {
-                "method": method,
-                "seconds": res.seconds,
-                "finetunes": res.finetunes,
-                "val": accuracy(res.model, data, "val")["acc"],
-                "test": accuracy(res.model, data, "test")["acc"],
-                "params": count_params(res.model, nonzero=True),
-                "macs": count_macs(res.model, shape),
-            }
-        )
+
+def _row(method: str, model: nn.Module, data: Dataset, seconds: float, finetunes: int, nonzero: bool) -> dict[str, Any]:
+    return {
+        "method": method,
+        "seconds": seconds,
+        "finetunes": finetunes,
+        "val": accuracy(model, data, "val")["acc"],
+        "test": accuracy(model, data, "test")["acc"],
+        "params": count_params(model, nonzero=nonzero),
+        "macs": count_macs(model, data.input_shape()),
+    }
+
+
+def _note(method: str, res: PruningResult) -> str | None:
+    """Where a step-wise method's seconds went (None for the others)."""
+    how = spec(method)
+    if not how.stepwise:
+        return None
+    fine = sum(r["t_finetune"] for r in res.steps)
+    if not how.searches:
+        return f"{method}: {res.seconds:.1f}s, fine-tunes {fine:.1f}s"
+    return (
+        f"{method}: {res.seconds:.1f}s = search {res.info.get('search_seconds', 0.0):.1f}s + freeze trial "
+        f"and steps (fine-tunes {fine:.1f}s); hyperparameters {res.info['hp']}; "
+        f"{len(res.info['frozen'])} convs frozen"
+    )
+
+
+def _table(rows: list[dict[str, Any]]) -> list[str]:
     base = next((r["seconds"] for r in rows if r["method"] == BASELINE), None)
     header = "| method | seconds | fine-tunes | val acc | test acc | params (non-zero) | MACs | speedup vs iterative |"
     lines = [header, "|" + "---|" * 8]
     for r in rows:
         speed = f"{base / r['seconds']:.2f}x" if base and r["seconds"] > 0 else "-"
         lines.append(
-            f"| {r['method']} | {r['seconds']:.1f} | {r['finetunes']} | {r['val']:.2f} | {r['test']:.2f} | {r['params']:,} | {r['macs']:,} | {speed} |"
+            f"| {r['method']} | {r['seconds']:.1f} | {r['finetunes']} | {r['val']:.2f} | {r['test']:.2f} "
+            f"| {r['params']:,} | {r['macs']:,} | {speed} |"
         )
+    return lines
+
+
+def main() -> None:
+    args = _args()
+    params = load_params(args.params, _overrides(args))
+    methods = args.methods or list(params.prune.methods)
+    log: Log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    data = load_dataset(params.data)
+    _subsets(data, args, params.seed)
+    device = pick_device(params.train.device)
+    model = _pretrained(params, data, args, device, log)
+    rows = [_row("pretrained", model, data, 0.0, 0, nonzero=False)]
+    notes = []
+    for method in methods:
+        log(f"--- {method}")
+        res = run_pruning(model, data, method, params, Callbacks(on_log=log))
+        if (note := _note(method, res)) is not None:
+            notes.append(note)
+        rows.append(_row(method, res.model, data, res.seconds, res.finetunes, nonzero=True))
+    lines = _table(rows)
     info = (
         f"data={params.data.source} arch={params.model.arch} ratio={params.prune.ratio} device={device} "
         f"threads={torch.get_num_threads()} train={len(data.train)} val={len(data.val)} test={len(data.test)}"
