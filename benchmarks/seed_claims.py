@@ -83,7 +83,7 @@ def merge(raw: dict[str, Any], **sections: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def main() -> None:
+def _args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz")
     ap.add_argument("--cache-dir", type=Path, default=ROOT / "data" / "cache")
@@ -95,90 +95,100 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "seed_claims.json")
     ap.add_argument("--fresh", action="store_true", help="ignore the runs already in --out")
     ap.add_argument("--only", choices=("one_cycle", "pwt"), help="run one of the two claims")
-    a = ap.parse_args()
-    if not a.data.exists():
-        sys.exit(f"error: {a.data} is missing; this benchmark needs the CIFAR-10 archive (../shared/datasets)")
-    raw = base_params(a)
-    full = load_dataset(parse_params(raw).data)
-    data = full.subset(a.train_images / len(full.train), seed=a.seed)
-    log(
-        f"data: {len(data.train):,} train, {len(data.val):,} val, {len(data.test):,} test images; "
-        f"{a.arch}, {a.epochs:g} epochs each, one-cycle lr peak {a.lr}, threads {torch.get_num_threads()}"
-    )
-    results: dict[str, Any] = {}
-    if a.out.exists() and not a.fresh:
-        results = json.loads(a.out.read_text()).get("runs", {})
-        log(f"{len(results)} runs already in {a.out}; they are kept")
-    setup = {
-        "arch": a.arch,
-        "train_images": len(data.train),
-        "val_images": len(data.val),
-        "test_images": len(data.test),
-        "epochs": a.epochs,
-        "lr": a.lr,
-        "batch_size": 128,
-        "seed": a.seed,
-        "threads": torch.get_num_threads(),
-    }
-    t_all = time.perf_counter()
+    return ap.parse_args()
 
-    def save() -> None:
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = a.out.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"setup": setup, "runs": results}, indent=1, sort_keys=True) + "\n")
-        tmp.replace(a.out)
 
-    def record(key: str, model: torch.nn.Module, seconds: float, work: float, extra: dict[str, Any]) -> None:
-        test = accuracy(model, data, "test", batch_size=1000)["acc"]
-        results[key] = {
+class Claims:
+    """The runs of both claims on one data subset, each saved to ``--out`` as it ends."""
+
+    def __init__(self, a: argparse.Namespace) -> None:
+        self.a = a
+        self.raw = base_params(a)
+        full = load_dataset(parse_params(self.raw).data)
+        self.data = data = full.subset(a.train_images / len(full.train), seed=a.seed)
+        log(
+            f"data: {len(data.train):,} train, {len(data.val):,} val, {len(data.test):,} test images; "
+            f"{a.arch}, {a.epochs:g} epochs each, one-cycle lr peak {a.lr}, threads {torch.get_num_threads()}"
+        )
+        self.results: dict[str, Any] = {}
+        if a.out.exists() and not a.fresh:
+            self.results = json.loads(a.out.read_text()).get("runs", {})
+            log(f"{len(self.results)} runs already in {a.out}; they are kept")
+        self.setup: dict[str, Any] = {
+            "arch": a.arch,
+            "train_images": len(data.train),
+            "val_images": len(data.val),
+            "test_images": len(data.test),
+            "epochs": a.epochs,
+            "lr": a.lr,
+            "batch_size": 128,
+            "seed": a.seed,
+            "threads": torch.get_num_threads(),
+        }
+        self.t_all = time.perf_counter()
+
+    def save(self) -> None:
+        out = self.a.out
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"setup": self.setup, "runs": self.results}, indent=1, sort_keys=True) + "\n")
+        tmp.replace(out)
+
+    def record(self, key: str, model: torch.nn.Module, seconds: float, work: float, extra: dict[str, Any]) -> None:
+        test = accuracy(model, self.data, "test", batch_size=1000)["acc"]
+        self.results[key] = {
             "test_acc": test,
             "params_nonzero": count_params(model, nonzero=True),
             "seconds": seconds,
             "work_gmacs": work,
             **extra,
         }
-        save()
+        self.save()
         log(
-            f"{key}: test {test:.2f}%, {results[key]['params_nonzero']:,} non-zero params, {seconds:.0f}s, "
-            f"{work:,.0f} GMACs  [{(time.perf_counter() - t_all) / 60:.1f} min so far]"
+            f"{key}: test {test:.2f}%, {self.results[key]['params_nonzero']:,} non-zero params, {seconds:.0f}s, "
+            f"{work:,.0f} GMACs  [{(time.perf_counter() - self.t_all) / 60:.1f} min so far]"
         )
 
-    def schedule_run(key: str, method: str, sections: dict[str, Any]) -> None:
-        if key in results:
+    def schedule_run(self, key: str, method: str, sections: dict[str, Any]) -> None:
+        if key in self.results:
             return
-        p = parse_params(merge(raw, **sections))
+        p = parse_params(merge(self.raw, **sections))
         log(f"{key}: start")
-        res = run_pruning(None, data, method, p)
+        res = run_pruning(None, self.data, method, p)
         info = res.info
-        record(
-            key,
-            res.model,
-            res.seconds,
-            info["work_gmacs"],
-            {
-                "method": method,
-                "weight_sparsity": info["weight_sparsity"],
-                "filters_removed": info["filters_removed"],
-                "val_acc": res.steps[-1]["acc_finetuned"],
-            },
-        )
+        extra = {
+            "method": method,
+            "weight_sparsity": info["weight_sparsity"],
+            "filters_removed": info["filters_removed"],
+            "val_acc": res.steps[-1]["acc_finetuned"],
+        }
+        self.record(key, res.model, res.seconds, info["work_gmacs"], extra)
 
-    if a.only in (None, "one_cycle"):
+    def one_cycle(self) -> None:
         for s in SPARSITIES:
             for method in SCHEDULES:
-                schedule_run(f"weight-{s:g}-{method}", method, {"schedule": {"granularity": "weight", "target": s}})
-    if a.only in (None, "pwt"):
+                self.schedule_run(
+                    f"weight-{s:g}-{method}", method, {"schedule": {"granularity": "weight", "target": s}}
+                )
+
+    def pwt(self) -> None:
         for cut in FILTER_CUTS:
             for crit in CRITERIA:
-                schedule_run(
+                self.schedule_run(
                     f"filter-{cut:g}-pwt-{crit}",
                     "prune_while_training",
                     {"prune": {"ratio": cut}, "schedule": {"pwt_criterion": crit}},
                 )
-        # train-then-prune-and-retrain: the dense model once, then each cut at once and a retrain
+        dense = self.dense()
+        for cut in FILTER_CUTS:
+            self.retrain(dense, cut)
+
+    def dense(self) -> torch.nn.Module:
+        """train-then-prune-and-retrain's first half: the dense model, trained once and kept."""
+        a, data = self.a, self.data
         dense_path = ROOT / "bench" / "seed_claims-dense.pt"  # bench/ is git-ignored
         dense_path.parent.mkdir(parents=True, exist_ok=True)
-        if "dense" not in results or not dense_path.exists():
+        if "dense" not in self.results or not dense_path.exists():
             log("dense: start")
             model = seeded_model(a.arch, data, a.seed)
             t0 = time.perf_counter()
@@ -195,42 +205,46 @@ def main() -> None:
                 schedule="one_cycle",
                 device=torch.device("cpu"),
             )
-            record("dense", model, time.perf_counter() - t0, sum(r["work"] for r in hist), {"method": "dense"})
+            self.record("dense", model, time.perf_counter() - t0, sum(r["work"] for r in hist), {"method": "dense"})
             torch.save(model.state_dict(), dense_path)
         dense = build_model(a.arch, data.num_classes, data.in_channels, image_size=data.image_size)
         dense.load_state_dict(torch.load(dense_path, weights_only=True))
-        retrain = max(1.0, round(a.epochs / 3))
-        for cut in FILTER_CUTS:
-            key = f"filter-{cut:g}-retrain"
-            if key in results:
-                continue
-            # one_shot at progress 0 at filter granularity from the trained model: cut, then retrain
-            p = parse_params(
-                merge(
-                    raw,
-                    prune={"ratio": cut},
-                    schedule={
-                        "init": "pretrained",
-                        "granularity": "filter",
-                        "one_shot_at": 0.0,
-                        "epochs": retrain,
-                        "lr": 0.01,
-                        "lr_policy": "cosine",
-                    },
-                )
-            )
-            log(f"{key}: start ({retrain:g} epochs)")
-            res = run_pruning(dense, data, "one_shot", p)
-            record(
-                key,
-                res.model,
-                res.seconds,
-                res.info["work_gmacs"],
-                {"method": "retrain", "filters_removed": res.info["filters_removed"], "epochs": retrain},
-            )
-    setup["minutes"] = (time.perf_counter() - t_all) / 60
-    save()
-    md = report(setup, results)
+        return dense
+
+    def retrain(self, dense: torch.nn.Module, cut: float) -> None:
+        """The second half: each cut at once from the dense model, then a retrain of a third of the epochs."""
+        key = f"filter-{cut:g}-retrain"
+        if key in self.results:
+            return
+        retrain = max(1.0, round(self.a.epochs / 3))
+        # one_shot at progress 0 at filter granularity from the trained model: cut, then retrain
+        schedule = {
+            "init": "pretrained",
+            "granularity": "filter",
+            "one_shot_at": 0.0,
+            "epochs": retrain,
+            "lr": 0.01,
+            "lr_policy": "cosine",
+        }
+        p = parse_params(merge(self.raw, prune={"ratio": cut}, schedule=schedule))
+        log(f"{key}: start ({retrain:g} epochs)")
+        res = run_pruning(dense, self.data, "one_shot", p)
+        extra = {"method": "retrain", "filters_removed": res.info["filters_removed"], "epochs": retrain}
+        self.record(key, res.model, res.seconds, res.info["work_gmacs"], extra)
+
+
+def main() -> None:
+    a = _args()
+    if not a.data.exists():
+        sys.exit(f"error: {a.data} is missing; this benchmark needs the CIFAR-10 archive (../shared/datasets)")
+    claims = Claims(a)
+    if a.only in (None, "one_cycle"):
+        claims.one_cycle()
+    if a.only in (None, "pwt"):
+        claims.pwt()
+    claims.setup["minutes"] = (time.perf_counter() - claims.t_all) / 60
+    claims.save()
+    md = report(claims.setup, claims.results)
     a.out.with_suffix(".md").write_text(md)
     print(md)
 
