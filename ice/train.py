@@ -168,6 +168,54 @@ def remap_optimizer(
             }
 
 
+def _train_setup(
+    model: nn.Module, teacher: nn.Module | None, device: torch.device | None, channels_last: bool | str, amp: str
+) -> tuple[torch.device, bool, torch.dtype | None, torch.amp.GradScaler | None]:
+    """The device, memory format, autocast dtype and gradient scaler of an epoch; modes set."""
+    if amp not in AMP_DTYPES:
+        raise ValueError(f"train.amp must be one of {', '.join(AMP_DTYPES)}, not {amp!r}")
+    device = device or next(model.parameters()).device
+    cl = use_channels_last(channels_last, device)
+    if cl:
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    _train_mode(model)
+    if teacher is not None:
+        teacher.eval()
+    scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
+    return device, cl, AMP_DTYPES[amp], scaler
+
+
+def _train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    dtype: torch.dtype | None,
+    scaler: torch.amp.GradScaler | None,
+    teacher: nn.Module | None,
+    kd: tuple[float, float, bool],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward, backward and optimizer step; the detached loss and logits."""
+    device = x.device
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        out = model(x)
+        loss = F.cross_entropy(out, y)
+        if teacher is not None:
+            kd_weight, temperature, kd_t2 = kd
+            with torch.no_grad():
+                t_out = teacher(x)
+            loss = loss + kd_weight * kd_loss(out, t_out, temperature, kd_t2)
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    return loss.detach(), out.detach()
+
+
 # ----------------------------------------------------------------------------- loops
 def train_epoch(
     model: nn.Module,
@@ -204,65 +252,37 @@ def train_epoch(
     optimizer as they were then and a ``generator`` seeded as for the whole epoch, the steps
     from ``start`` on see the same batches and lrs as in an epoch that never stopped.
     """
-    if amp not in AMP_DTYPES:
-        raise ValueError(f"train.amp must be one of {', '.join(AMP_DTYPES)}, not {amp!r}")
-    device = device or next(model.parameters()).device
-    cl = use_channels_last(channels_last, device)
-    if cl:
-        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    device, cl, dtype, scaler = _train_setup(model, teacher, device, channels_last, amp)
     split = split if split is not None else data.train
-    _train_mode(model)
-    if teacher is not None:
-        teacher.eval()
     n_total = n_steps(len(split), batch_size, fraction)
     t0 = time.perf_counter()
-    dtype = AMP_DTYPES[amp]
-    scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
     # float64 sums of float32 losses: the same figures a Python float sum gave
     total_loss = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
     seen = 0
-    for step, (x, y) in enumerate(
-        batches(
-            split,
-            batch_size,
-            data.mean,
-            data.std,
-            shuffle=True,
-            augment=augment,
-            generator=generator,
-            device=device,
-            fraction=fraction,
-            channels_last=cl,
-            augment_kind=data.augment,
-            start=start,
-        ),
+    kd = (kd_weight, temperature, kd_t2)
+    shuffled = batches(
+        split,
+        batch_size,
+        data.mean,
+        data.std,
+        shuffle=True,
+        augment=augment,
+        generator=generator,
+        device=device,
+        fraction=fraction,
+        channels_last=cl,
+        augment_kind=data.augment,
         start=start,
-    ):
-        # set lr
+    )
+    for step, (x, y) in enumerate(shuffled, start=start):
         if lr_at is not None:
             for g in optimizer.param_groups:
                 g["lr"] = lr_at(step, n_total)
-        # forward / backward
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            out = model(x)
-            loss = F.cross_entropy(out, y)
-            if teacher is not None:
-                with torch.no_grad():
-                    t_out = teacher(x)
-                loss = loss + kd_weight * kd_loss(out, t_out, temperature, kd_t2)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        lv, out = _train_step(model, optimizer, x, y, dtype, scaler, teacher, kd)
         # log, on the device
-        lv = loss.detach()
         total_loss += lv.double() * len(y)
-        correct += (out.detach().argmax(1) == y).sum()
+        correct += (out.argmax(1) == y).sum()
         seen += len(y)
         if on_step is not None:
             on_step(step, lv)
