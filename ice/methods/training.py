@@ -156,6 +156,94 @@ class FilterPruner:
         return removed
 
 
+class _Cuts:
+    """The pruning hook of one run, called after every optimizer step: which cut is due, how
+    far it goes, and the work counted so far (the steps, the probe batches, the evaluations)."""
+
+    def __init__(self, model: nn.Module, data: Dataset, method: str, params: Params, total: int, opt: Any) -> None:
+        cfg = params.schedule
+        self.model, self.cfg, self.total, self.opt = model, cfg, total, opt
+        self.batch_size = (params.train if cfg.init == "scratch" else params.prune).batch_size
+        self.shape = data.input_shape()
+        self.probe = probe_batch(data, device=next(model.parameters()).device)  # for data-driven criteria
+        self.granularity = granularity_of(method, params)
+        self.interval_cuts = spec(method).schedule is None  # prune_while_training: equal cuts every `interval` steps
+        self.criterion = cfg.pwt_criterion if self.interval_cuts else params.prune.criterion
+        pr = params.prune
+        self.filters = (
+            FilterPruner(model, self.criterion, params.seed, pr.max_units, pr.rounding, pr.round_to)
+            if self.granularity == "filter"
+            else None
+        )
+        self.masks: Masks | None = None
+        self.step, self.level, self.work = 0, 0.0, 0.0
+        self.per_image = train_macs(model, self.shape) / G
+        self.end = final_target(method, params)
+        self.target_at: Callable[[float], float]
+        if self.interval_cuts:
+            self.until = max(1, math.ceil(cfg.pwt_until * total))  # the step by which the whole cut is made
+            # equal shares every `interval` steps; whatever is left (a run shorter than one interval) at `until`
+            self.per_event = self.end / max(1, self.until // cfg.interval)
+            self.target_at = self._pwt_target
+        else:
+            self.target_at = schedule_for(method, params)
+
+    def _pwt_target(self, t: float) -> float:
+        return self.end if t * self.total >= self.until else min(self.end, self.level + self.per_event)
+
+    def _due(self) -> bool:
+        n = self.step
+        if self.interval_cuts:
+            return (n % self.cfg.interval == 0 or n == self.until) and self.level < self.end - 1e-9
+        return n % self.cfg.update_every == 0 or n == self.total
+
+    def __call__(self, _step: int, _loss: torch.Tensor) -> None:
+        self.step += 1
+        self.work += self.batch_size * self.per_image  # the step just taken, at the model's size before pruning
+        if self._due():
+            level = self.target_at(self.step / self.total)
+            if level > self.level + 1e-12:
+                self._cut(level)
+        if self.masks is not None:
+            self.masks.apply(self.model)  # pruned weights stay at zero after every update
+
+    def _cut(self, level: float) -> None:
+        if self.filters is not None:
+            if (crit := criterion_spec(self.criterion)).needs_data:
+                self.work += len(self.probe[0]) * count_macs(self.model, self.shape) * crit.passes / G
+            self.filters.prune_to(level, self.opt, self.probe)
+            self.per_image = train_macs(self.model, self.shape) / G
+        else:
+            self.masks = magnitude_masks(self.model, level, scope=self.cfg.scope)
+        self.level = level
+
+
+def _epoch_record(
+    e: int, model: nn.Module, data: Dataset, params: Params, cuts: _Cuts, stats: dict[str, float], dense: int
+) -> dict[str, Any]:
+    """An epoch's row, after its validation (whose forward passes join the work)."""
+    acc = accuracy(model, data, "val", batch_size=params.prune.eval_batch_size)["acc"]
+    macs = count_macs(model, cuts.shape)
+    cuts.work += len(data.val) * macs / G
+    nonzero = count_params(model, nonzero=True)
+    return {
+        "step": e + 1,  # epochs count from 1, as pre-training's do
+        "epoch": e + 1,
+        "target": cuts.level,
+        "params": nonzero,  # non-zero parameters, as every method reports them
+        "params_dense": count_params(model),
+        "sparsity": 1 - nonzero / dense,  # share of the dense model's parameters removed or zero
+        "weight_sparsity": sparsity(model),
+        "filters_removed": cuts.filters.fraction() if cuts.filters is not None else 0.0,
+        "macs": macs,
+        "acc_finetuned": acc,
+        "lr": float(cuts.opt.param_groups[0]["lr"]),
+        "train_loss": stats["loss"],
+        "t_train": stats["seconds"],
+        "work": cuts.work,
+    }
+
+
 def train_with_pruning(
     model: nn.Module | None, data: Dataset, method: str, params: Params, callbacks: Callbacks | None = None
 ) -> PruningResult:
@@ -167,121 +255,47 @@ def train_with_pruning(
     cfg = params.schedule
     t_start = time.perf_counter()
     model = initial_model(model, data, params)
-    device = next(model.parameters()).device
-    shape = data.input_shape()
     dense = count_params(model)
     # from scratch a method is a whole training run, with pre-training's settings
     hyper = params.train if cfg.init == "scratch" else params.prune
-    batch_size = hyper.batch_size
     fractions = epoch_fractions(cfg.epochs)
-    n_epochs = len(fractions)
-    per_epoch = [n_steps(len(data.train), batch_size, f) for f in fractions]
+    per_epoch = [n_steps(len(data.train), hyper.batch_size, f) for f in fractions]
     total = sum(per_epoch)
     opt = make_optimizer(model, cfg.lr, hyper.momentum, hyper.weight_decay)
     g = torch.Generator().manual_seed(params.seed)
-    probe = probe_batch(data, device=device)  # for data-driven criteria
-
-    granularity = granularity_of(method, params)
-    interval_cuts = spec(method).schedule is None  # prune_while_training: equal cuts every `interval` steps
-    criterion = cfg.pwt_criterion if interval_cuts else params.prune.criterion
-    filters = (
-        FilterPruner(
-            model, criterion, params.seed, params.prune.max_units, params.prune.rounding, params.prune.round_to
-        )
-        if granularity == "filter"
-        else None
-    )
-    masks: Masks | None = None
-    state: dict[str, Any] = {"global": 0, "level": 0.0, "work": 0.0, "per_image": train_macs(model, shape) / G}
-    end = final_target(method, params)
-    if interval_cuts:
-        until = max(1, math.ceil(cfg.pwt_until * total))  # the step by which the whole cut is made
-        n_events = max(1, until // cfg.interval)
-        per_event = end / n_events
-        # equal shares every `interval` steps; whatever is left (a run shorter than one interval) at `until`
-
-        def pwt_target(t: float) -> float:
-            return end if t * total >= until else min(end, state["level"] + per_event)
-
-        target_at: Callable[[float], float] = pwt_target
-    else:
-        target_at = schedule_for(method, params)
-
-    def on_step(_step: int, _loss: torch.Tensor) -> None:
-        nonlocal masks
-        state["global"] += 1
-        state["work"] += batch_size * state["per_image"]  # the step just taken, at the model's size before pruning
-        gstep = state["global"]
-        t = gstep / total
-        if interval_cuts:
-            due = (gstep % cfg.interval == 0 or gstep == until) and state["level"] < end - 1e-9
-        else:
-            due = gstep % cfg.update_every == 0 or gstep == total
-        if due:
-            level = target_at(t)
-            if level > state["level"] + 1e-12:
-                if filters is not None:
-                    if (crit := criterion_spec(criterion)).needs_data:
-                        state["work"] += len(probe[0]) * count_macs(model, shape) * crit.passes / G
-                    filters.prune_to(level, opt, probe)
-                    state["per_image"] = train_macs(model, shape) / G
-                else:
-                    masks = magnitude_masks(model, level, scope=cfg.scope)
-                state["level"] = level
-        if masks is not None:
-            masks.apply(model)  # pruned weights stay at zero after every update
-
-    result = PruningResult(model=model, method=method, info={"granularity": granularity, "init": cfg.init})
+    cuts = _Cuts(model, data, method, params, total, opt)
+    result = PruningResult(model=model, method=method, info={"granularity": cuts.granularity, "init": cfg.init})
     done = 0
     lr_policy = LR_SCHEDULES[cfg.lr_policy]
-    for e in range(n_epochs):
+    for e, fraction in enumerate(fractions):
         stats = train_epoch(
             model,
             data,
             opt,
-            batch_size=batch_size,
-            fraction=fractions[e],
+            batch_size=hyper.batch_size,
+            fraction=fraction,
             augment=hyper.augment,
             generator=g,
             channels_last=params.train.channels_last,
-            on_step=on_step,
+            on_step=cuts,
             lr_at=lr_policy(cfg.lr, done, total),
             amp=params.train.amp,
         )
         # the last batch may be short: count the images that were really seen
-        state["work"] += (stats["images"] - per_epoch[e] * batch_size) * state["per_image"]
+        cuts.work += (stats["images"] - per_epoch[e] * hyper.batch_size) * cuts.per_image
         done += per_epoch[e]
-        acc = accuracy(model, data, "val", batch_size=params.prune.eval_batch_size)["acc"]
-        macs = count_macs(model, shape)
-        state["work"] += len(data.val) * macs / G
-        nonzero = count_params(model, nonzero=True)
-        rec = {
-            "step": e + 1,  # epochs count from 1, as pre-training's do
-            "epoch": e + 1,
-            "target": state["level"],
-            "params": nonzero,  # non-zero parameters, as every method reports them
-            "params_dense": count_params(model),
-            "sparsity": 1 - nonzero / dense,  # share of the dense model's parameters removed or zero
-            "weight_sparsity": sparsity(model),
-            "filters_removed": filters.fraction() if filters is not None else 0.0,
-            "macs": macs,
-            "acc_finetuned": acc,
-            "lr": float(opt.param_groups[0]["lr"]),
-            "train_loss": stats["loss"],
-            "t_train": stats["seconds"],
-            "work": state["work"],
-        }
+        rec = _epoch_record(e, model, data, params, cuts, stats, dense)
         result.steps.append(rec)
         if cb.on_step is not None:
             cb.on_step(rec)
         cb.log(
-            f"[{method}] epoch {e + 1}/{n_epochs}: target {state['level']:.3f}, val acc {acc:.2f}, "
-            f"{nonzero:,} non-zero params"
+            f"[{method}] epoch {e + 1}/{len(fractions)}: target {cuts.level:.3f}, val acc {rec['acc_finetuned']:.2f}, "
+            f"{rec['params']:,} non-zero params"
         )
     result.seconds = time.perf_counter() - t_start
     last = result.steps[-1]
     result.info.update(
         {k: last[k] for k in ("params", "params_dense", "sparsity", "weight_sparsity", "filters_removed", "macs")}
-        | {"work_gmacs": state["work"], "params_original": dense, "epochs": cfg.epochs, "target": end}
+        | {"work_gmacs": cuts.work, "params_original": dense, "epochs": cfg.epochs, "target": cuts.end}
     )
     return result
