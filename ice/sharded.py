@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,58 @@ class _Stats:
         return [round(float(v), 6) for v in mean], [round(float(v), 6) for v in std]
 
 
+class _Written:
+    """The shards of one source as they are written: per split, the shards and labels; the
+    image shape and record kind (from the first image) and the train images' statistics."""
+
+    def __init__(self, shard_dir: str | Path, shard_bytes: int, total: int, progress: Callable[[str], None] | None):
+        self.shard_dir, self.shard_bytes, self.total, self.progress = shard_dir, shard_bytes, total, progress
+        self.done = 0
+        self.kind = ""
+        self.shape: tuple[int, int, int] | None = None
+        self.stats = _Stats()
+        self.labels: dict[str, list[int]] = {}
+        self.shards: dict[str, list[dict[str, Any]]] = {}
+
+    def split(self, split: str, images: Iterable[tuple[np.ndarray, int]]) -> None:
+        writer = ShardWriter(self.shard_dir, self.shard_bytes)
+        self.labels[split] = []
+        for hwc, label in images:
+            chw = hwc.transpose(2, 0, 1)
+            if self.shape is None:
+                self.shape = (int(chw.shape[0]), int(chw.shape[1]), int(chw.shape[2]))
+                self.kind = record_kind(self.shape)
+            if split == "train":
+                self.stats.add(chw)
+            writer.add(encode_image(hwc, self.kind))
+            self.labels[split].append(label)
+            self.done += 1
+            if self.progress is not None and (self.done % 5000 == 0 or self.done == self.total):
+                self.progress(f"[prepare] {self.done}/{self.total} images -> {len(writer.shards) + 1} {split} shards")
+        self.shards[split] = writer.close()
+
+
+def _manifest(
+    ds: Dataset, kind: str, shape: tuple[int, int, int], shards: dict[str, list[dict[str, Any]]]
+) -> dict[str, Any]:
+    """The manifest's contents: the dataset's description, its shards, and each split's rows."""
+    payload: dict[str, Any] = {
+        "format": SHARDED_FORMAT,
+        "name": ds.name,
+        "classes": list(ds.classes),
+        "mean": list(ds.mean),
+        "std": list(ds.std),
+        "meta": dict(ds.meta),
+        "kind": kind,
+        "shape": list(shape),
+        "sources": shards,
+    }
+    for name, source in (("train", "train"), ("val", "train"), ("test", "test")):
+        s = getattr(ds, name)
+        payload[name] = {"source": source, "rows": s.rows.contiguous(), "y": s.y.contiguous(), "index": s.positions()}
+    return payload
+
+
 def write_sharded(
     spec: DataConfig,
     manifest: str | Path,
@@ -95,32 +147,13 @@ def write_sharded(
 
     shard_bytes = shard_bytes or shard_files.SHARD_BYTES
     classes, sources, sizes = stream_images(spec)
-    total = sum(sizes.values())
-    done = 0
-    kind = ""
-    shape: tuple[int, int, int] | None = None
-    stats = _Stats()
-    labels: dict[str, list[int]] = {}
-    shards: dict[str, list[dict[str, Any]]] = {}
+    out = _Written(shard_dir, shard_bytes, sum(sizes.values()), progress)
     for split in ("train", "test"):
-        writer = ShardWriter(shard_dir, shard_bytes)
-        labels[split] = []
-        for hwc, label in sources[split]:
-            chw = hwc.transpose(2, 0, 1)
-            if shape is None:
-                shape = (int(chw.shape[0]), int(chw.shape[1]), int(chw.shape[2]))
-                kind = record_kind(shape)
-            if split == "train":
-                stats.add(chw)
-            writer.add(encode_image(hwc, kind))
-            labels[split].append(label)
-            done += 1
-            if progress is not None and (done % 5000 == 0 or done == total):
-                progress(f"[prepare] {done}/{total} images -> {len(writer.shards) + 1} {split} shards")
-        shards[split] = writer.close()
-    assert shape is not None
-    mean, std = stats.result()
-    ys = {s: torch.tensor(labels[s], dtype=torch.int64) for s in labels}
+        out.split(split, sources[split])
+    assert out.shape is not None
+    shape, kind, shards = out.shape, out.kind, out.shards
+    mean, std = out.stats.result()
+    ys = {s: torch.tensor(out.labels[s], dtype=torch.int64) for s in out.labels}
     whole = ShardedSplit(None, torch.arange(len(ys["train"])), ys["train"])
     train, val = holdout(whole, spec.val_fraction, spec.seed)
     test = ShardedSplit(None, torch.arange(len(ys["test"])), ys["test"], torch.arange(len(ys["test"])))
@@ -131,20 +164,7 @@ def write_sharded(
     ds = Dataset(spec.source, train, val, test, classes, tuple(mean), tuple(std), meta)
     if spec.subset < 1.0:
         ds = ds.subset(spec.subset, seed=spec.seed)
-    payload: dict[str, Any] = {
-        "format": SHARDED_FORMAT,
-        "name": ds.name,
-        "classes": list(ds.classes),
-        "mean": list(ds.mean),
-        "std": list(ds.std),
-        "meta": dict(ds.meta),
-        "kind": kind,
-        "shape": list(shape),
-        "sources": shards,
-    }
-    for name, source in (("train", "train"), ("val", "train"), ("test", "test")):
-        s = getattr(ds, name)
-        payload[name] = {"source": source, "rows": s.rows.contiguous(), "y": s.y.contiguous(), "index": s.positions()}
+    payload = _manifest(ds, kind, shape, shards)
     buf = io.BytesIO()
     torch.save(payload, buf)
     data = buf.getvalue()

@@ -532,7 +532,6 @@ def iterate(
     cb = callbacks or Callbacks()
     original = model
     teacher = copy.deepcopy(model).eval() if params.prune.kd else None
-    shape = tuple(data.input_shape())
     if resume is not None:
         model, start, done = resume["model"], RunStart.from_dict(resume["state"]), list(resume["steps"])
     else:
@@ -541,17 +540,7 @@ def iterate(
         done = []
     plan = start.plan
     apply_frozen(model, plan, params)
-    result = PruningResult(
-        model=model,
-        method=method,
-        steps=done,
-        info={
-            "acc_original": start.acc_original,
-            "hp": dict(plan.hp),
-            "frozen": list(plan.frozen),
-            "freeze_scores": None if start.freeze_scores is None else dict(start.freeze_scores),
-        },
-    )
+    result = _opened(model, method, start, done)
 
     def on_step(k: int, n: int, rec: dict[str, Any]) -> None:
         if cb.on_step is not None:
@@ -580,11 +569,32 @@ def iterate(
             ops, reference, cost, params, method, cb.log, on_check=lambda rec, line: cb.log(line)
         )
         result.info.update(recovery=checks, target=target)
+    return _closed(result, start, cost, tuple(data.input_shape()))
+
+
+def _opened(model: nn.Module, method: str, start: RunStart, done: list[dict[str, Any]]) -> PruningResult:
+    """The result of a run as it starts (or resumes): what its start measured and decided."""
+    plan = start.plan
+    return PruningResult(
+        model=model,
+        method=method,
+        steps=done,
+        info={
+            "acc_original": start.acc_original,
+            "hp": dict(plan.hp),
+            "frozen": list(plan.frozen),
+            "freeze_scores": None if start.freeze_scores is None else dict(start.freeze_scores),
+        },
+    )
+
+
+def _closed(result: PruningResult, start: RunStart, cost: dict[str, float], shape: tuple[int, ...]) -> PruningResult:
+    """``result`` with its final size and its cost totals."""
     result.seconds = cost["seconds"]
     result.info.update(
         {
-            "params": count_params(model),
-            "macs": count_macs(model, shape),
+            "params": count_params(result.model),
+            "macs": count_macs(result.model, shape),
             "work_gmacs": cost["work_gmacs"],
             "cost": cost,
             "seconds_freeze_trial": start.seconds_freeze_trial,
