@@ -1,7 +1,7 @@
 """What the benchmarks share, on the project's own parsers and without editing ``sys.path``:
 
 - :data:`REPO`, the repository root;
-- :func:`parse_sets`: ``--set KEY=VALUE`` items, parsed as the flows parse them (``ice.config.parse_yaml``);
+- :func:`parse_sets`: ``--set KEY=VALUE`` items, parsed as the flows parse them (``ice.config.parse_sets``);
 - :func:`scratch_params`: a scratch project's ``params.yaml``, overrides applied, relative paths made
   absolute, validated before anything runs;
 - :func:`bench_env`: the environment a benchmarked subprocess gets;
@@ -24,6 +24,7 @@ from types import ModuleType
 from typing import Any
 
 from ice.config import Params, ParamsError, apply_overrides, parse_params, parse_yaml
+from ice.config import parse_sets as sets
 from ice.files import atomic_write_bytes
 
 __all__ = ["REPO", "parse_sets", "scratch_params", "bench_env", "timed", "prefect_server", "infra"]
@@ -35,18 +36,12 @@ PATH_KEYS = ("data.root", "data.cache_dir", "model.weights")
 
 
 def parse_sets(items: list[str]) -> dict[str, Any]:
-    """``["prune.ratio=0.7", "ice.autotune.enabled=false"]`` as dotted overrides; a bad item
-    ends the benchmark with the flows' one-line error."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            sys.exit(f"error: --set {item!r}: expected KEY=VALUE")
-        try:
-            out[key] = parse_yaml(value, f"--set {key}")
-        except ParamsError as err:
-            sys.exit(f"error: {err}")
-    return out
+    """``--set KEY=VALUE`` items as :func:`ice.config.parse_sets` reads them; a bad item ends
+    the benchmark with the flows' one-line error."""
+    try:
+        return sets(items)
+    except ParamsError as err:
+        sys.exit(f"error: {err}")
 
 
 def _absolute(raw: dict[str, Any], dotted: str) -> None:

@@ -33,6 +33,7 @@ __all__ = [
     "EvaluateConfig",
     "load_params",
     "apply_overrides",
+    "parse_sets",
     "parse_params",
     "parse_yaml",
 ]
@@ -396,6 +397,19 @@ def parse_yaml(text: str, source: str) -> Any:
         raise ParamsError(f"{source}: is not valid YAML{where}") from None
     finally:
         loader.dispose()
+
+
+def parse_sets(items: list[str]) -> dict[str, Any]:
+    """``["prune.ratio=0.7", "ice.autotune.enabled=false"]`` as dotted overrides, each value
+    parsed by :func:`parse_yaml`: the one parser of ``--set`` for the CLI and the benchmarks.
+    A bad item raises :class:`ParamsError` in one line."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ParamsError(f"--set {item!r}: expected KEY=VALUE")
+        out[key] = parse_yaml(value, f"--set {key}")
+    return out
 
 
 def _one_line(err: ValidationError, source: str) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ice.checkpoint import CheckpointError
-from ice.config import Params, ParamsError, load_params, parse_yaml
+from ice.config import Params, ParamsError, load_params, parse_sets
 from plumbing.log import prog, progress
 from plumbing.outage import PREFECT_OUTAGE, prefect_outage_line
 from plumbing.paths import Paths, project_root
@@ -242,18 +242,15 @@ def _parser(
 
 
 def _overrides(ap: argparse.ArgumentParser, items: list[str]) -> dict[str, Any]:
-    """``--set KEY=VALUE`` items as dotted overrides, each value parsed as YAML; exit 2 on a bad one."""
-    overrides: dict[str, Any] = {}
+    """``--set KEY=VALUE`` items as dotted overrides (:func:`ice.config.parse_sets`); exit 2 on a bad one."""
     for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
+        if "=" not in item:
             ap.error(f"--set {item!r}: expected KEY=VALUE")
-        try:
-            overrides[key] = parse_yaml(value, f"--set {key}")
-        except ParamsError as err:
-            print(f"error: {err}", file=sys.stderr)
-            sys.exit(2)
-    return overrides
+    try:
+        return parse_sets(items)
+    except ParamsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
 
 
 def _checked(name: str, root: str | None, params_file: str, overrides: dict[str, Any]) -> tuple[Path, Path]:
