@@ -17,7 +17,7 @@ or auto-tuning is off, the file records the hyperparameters from params.yaml ins
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect import flow
 
@@ -30,6 +30,9 @@ from plumbing.prefect_views import publish_artifact
 from plumbing.records import write_csv, write_json
 from plumbing.runtime import open_stage, task_runner
 from tasks.autotune import autotune_setup, autotune_trial
+
+if TYPE_CHECKING:
+    from ice.methods.autotune import TrialResult
 
 
 def _result(future: Any) -> Any:
@@ -54,7 +57,7 @@ class _TrialTasks:
         self.st, self.trial, self.inputs, self.names, self.runner = st, trial, inputs, names, runner
         self.children: dict[int, str] = {}
 
-    def run_batch(self, batch: list[tuple[int, dict[str, float]]], bound: float | None) -> list[Any]:
+    def run_batch(self, batch: list[tuple[int, dict[str, float]]], bound: float | None) -> list[TrialResult]:
         from ice.methods.autotune import trial_of
 
         tracker = self.st.tracker
@@ -67,7 +70,7 @@ class _TrialTasks:
             self.trial.submit(root, data_ref, model_ref, hp, i, task_cfg, freeze_scores, bound, runner=self.runner)
             for i, hp in batch
         ]
-        out = []
+        out: list[TrialResult] = []
         for f in futures:
             row = _result(f)
             child = self.children[row["trial"]]

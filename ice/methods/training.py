@@ -160,10 +160,19 @@ class _Cuts:
     """The pruning hook of one run, called after every optimizer step: which cut is due, how
     far it goes, and the work counted so far (the steps, the probe batches, the evaluations)."""
 
-    def __init__(self, model: nn.Module, data: Dataset, method: str, params: Params, total: int, opt: Any) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        data: Dataset,
+        method: str,
+        params: Params,
+        total: int,
+        opt: torch.optim.Optimizer,
+        batch_size: int,
+    ) -> None:
         cfg = params.schedule
         self.model, self.cfg, self.total, self.opt = model, cfg, total, opt
-        self.batch_size = (params.train if cfg.init == "scratch" else params.prune).batch_size
+        self.batch_size = batch_size  # the run's, for the work of one optimizer step
         self.shape = data.input_shape()
         self.probe = probe_batch(data, device=next(model.parameters()).device)  # for data-driven criteria
         self.granularity = granularity_of(method, params)
@@ -263,7 +272,7 @@ def train_with_pruning(
     total = sum(per_epoch)
     opt = make_optimizer(model, cfg.lr, hyper.momentum, hyper.weight_decay)
     g = torch.Generator().manual_seed(params.seed)
-    cuts = _Cuts(model, data, method, params, total, opt)
+    cuts = _Cuts(model, data, method, params, total, opt, hyper.batch_size)
     result = PruningResult(model=model, method=method, info={"granularity": cuts.granularity, "init": cfg.init})
     done = 0
     lr_policy = LR_SCHEDULES[cfg.lr_policy]
