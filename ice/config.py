@@ -8,6 +8,8 @@ a typo such as ``prune.ratoi`` never passes silently.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import reprlib
 from pathlib import Path
 from typing import Any, Literal
@@ -498,6 +500,27 @@ def load_params(path: str | Path, overrides: dict[str, Any] | None = None) -> Pa
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise ParamsError(f"{p}: is not UTF-8 text") from None
+    key = (
+        str(p.resolve()),
+        hashlib.sha256(data).hexdigest(),
+        json.dumps(overrides or {}, default=repr),
+    )  # in order: later keys win
+    if key not in _LOADED:
+        _LOADED.clear()  # a process reads one params file (a run), or a few in turn: keep the last
+        _LOADED[key] = _validated(p, text, overrides)
+    params = _LOADED[key].model_copy(deep=True)  # callers may set fields on theirs
+    from ice.models import trust_arch
+
+    trust_arch(params.model.arch)  # a params file is trusted configuration: checkpoints of its arch may load
+    return params
+
+
+# the last params validated by load_params, by (path, content sha256, overrides): the CLI's check,
+# the flow run's name and the stage itself read the same file in one process, and it is parsed once
+_LOADED: dict[tuple[str, str, str], Params] = {}
+
+
+def _validated(p: Path, text: str, overrides: dict[str, Any] | None) -> Params:
     raw = parse_yaml(text, str(p))
     if raw is None or raw == {}:
         # an empty file is far more likely a mistake (a truncated copy, the wrong path) than a wish for defaults
@@ -506,8 +529,4 @@ def load_params(path: str | Path, overrides: dict[str, Any] | None = None) -> Pa
         if not isinstance(raw, dict):
             raise ParamsError(f"{p}: the top level must be a mapping of sections, got {type(raw).__name__}")
         apply_overrides(raw, overrides)
-    params = parse_params(raw, source=str(p))
-    from ice.models import trust_arch
-
-    trust_arch(params.model.arch)  # a params file is trusted configuration: checkpoints of its arch may load
-    return params
+    return parse_params(raw, source=str(p))

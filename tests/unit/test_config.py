@@ -167,3 +167,26 @@ def test_amp_off_survives_yaml_rewrites():
     assert parse_params(yaml.safe_load("train:\n  amp: off\n")).train.amp == "off"
     with pytest.raises(ParamsError, match=r"train\.amp = True is not allowed; allowed: 'off', 'bf16' or 'fp16'"):
         parse_params({"train": {"amp": True}})
+
+
+def test_a_file_read_again_is_validated_once_and_each_caller_gets_its_own_copy(tmp_path, monkeypatch):
+    import ice.config as config
+
+    p = write(tmp_path, "prune:\n  ratio: 0.5\n")
+    calls = []
+    real = config.parse_params
+    monkeypatch.setattr(
+        config, "parse_params", lambda raw, source=None: calls.append(source) or real(raw, source=source)
+    )
+    a = load_params(p, {"prune.ratio": 0.6})
+    b = load_params(p, {"prune.ratio": 0.6})
+    assert len(calls) == 1 and a == b and a is not b
+    a.prune.ratio = 0.7  # one caller's change is not another's
+    assert load_params(p, {"prune.ratio": 0.6}).prune.ratio == 0.6
+    # other overrides, or an edited file, are validated anew
+    assert load_params(p).prune.ratio == 0.5 and len(calls) == 2
+    p.write_text("prune:\n  ratio: 0.4\n")
+    assert load_params(p).prune.ratio == 0.4 and len(calls) == 3
+    p.write_text("prune:\n  ratio: 2\n")
+    with pytest.raises(ParamsError, match="prune.ratio"):
+        load_params(p)
