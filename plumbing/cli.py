@@ -27,7 +27,7 @@ from plumbing.runtime import (
     store_url,
 )
 from plumbing.s3 import StoreError, check_url
-from plumbing.stages import recorded_inputs, verified_upstream
+from plumbing.stages import recorded_inputs
 from plumbing.tracking import TrackingUnavailable, check_prefect_api, check_reachable, outage_line, tracking_uri
 from plumbing.weights import WeightsError
 
@@ -166,7 +166,8 @@ def _on_stop_signal(signum: int, frame: Any) -> None:
 
 def _preflight_inputs(name: str, paths: Paths, params: Params) -> None:
     """Verify the stage's inputs against their producers' records before Prefect starts."""
-    if "prepare" in verified_upstream(name) and paths.prepared_record.exists():
+    inputs = recorded_inputs(name, paths, params.prune.methods)
+    if (paths.prepared, "prepare") in inputs and paths.prepared_record.exists():
         sizes = json.loads(paths.prepared_record.read_text())
         for key, value in (
             ("train.batch_size", params.train.batch_size),
@@ -189,7 +190,7 @@ def _preflight_inputs(name: str, paths: Paths, params: Params) -> None:
                 check_checkpoint(local, params.model.arch)
             except CheckpointError as err:
                 raise WeightsError(f"model.weights: {err}") from None
-    for path, producer in recorded_inputs(name, paths, params.prune.methods):
+    for path, producer in inputs:
         if path.exists():  # a missing input is the flow's own one-line error, naming its producer
             verify_input(paths, path, producer)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from plumbing.paths import Paths
 
-__all__ = ["StageSpec", "STAGES", "stage", "outputs", "record_of", "verified_upstream", "recorded_inputs"]
+__all__ = ["StageSpec", "STAGES", "stage", "outputs", "record_of", "recorded_inputs"]
 
 
 @dataclass(frozen=True)
@@ -82,14 +82,6 @@ def record_of(paths: Paths, path: Path) -> Path | None:
         if out == path:
             return record
     return None
-
-
-def verified_upstream(name: str) -> list[str]:
-    """The upstream stages whose recorded outputs a stage verifies before it starts (the flow
-    ``pipeline`` runs every stage itself and verifies as each starts)."""
-    if name not in _BY_NAME:
-        return []
-    return [u for u in stage(name).upstream if stage(u).record is not None and not stage(u).per_method]
 
 
 def recorded_inputs(name: str, paths: Paths, methods: Sequence[str]) -> list[tuple[Path, str]]:
