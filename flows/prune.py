@@ -20,6 +20,7 @@ fine-tune time, ICE's freeze trial and, for ICE, the auto-tuner's search.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -116,9 +117,32 @@ class _TaskSteps:
         return self._check.named(f"check-target-{self.chunk}")(self.root, self.data_ref, self.ref, self.recovery_cfg)
 
 
-def _stepwise(st: Stage, method: str, data_ref: dict[str, str], pre_ref: dict[str, str]) -> dict[str, Any]:
-    from ice.methods.core import add_search, run_cost, run_steps, step_line
-    from ice.methods.recovery import recover_to_target
+@dataclass
+class _Ran:
+    """One method's run, the same shape for the step-wise and the training-time methods: the
+    final checkpoint, the step (or epoch) records, the totals, and what else its report holds
+    (``report``: the cost, the decisions and the recovery; or a training run's ``info``)."""
+
+    ref: dict[str, str]
+    steps: list[dict[str, Any]]
+    seconds: float
+    work_gmacs: float | None
+    finetunes: int
+    search_seconds: float
+    report: dict[str, Any]
+
+    @property
+    def recovery(self) -> list[dict[str, Any]]:
+        return self.report.get("recovery") or []
+
+    def summary(self) -> dict[str, Any]:
+        """The report's fields besides the method, sha256 and run id."""
+        totals = {"seconds": self.seconds, "work_gmacs": self.work_gmacs, "finetunes": self.finetunes}
+        return totals | {"search_seconds": self.search_seconds} | self.report
+
+
+def _stepwise(st: Stage, method: str, data_ref: dict[str, str], pre_ref: dict[str, str]) -> _Ran:
+    from ice.methods.core import finish_run, run_steps, step_line
 
     # only what the method reads (the baseline reads no ICE key: its cache stays valid when only
     # ICE's settings change); likewise only the recovery reads prune.target
@@ -160,38 +184,26 @@ def _stepwise(st: Stage, method: str, data_ref: dict[str, str], pre_ref: dict[st
 
     ops = _TaskSteps(st, data_ref, pre_ref, plan, cfg, recovery_cfg)
     steps, _ = run_steps(ops, start, st.params, on_step=on_step)
-    cost = add_search(run_cost(start, steps), search["seconds"], search["work"])
+
+    def on_check(rec: dict[str, Any], line: str) -> None:
+        if st.tracker is not None and st.run_id is not None:
+            st.tracker.log_metrics(
+                st.run_id, {"recovery_val_acc": rec["acc"], "recovery_epochs": rec["epochs"]}, step=rec["check"]
+            )
+        progress(line + f"  [{(time.perf_counter() - t0) / 60:.1f} min]")
+
+    out = finish_run(
+        ops, start, steps, st.params, method, search=search, reference=ops.reference, log=progress, on_check=on_check
+    )
+    cost = out.cost
     cumulative_cost(steps, cost["search_seconds"] + cost["setup_seconds"], cost["search_work"] + cost["setup_work"])
-    extra: dict[str, Any] = {}
-    if st.params.prune.target.tolerance is not None:
-
-        def on_check(rec: dict[str, Any], line: str) -> None:
-            if st.tracker is not None and st.run_id is not None:
-                st.tracker.log_metrics(
-                    st.run_id,
-                    {"recovery_val_acc": rec["acc"], "recovery_epochs": rec["epochs"]},
-                    step=rec["check"],
-                )
-            progress(line + f"  [{(time.perf_counter() - t0) / 60:.1f} min]")
-
-        cost, target, checks = recover_to_target(ops, ops.reference(), cost, st.params, method, progress, on_check)
-        extra = {"target": target, "recovery": checks}
-    return {
-        "ref": ops.ref,
-        "steps": steps,
-        "seconds": cost["seconds"],
-        "work_gmacs": cost["work_gmacs"],
-        "cost": cost,
-        "search_seconds": search["seconds"],
-        "finetunes": sum(1 for r in steps if r["finetuned"]),
-        "hp": dict(plan.hp),
-        "frozen": list(plan.frozen),
-        "acc_original": start.acc_original,
-        **extra,
-    }
+    report: dict[str, Any] = {"cost": cost, "hp": out.hp, "frozen": out.frozen, "acc_original": out.acc_original}
+    if out.target is not None:
+        report |= {"target": out.target, "recovery": out.recovery}
+    return _Ran(ops.ref, steps, cost["seconds"], cost["work_gmacs"], out.finetunes, search["seconds"], report)
 
 
-def _training(st: Stage, method: str, data_ref: dict[str, str], pre_ref: dict[str, str] | None) -> dict[str, Any]:
+def _training(st: Stage, method: str, data_ref: dict[str, str], pre_ref: dict[str, str] | None) -> _Ran:
     live: list[int] = []
     # from scratch the method is a whole training run: it reads the model and training settings
     # (and no pre-trained checkpoint); from the pre-trained model only the device keys of train
@@ -214,15 +226,7 @@ def _training(st: Stage, method: str, data_ref: dict[str, str], pre_ref: dict[st
     if not live:  # a cached result: no epoch ran here, so its curve is logged from the result
         for rec in out["steps"]:
             log_epoch(rec)
-    return {
-        "ref": out["ref"],
-        "steps": out["steps"],
-        "seconds": out["seconds"],
-        "work_gmacs": out["info"].get("work_gmacs"),
-        "search_seconds": 0.0,
-        "finetunes": 0,
-        "info": out["info"],
-    }
+    return _Ran(out["ref"], out["steps"], out["seconds"], out["info"].get("work_gmacs"), 0, 0.0, {"info": out["info"]})
 
 
 def _run_name() -> str:
@@ -268,31 +272,27 @@ def prune(
             out = _training(st, method, data_ref, None)
         else:
             out = _training(st, method, data_ref, st.require(st.paths.pretrained, "pretrain"))
-        final = resolve(st.paths, out["ref"])
-        rows = [{"method": method, "phase": "step", **r} for r in out["steps"]]
+        final = resolve(st.paths, out.ref)
+        rows = [{"method": method, "phase": "step", **r} for r in out.steps]
         last_k = rows[-1]["step"] if rows else 0
-        rows += [{"method": method, "phase": "recovery", "step": last_k, **r} for r in out.get("recovery", [])]
-        report = {k: v for k, v in out.items() if k not in ("ref", "steps")} | {
-            "method": method,
-            "sha256": out["ref"]["sha256"],
-            "mlflow_run_id": st.run_id,
-        }
+        rows += [{"method": method, "phase": "recovery", "step": last_k, **r} for r in out.recovery]
+        report = out.summary() | {"method": method, "sha256": out.ref["sha256"], "mlflow_run_id": st.run_id}
         # the model, its steps and its report are one output: all of them change, or none
         with Publication() as pub:
-            pub.add_file(final, st.paths.pruned(method), out["ref"]["sha256"])
+            pub.add_file(final, st.paths.pruned(method), out.ref["sha256"])
             pub.add_bytes(st.paths.steps_csv(method), csv_bytes(rows))
             pub.add_bytes(st.paths.prune_report(method), json_bytes(report))
         assert st.tracker is not None and st.run_id is not None
-        last = max((int(r["step"]) for r in out["steps"]), default=0)  # the totals sit at the end of the curves
+        last = max((int(r["step"]) for r in out.steps), default=0)  # the totals sit at the end of the curves
         st.tracker.log_metrics(
             st.run_id,
             {
-                "total_seconds": out["seconds"],
-                "work_gmacs": out.get("work_gmacs"),
-                "finetunes": out["finetunes"],
-                "search_seconds": out["search_seconds"],
+                "total_seconds": out.seconds,
+                "work_gmacs": out.work_gmacs,
+                "finetunes": out.finetunes,
+                "search_seconds": out.search_seconds,
             }
-            | target_metrics(out.get("target")),
+            | target_metrics(out.report.get("target")),
             step=last,
         )
         st.tracker.log_artifacts(st.run_id, [st.paths.steps_csv(method), st.paths.prune_report(method)])
@@ -305,16 +305,16 @@ def prune(
             st.tracker.set_tags(
                 st.run_id, {"ice.registered": report["registered"]}
             )  # also when a cached rerun reuses it
-        work = f", {out['work_gmacs']:,.0f} GMACs" if out.get("work_gmacs") is not None else ""
+        work = f", {out.work_gmacs:,.0f} GMACs" if out.work_gmacs is not None else ""
         link = st.tracker.run_url(st.run_id)
         publish_artifact(
             "table",
             f"prune-{method.replace('_', '-')}-steps",
-            rounded_rows(out["steps"]),
+            rounded_rows(out.steps),
             f"{method}: one row per step; MLflow run: {link}",
         )
         progress(
-            f"[{method}] done: {out['finetunes']} fine-tunes, {out['seconds']:.1f}s{work} -> {st.paths.rel(st.paths.pruned(method))}"
+            f"[{method}] done: {out.finetunes} fine-tunes, {out.seconds:.1f}s{work} -> {st.paths.rel(st.paths.pruned(method))}"
         )
         return report
 

@@ -48,7 +48,7 @@ from ice.methods.ice import (
     should_finetune,
 )
 from ice.methods.plan import RunPlan, RunStart, last_accuracy, plan_steps
-from ice.methods.recovery import recover_chunk, recover_to_target, target_check
+from ice.methods.recovery import RecoveryOps, recover_chunk, recover_to_target, target_check
 from ice.methods.registry import spec
 from ice.metrics import G, count_macs, count_params, prunable_conv_params
 from ice.pruning import prunable_units, prune_unit
@@ -66,6 +66,8 @@ __all__ = [
     "StepOps",
     "ModelSteps",
     "run_steps",
+    "Outcome",
+    "finish_run",
     "prune_only",
     "prune_and_lr",
     "decision_check",
@@ -497,6 +499,50 @@ def run_steps(
     return steps, None
 
 
+@dataclass
+class Outcome:
+    """How a step-wise run ended: assembled once, by :func:`finish_run`, for the in-memory loop
+    (:func:`iterate`) and the prune flow alike. ``cost`` is :func:`run_cost`'s (plus the search
+    and the recovery); ``target`` and ``recovery`` are set when a recovery to the target ran."""
+
+    steps: list[dict[str, Any]]
+    cost: dict[str, float]
+    hp: dict[str, float]
+    frozen: list[str]
+    acc_original: float | None
+    target: dict[str, Any] | None = None
+    recovery: list[dict[str, Any]] | None = None
+
+    @property
+    def finetunes(self) -> int:
+        return sum(1 for r in self.steps if r["finetuned"])
+
+
+def finish_run(
+    ops: RecoveryOps,
+    start: RunStart,
+    steps: list[dict[str, Any]],
+    params: Params,
+    method: str,
+    *,
+    search: dict[str, float] | None = None,
+    reference: Callable[[], dict[str, float]] | None = None,
+    log: Callable[[str], None] = lambda line: None,
+    on_check: Callable[[dict[str, Any], str], None] | None = None,
+) -> Outcome:
+    """The run's :class:`Outcome` once its steps are done: their cost, plus ``search``'s
+    (``seconds``, ``work``) when given, and, with ``prune.target.tolerance`` set and a
+    ``reference`` (the unpruned model's :func:`~ice.methods.recovery.target_check`), the
+    recovery to the target through ``ops``."""
+    cost = run_cost(start, steps)
+    if search is not None:
+        cost = add_search(cost, search["seconds"], search["work"])
+    out = Outcome(steps, cost, dict(start.plan.hp), list(start.plan.frozen), start.acc_original)
+    if reference is not None and params.prune.target.tolerance is not None:
+        out.cost, out.target, out.recovery = recover_to_target(ops, reference(), cost, params, method, log, on_check)
+    return out
+
+
 def iterate(
     model: nn.Module,
     data: Dataset,
@@ -559,17 +605,21 @@ def iterate(
     )
     if stopped is not None:
         result.info["stopped_at"] = stopped
-    result.finetunes = sum(1 for r in result.steps if r["finetuned"])
-    cost = run_cost(start, result.steps)
-    if search_cost is not None:
-        cost = add_search(cost, search_cost["seconds"], search_cost["work"])
-    if recover and stopped is None and params.prune.target.tolerance is not None:
-        reference = target_check(original, data, params)
-        cost, target, checks = recover_to_target(
-            ops, reference, cost, params, method, cb.log, on_check=lambda rec, line: cb.log(line)
-        )
-        result.info.update(recovery=checks, target=target)
-    return _closed(result, start, cost, tuple(data.input_shape()))
+    out = finish_run(
+        ops,
+        start,
+        result.steps,
+        params,
+        method,
+        search=search_cost,
+        reference=(lambda: target_check(original, data, params)) if recover and stopped is None else None,
+        log=cb.log,
+        on_check=lambda rec, line: cb.log(line),
+    )
+    result.finetunes = out.finetunes
+    if out.target is not None:
+        result.info.update(recovery=out.recovery, target=out.target)
+    return _closed(result, start, out.cost, tuple(data.input_shape()))
 
 
 def _opened(model: nn.Module, method: str, start: RunStart, done: list[dict[str, Any]]) -> PruningResult:
