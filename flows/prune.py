@@ -20,9 +20,10 @@ fine-tune time, ICE's freeze trial and, for ICE, the auto-tuner's search.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect import flow
 
@@ -49,6 +50,9 @@ from tasks.prune import (
     start_pruning,
     train_with_pruning,
 )
+
+if TYPE_CHECKING:
+    from ice.methods.core import StepRecord
 
 __all__ = ["prune"]
 
@@ -124,7 +128,7 @@ class _Ran:
     (``report``: the cost, the decisions and the recovery; or a training run's ``info``)."""
 
     ref: dict[str, str]
-    steps: list[dict[str, Any]]
+    steps: Sequence[Mapping[str, Any]]  # StepRecords, or a training run's epochs
     seconds: float
     work_gmacs: float | None
     finetunes: int
@@ -174,7 +178,7 @@ def _stepwise(st: Stage, method: str, data_ref: dict[str, str], pre_ref: dict[st
     bar = publish_artifact("progress", f"prune-{method.replace('_', '-')}-progress", 0.0, f"{method}: steps done")
     t0 = time.perf_counter()
 
-    def on_step(k: int, n: int, rec: dict[str, Any]) -> None:
+    def on_step(k: int, n: int, rec: StepRecord) -> None:
         if st.tracker is not None and st.run_id is not None:
             st.tracker.log_metrics(st.run_id, step_metrics(rec), step=rec["step"])
         elapsed = time.perf_counter() - t0

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -20,6 +20,9 @@ from ice.config import DataConfig, Params, parse_params
 from ice.data import Dataset, Split, load_dataset
 from ice.metrics import bootstrap_interval, count_macs, count_params
 from ice.train import accuracy
+
+if TYPE_CHECKING:
+    from ice.methods.core import StepRecord
 
 __all__ = ["prune", "PruneReport", "tensor_dataset"]
 
@@ -48,7 +51,7 @@ class PruneReport:
     params_after: int
     macs_before: int
     macs_after: int
-    steps: list[dict[str, Any]] = field(default_factory=list)
+    steps: list[StepRecord] | list[dict[str, Any]] = field(default_factory=list)  # steps, or epochs
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

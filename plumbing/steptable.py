@@ -3,7 +3,11 @@ row of steps.csv, and the cost-to-target summary."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ice.methods.core import StepRecord
 
 __all__ = ["STEP_METRICS", "step_metrics", "cumulative_cost", "target_metrics", "rounded_rows"]
 
@@ -23,7 +27,7 @@ STEP_METRICS = (
 )
 
 
-def step_metrics(rec: dict[str, Any]) -> dict[str, float]:
+def step_metrics(rec: Mapping[str, Any]) -> dict[str, float]:
     """A step's MLflow metrics. The lr is logged as ``lr_x1000`` and only where a fine-tune used
     it: MLflow plots a constant series on a +-1 axis, where 0.001 reads as 0, and a step that
     did not fine-tune has no lr to show."""
@@ -33,7 +37,7 @@ def step_metrics(rec: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def cumulative_cost(rows: list[dict[str, Any]], seconds: float, work: float) -> None:
+def cumulative_cost(rows: list[StepRecord], seconds: float, work: float) -> None:
     """Each step's cumulative cost (``cum_seconds``, ``cum_gmacs``) from ``seconds`` and ``work`` on:
     the accuracy-against-cost curve of the steps."""
     for r in rows:
@@ -52,5 +56,5 @@ def target_metrics(target: dict[str, Any] | None) -> dict[str, float]:
     return out
 
 
-def rounded_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def rounded_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return [{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in rows]

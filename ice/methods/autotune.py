@@ -43,13 +43,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import nn
 
 from ice.config import Params
 from ice.data import Dataset
+
+if TYPE_CHECKING:
+    from ice.methods.core import StepRecord
 
 __all__ = [
     "TrialResult",
@@ -179,7 +182,7 @@ def run_trial(
     stop = None
     if bound is not None and cfg.early_stop and cfg.objective == "balanced":
 
-        def stop(k: int, cost: dict[str, float], rec: dict[str, Any]) -> bool:
+        def stop(k: int, cost: dict[str, float], rec: StepRecord) -> bool:
             return (cost["work_gmacs"] if unit == "work" else cost["seconds"]) >= bound
 
     res = iterate(

@@ -30,9 +30,9 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NotRequired, Protocol, TypedDict
 
 import torch
 from torch import nn
@@ -94,7 +94,7 @@ class Callbacks:
     """Optional hooks: progress lines, each finished step, each auto-tune trial."""
 
     on_log: Callable[[str], None] | None = None
-    on_step: Callable[[dict[str, Any]], None] | None = None
+    on_step: Callable[[Mapping[str, Any]], None] | None = None
     on_trial: Callable[[dict[str, Any]], None] | None = None
 
     def log(self, msg: str) -> None:
@@ -102,8 +102,11 @@ class Callbacks:
             self.on_log(msg)
 
 
-@dataclass
-class StepRecord:
+class StepRecord(TypedDict):
+    """One step of a step-wise run, from :func:`record_step` to the step table (``steps.csv``,
+    the MLflow metrics, the prune report); it is a plain dict at run time, so it crosses task
+    results and JSON as it is."""
+
     step: int
     unit: str
     ratio: float
@@ -120,14 +123,18 @@ class StepRecord:
     t_finetune: float
     work_eval: float  # GMACs
     work_finetune: float  # GMACs
-    skipped: str = ""  # the units of this step that could not be pruned, and why ("" when none)
+    skipped: str  # the units of this step that could not be pruned, and why ("" when none)
+    # the run's cost up to and including this step (plumbing.steptable.cumulative_cost)
+    cum_seconds: NotRequired[float]
+    cum_gmacs: NotRequired[float]
 
 
 @dataclass
 class PruningResult:
     model: nn.Module
     method: str
-    steps: list[dict[str, Any]] = field(default_factory=list)
+    # a step-wise method's steps, or a training-time method's epochs
+    steps: list[StepRecord] | list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     finetunes: int = 0
     search: list[dict[str, Any]] = field(default_factory=list)
@@ -338,11 +345,11 @@ def finetune_after(
 
 def record_step(
     start: RunStart, pruned: dict[str, Any], ft: dict[str, Any] | None, lr: float, frozen: int
-) -> dict[str, Any]:
+) -> StepRecord:
     """Merge a step's parts into its record (its ``acc_finetuned`` is the accuracy after the
     step, fine-tuned or not: the next step's ``previous`` reference, :func:`last_accuracy`)."""
     acc_after = ft["acc"] if ft is not None else pruned["acc_pruned"]
-    rec = StepRecord(
+    return StepRecord(
         step=pruned["step"],
         unit=pruned["unit"],
         ratio=pruned["ratio"],
@@ -361,11 +368,10 @@ def record_step(
         work_finetune=ft["work"] if ft is not None else 0.0,
         skipped=pruned.get("skipped", ""),
     )
-    return asdict(rec)
 
 
 def run_cost(
-    start: RunStart, steps: list[dict[str, Any]], search_seconds: float = 0.0, search_work: float = 0.0
+    start: RunStart, steps: Sequence[StepRecord], search_seconds: float = 0.0, search_work: float = 0.0
 ) -> dict[str, float]:
     """A run's total seconds and work (GMACs), and their parts: the one definition of cost."""
     parts = {
@@ -457,11 +463,11 @@ def run_steps(
     start: RunStart,
     params: Params,
     *,
-    done: list[dict[str, Any]] | None = None,
-    on_step: Callable[[int, int, dict[str, Any]], None] | None = None,
-    stop: Callable[[int, dict[str, float], dict[str, Any]], bool] | None = None,
-    checkpoint: Callable[[list[dict[str, Any]]], None] | None = None,
-) -> tuple[list[dict[str, Any]], int | None]:
+    done: list[StepRecord] | None = None,
+    on_step: Callable[[int, int, StepRecord], None] | None = None,
+    stop: Callable[[int, dict[str, float], StepRecord], bool] | None = None,
+    checkpoint: Callable[[list[StepRecord]], None] | None = None,
+) -> tuple[list[StepRecord], int | None]:
     """The loop: every planned step after the ``done`` ones; returns the step records and
     the step after which ``stop`` ended the run (None: it ran to the end).
 
@@ -505,7 +511,7 @@ class Outcome:
     (:func:`iterate`) and the prune flow alike. ``cost`` is :func:`run_cost`'s (plus the search
     and the recovery); ``target`` and ``recovery`` are set when a recovery to the target ran."""
 
-    steps: list[dict[str, Any]]
+    steps: list[StepRecord]
     cost: dict[str, float]
     hp: dict[str, float]
     frozen: list[str]
@@ -521,7 +527,7 @@ class Outcome:
 def finish_run(
     ops: RecoveryOps,
     start: RunStart,
-    steps: list[dict[str, Any]],
+    steps: list[StepRecord],
     params: Params,
     method: str,
     *,
@@ -552,9 +558,9 @@ def iterate(
     hp: dict[str, float] | None = None,
     callbacks: Callbacks | None = None,
     freeze_scores: dict[str, float] | None = None,
-    stop: Callable[[int, dict[str, float], dict[str, Any]], bool] | None = None,
+    stop: Callable[[int, dict[str, float], StepRecord], bool] | None = None,
     resume: dict[str, Any] | None = None,
-    checkpoint: Callable[[nn.Module, dict[str, Any], list[dict[str, Any]]], None] | None = None,
+    checkpoint: Callable[[nn.Module, dict[str, Any], list[StepRecord]], None] | None = None,
     search_cost: dict[str, float] | None = None,
     recover: bool = True,
 ) -> PruningResult:
@@ -588,7 +594,7 @@ def iterate(
     apply_frozen(model, plan, params)
     result = _opened(model, method, start, done)
 
-    def on_step(k: int, n: int, rec: dict[str, Any]) -> None:
+    def on_step(k: int, n: int, rec: StepRecord) -> None:
         if cb.on_step is not None:
             cb.on_step(rec)
         cb.log(step_line(method, k, n, rec))
@@ -653,7 +659,7 @@ def _closed(result: PruningResult, start: RunStart, cost: dict[str, float], shap
     return result
 
 
-def step_line(method: str, k: int, n: int, rec: dict[str, Any]) -> str:
+def step_line(method: str, k: int, n: int, rec: Mapping[str, Any]) -> str:
     """One progress line per step."""
 
     def acc(v: float | None) -> str:

@@ -273,7 +273,10 @@ def train_with_pruning(
     opt = make_optimizer(model, cfg.lr, hyper.momentum, hyper.weight_decay)
     g = torch.Generator().manual_seed(params.seed)
     cuts = _Cuts(model, data, method, params, total, opt, hyper.batch_size)
-    result = PruningResult(model=model, method=method, info={"granularity": cuts.granularity, "init": cfg.init})
+    epochs: list[dict[str, Any]] = []  # one record per epoch
+    result = PruningResult(
+        model=model, method=method, steps=epochs, info={"granularity": cuts.granularity, "init": cfg.init}
+    )
     done = 0
     lr_policy = LR_SCHEDULES[cfg.lr_policy]
     for e, fraction in enumerate(fractions):
@@ -294,7 +297,7 @@ def train_with_pruning(
         cuts.work += (stats["images"] - per_epoch[e] * hyper.batch_size) * cuts.per_image
         done += per_epoch[e]
         rec = _epoch_record(e, model, data, params, cuts, stats, dense)
-        result.steps.append(rec)
+        epochs.append(rec)
         if cb.on_step is not None:
             cb.on_step(rec)
         cb.log(
@@ -302,7 +305,7 @@ def train_with_pruning(
             f"{rec['params']:,} non-zero params"
         )
     result.seconds = time.perf_counter() - t_start
-    last = result.steps[-1]
+    last = epochs[-1]
     result.info.update(
         {k: last[k] for k in ("params", "params_dense", "sparsity", "weight_sparsity", "filters_removed", "macs")}
         | {"work_gmacs": cuts.work, "params_original": dense, "epochs": cfg.epochs, "target": cuts.end}
