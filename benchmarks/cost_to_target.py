@@ -298,6 +298,7 @@ def plot_map(rows: list[dict[str, Any]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=100)
     lim = limits(rows)
     recipes = sorted({r["recipe"] for r in rows if r["policy"] == "online"})
+    xs_all = [r["ratio"] for r in rows if r["policy"] == "online"]
     for i, recipe in enumerate(recipes):
         color = f"C{i}"
         cells = sorted((r for r in rows if r["policy"] == "online" and r["recipe"] == recipe), key=lambda r: r["ratio"])
@@ -308,9 +309,18 @@ def plot_map(rows: list[dict[str, Any]], path: Path) -> None:
             lo, hi = r["cost_range_gmacs"]
             if r["reached"] and lo is not None:
                 ax.plot([r["ratio"]] * 2, [lo / 1000, hi / 1000], "-", color=color, lw=4, alpha=0.3)
-            if not r["reached"]:
+            if not r["reached"]:  # what it spent, and how far it got
                 ax.plot([r["ratio"]], [r["spent_gmacs"] / 1000], "x", color=color, ms=9)
-                ax.annotate(" not reached", (r["ratio"], r["spent_gmacs"] / 1000), fontsize=8, color=color)
+                best = f"{r['val_acc']:.2f}% val of {r['goal']:.2f}" if r.get("goal") is not None else ""
+                ax.annotate(
+                    f" not reached: {best}, {r['spent_gmacs'] / 1000:,.0f}k spent",
+                    (r["ratio"], r["spent_gmacs"] / 1000),
+                    fontsize=7,
+                    color=color,
+                    ha="right" if r["ratio"] == max(xs_all) else "left",
+                    xytext=(-6 if r["ratio"] == max(xs_all) else 6, 4),
+                    textcoords="offset points",
+                )
         lx = sorted(k[1] for k in lim if k[0] == recipe)
         if lx:
             ax.plot(
@@ -324,7 +334,11 @@ def plot_map(rows: list[dict[str, Any]], path: Path) -> None:
             )
     ax.set_xlabel("pruning ratio (share of each unit's filters removed)")
     ax.set_ylabel("cost to target (thousand GMACs)")
-    ax.set_title("Where each recipe wins: cost to within 1 point (lower is better; band: noise range)")
+    ax.set_title("Where each recipe wins: cost to within 1 point (lower is better; band: noise range)", fontsize=10)
+    ratios = sorted({r["ratio"] for r in rows if r["policy"] == "online"})
+    ax.set_xticks(ratios)
+    lo, hi = ratios[0], ratios[-1]
+    ax.set_xlim(lo - 0.05, hi + 0.05)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     _save(fig, path)
