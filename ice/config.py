@@ -505,10 +505,12 @@ def load_params(path: str | Path, overrides: dict[str, Any] | None = None) -> Pa
         hashlib.sha256(data).hexdigest(),
         json.dumps(overrides or {}, default=repr),
     )  # in order: later keys win
-    if key not in _LOADED:
+    validated = _LOADED.get(key)  # held here: another thread may replace the entry meanwhile
+    if validated is None:
+        validated = _validated(p, text, overrides)
         _LOADED.clear()  # a process reads one params file (a run), or a few in turn: keep the last
-        _LOADED[key] = _validated(p, text, overrides)
-    params = _LOADED[key].model_copy(deep=True)  # callers may set fields on theirs
+        _LOADED[key] = validated
+    params = validated.model_copy(deep=True)  # callers may set fields on theirs
     from ice.models import trust_arch
 
     trust_arch(params.model.arch)  # a params file is trusted configuration: checkpoints of its arch may load
